@@ -1,0 +1,327 @@
+"""``reconciler``: the operator's command line. Wiring only: settings in, components out.
+
+Every command resolves its database the same way (``SERVICE_DATABASE_URL``, else an embedded
+Postgres under ``.reconciler/``), and every expected failure (a bad setting, a bad file, an
+unreachable database) ends with one line on stderr and a non-zero exit code, never a traceback:
+exit 2 for bad input, 1 for everything else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, NoReturn, TypeVar
+
+import psycopg
+import typer
+import yaml
+from rich.console import Console
+
+from desired_state import store
+from desired_state.models import INSTANCE_ID_PATTERN, SpecError, parse_instances
+from reconciler import status as status_views
+from reconciler.db import DatabaseError, EmbeddedPostgres, load_migrations, migrate
+from reconciler.engine import EngineSettings, Outcome
+from reconciler.logs import configure_logging
+from reconciler.runtime import Runtime, RuntimeOptions
+from reconciler.settings import Settings, SettingsError, load_settings
+
+app = typer.Typer(
+    help="Provisioning reconciler: converges desired agent instances onto Railway, OpenRouter, "
+    "AgentMail and Telnyx.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+T = TypeVar("T")
+
+EXIT_BAD_INPUT = 2
+EXIT_FAILURE = 1
+
+
+class CommandError(Exception):
+    """An expected failure: printed as one line, exit code attached."""
+
+    def __init__(self, message: str, code: int = EXIT_FAILURE) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def fail(message: str, code: int = EXIT_FAILURE) -> NoReturn:
+    raise CommandError(message, code)
+
+
+def settings_or_exit() -> Settings:
+    try:
+        return load_settings()
+    except SettingsError as exc:
+        fail(str(exc), EXIT_BAD_INPUT)
+
+
+@contextmanager
+def database(settings: Settings) -> Iterator[str]:
+    """The database URL, starting the embedded server when none is configured.
+
+    The embedded database is migrated automatically (it is ours alone); a configured one must be
+    migrated explicitly with ``reconciler migrate``, so several replicas never race a schema change
+    they were not told about.
+    """
+    if settings.database_url:
+        yield settings.database_url
+        return
+    with EmbeddedPostgres() as url:
+        migrate(url)
+        yield url
+
+
+def require_current_schema(url: str) -> None:
+    latest = max((m.version for m in load_migrations()), default=0)
+    try:
+        with psycopg.connect(url) as conn:
+            row = conn.execute("SELECT max(version) FROM schema_migrations").fetchone()
+    except psycopg.errors.UndefinedTable:
+        fail("the database has no schema yet: run `reconciler migrate` first")
+    except psycopg.OperationalError as exc:
+        fail(f"cannot connect to Postgres: {str(exc).strip().splitlines()[0]}")
+    if row is None or (row[0] or 0) < latest:
+        fail("the database schema is behind this version: run `reconciler migrate` first")
+
+
+def run_async(coro: Awaitable[T]) -> T:
+    async def runner() -> T:
+        return await coro
+
+    return asyncio.run(runner())
+
+
+async def _connect(url: str) -> psycopg.AsyncConnection[Any]:
+    try:
+        return await psycopg.AsyncConnection.connect(url, autocommit=True)
+    except psycopg.OperationalError as exc:
+        fail(f"cannot connect to Postgres: {str(exc).strip().splitlines()[0]}")
+
+
+@app.command("migrate")
+def migrate_command() -> None:
+    """Apply pending database migrations (safe to run twice, and from several replicas at once)."""
+    settings = settings_or_exit()
+    with database(settings) as url:
+        applied = migrate(url)
+    console.print(f"applied {', '.join(applied)}" if applied else "schema is up to date")
+
+
+@app.command("apply")
+def apply_command(
+    file: Annotated[Path, typer.Argument(help="JSON or YAML list of instances (instanceId, name, tools, env).")],
+) -> None:
+    """Write desired instances from a file, like `kubectl apply`: all of them or none."""
+    specs = _read_specs(file)
+    settings = settings_or_exit()
+    with database(settings) as url:
+        require_current_schema(url)
+
+        async def write() -> list[store.PutResult]:
+            async with await _connect(url) as conn:
+                return await store.put_many(conn, specs)
+
+        results = run_async(write())
+    for result in results:
+        console.print(f"{result.instance_id}: {result.outcome.value}")
+
+
+def _read_specs(file: Path) -> list[Any]:
+    try:
+        text = file.read_text()
+    except OSError as exc:
+        fail(f"{file}: cannot read ({exc.strerror})", EXIT_BAD_INPUT)
+    try:
+        data = json.loads(text) if file.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        first = str(exc).splitlines()[0]
+        fail(f"{file}: not valid {'JSON' if file.suffix == '.json' else 'YAML'}: {first}", EXIT_BAD_INPUT)
+    try:
+        return parse_instances(data)
+    except SpecError as exc:
+        fail(f"{file}: " + "; ".join(exc.problems), EXIT_BAD_INPUT)
+
+
+@app.command("delete")
+def delete_command(
+    instance_ids: Annotated[list[str], typer.Argument(help="Instance ids to tear down.")],
+) -> None:
+    """Mark instances absent: the reconciler deletes their resources, then the rows."""
+    bad = [i for i in instance_ids if not INSTANCE_ID_PATTERN.fullmatch(i)]
+    if bad:
+        fail(f"not an instance id: {bad[0]!r} (1-32 characters of A-Z, a-z, 0-9, '_' or '-')", EXIT_BAD_INPUT)
+    settings = settings_or_exit()
+    with database(settings) as url:
+        require_current_schema(url)
+
+        async def mark() -> list[str]:
+            async with await _connect(url) as conn:
+                return await store.mark_absent(conn, instance_ids)
+
+        found = run_async(mark())
+    for instance_id in instance_ids:
+        console.print(f"{instance_id}: {'marked for deletion' if instance_id in found else 'not found'}")
+    if len(found) < len(instance_ids):
+        raise typer.Exit(EXIT_FAILURE)
+
+
+@app.command("reconcile")
+def reconcile_command(
+    instance: Annotated[list[str] | None, typer.Option("--instance", "-i", help="Instance id (repeatable).")] = None,
+    all_: Annotated[bool, typer.Option("--all", help="Every instance.")] = False,
+) -> None:
+    """Force a reconcile pass now and print what it did."""
+    if bool(instance) == all_:
+        fail("give --instance ID (one or more) or --all", EXIT_BAD_INPUT)
+    settings = settings_or_exit()
+    _require_railway(settings)
+    with database(settings) as url:
+        require_current_schema(url)
+
+        async def force() -> list[Outcome]:
+            async with Runtime(settings, url) as runtime:
+                made_due = await runtime.reconciler.make_due(None if all_ else instance)
+                missing = set(instance or []) - set(made_due)
+                if missing:
+                    fail(f"not found: {', '.join(sorted(missing))}")
+                return await runtime.worker.drain()
+
+        outcomes = run_async(force())
+    if not outcomes:
+        console.print("nothing to do (rows are leased by a running worker, or there are none)")
+    for outcome in outcomes:
+        done = ", ".join(f"{a.verb.symbol.strip() or '·'} {a.kind.value}" for a in outcome.actions) or "no changes"
+        line = f"{outcome.instance_id}: {outcome.result} ({done})"
+        if outcome.error:
+            line += f"; error: {outcome.error}"
+        console.print(line)
+
+
+def _require_railway(settings: Settings) -> None:
+    try:
+        settings.require_railway()
+    except SettingsError as exc:
+        fail(str(exc), EXIT_BAD_INPUT)
+
+
+@app.command("status")
+def status_command(
+    instance_id: Annotated[str | None, typer.Argument(help="One instance (default: all).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Show instances and their resources, from our tables only (no provider calls)."""
+    settings = settings_or_exit()
+    with database(settings) as url:
+        require_current_schema(url)
+
+        async def read() -> list[status_views.InstanceStatus]:
+            async with await _connect(url) as conn:
+                return await status_views.instance_statuses(conn, [instance_id] if instance_id else None)
+
+        rows = run_async(read())
+    if instance_id and not rows:
+        fail(f"instance {instance_id} not found")
+    if as_json:
+        sys.stdout.write(json.dumps([row.to_json() for row in rows], indent=2) + "\n")
+        return
+    console.print(status_views.status_table(rows))
+
+
+@app.command("run")
+def run_command(
+    metrics_port: Annotated[int, typer.Option(help="Serve /metrics on this port; 0 disables.")] = 9464,
+    tick: Annotated[float, typer.Option(help="Seconds between scheduled passes.")] = 1.0,
+    poll_interval: Annotated[float, typer.Option(help="Seconds between checks of a converged instance.")] = 60.0,
+) -> None:
+    """Run the reconcile loop until SIGTERM or SIGINT, then stop cleanly."""
+    settings = settings_or_exit()
+    _require_railway(settings)
+    with database(settings) as url:
+        require_current_schema(url)
+        if metrics_port:
+            from prometheus_client import start_http_server
+
+            try:
+                start_http_server(metrics_port)
+            except OSError as exc:
+                fail(f"cannot serve metrics on port {metrics_port}: {exc.strerror}")
+        options = RuntimeOptions(engine=EngineSettings(poll_interval=poll_interval), tick_seconds=tick)
+
+        async def serve() -> None:
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, stop.set)
+            async with Runtime(settings, url, options) as runtime:
+                logging.getLogger("reconciler").info("reconciler running", extra={"metrics_port": metrics_port})
+                await runtime.worker.run_forever(stop)
+            logging.getLogger("reconciler").info("reconciler stopped")
+
+        run_async(serve())
+
+
+@app.command("simulate")
+def simulate_command(
+    port: Annotated[int, typer.Option(help="Loopback port to serve the four simulated providers on.")] = 8090,
+    host: Annotated[str, typer.Option(help="Address to bind (loopback by default).")] = "127.0.0.1",
+    deploy_seconds: Annotated[float, typer.Option(help="How long a simulated Railway deploy takes.")] = 3.0,
+    seed: Annotated[int | None, typer.Option(help="Seed for reproducible ids.")] = None,
+) -> None:
+    """Serve simulated Railway, OpenRouter, AgentMail and Telnyx APIs for local testing."""
+    import uvicorn
+
+    from providers.simulated.app import Simulator, SimulatorSettings, base_urls
+
+    simulator = Simulator(SimulatorSettings(deploy_seconds=deploy_seconds, seed=seed))
+    root = f"http://{host}:{port}"
+    urls = base_urls(root)
+    console.print("Simulated providers; point the reconciler at them with:")
+    for name, url in urls.items():
+        console.print(f"  {name.upper()}_API_URL={url}")
+    console.print(f"Every resource held: GET {root}/_admin/resources")
+    uvicorn.run(simulator.app(), host=host, port=port, log_level="warning")
+
+
+@app.command("demo")
+def demo_command(
+    instances: Annotated[int, typer.Option(help="How many desired instances to converge.", min=1, max=500)] = 25,
+    deploy_seconds: Annotated[float, typer.Option(help="Simulated Railway deploy time.")] = 2.0,
+    timeout: Annotated[float, typer.Option(help="Give up after this many seconds per phase.")] = 120.0,
+) -> None:
+    """Converge instances against simulated providers on an embedded Postgres, then tear them down."""
+    from reconciler.demo import run_demo
+
+    settings = settings_or_exit()
+    with database(settings) as url:
+        ok = run_async(run_demo(url, console, instances=instances, deploy_seconds=deploy_seconds, timeout=timeout))
+    if not ok:
+        raise typer.Exit(EXIT_FAILURE)
+
+
+def main() -> None:
+    configure_logging()
+    try:
+        app()
+    except CommandError as exc:
+        err_console.print(f"error: {exc}", highlight=False, markup=False)
+        sys.exit(exc.code)
+    except (SettingsError, DatabaseError) as exc:
+        err_console.print(f"error: {exc}", highlight=False, markup=False)
+        sys.exit(EXIT_FAILURE)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,294 @@
+"""One HTTP call, one error vocabulary: the transport seam every provider client goes through.
+
+Each client builds its requests and hands them to :class:`ProviderHTTP`, which sends them through
+the injected ``httpx.AsyncClient`` and turns every way a call can fail into the hierarchy of
+:mod:`providers.base`:
+
+=====================================  =============================================
+what happened                          raised
+=====================================  =============================================
+timeout, connection refused or reset   ``Transient``
+HTTP 5xx                               ``Transient``
+HTTP 429                               ``Throttled(retry_after)`` (``Retry-After`` in
+                                       seconds or as an HTTP date; default below)
+HTTP 401 / 403                         ``ConfigError`` (credentials; no hot retry)
+HTTP 400                               ``ConfigError`` (we sent something invalid)
+HTTP 404                               ``NotFound``
+HTTP 409 / 422                         ``Conflict``
+a 2xx whose body is not the JSON       ``Transient`` naming provider and operation
+the contract promises
+=====================================  =============================================
+
+Nothing here retries: throttling and outages go back to the reconciler, which records them in
+the row and defers (ARCHITECTURE.md section 3.5). Error texts pass through :func:`redact`, so a
+credential echoed by a provider (or present in a URL) never reaches a log line or an exception.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import re
+import time
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+
+from providers.base import ConfigError, Conflict, NotFound, ProviderError, Throttled, Transient
+
+DEFAULT_RETRY_AFTER_SECONDS = 5.0
+MAX_ERROR_TEXT = 300
+
+# Shapes of credentials we know of; anything matching is masked in error texts.
+_SECRET_PATTERNS = (
+    re.compile(r"sk-or-v1-[A-Za-z0-9]+"),
+    re.compile(r"\bam_[A-Za-z0-9_]{8,}"),
+    re.compile(r"\bKEY[0-9A-Za-z_]{16,}"),
+    re.compile(r"(?i)bearer\s+[A-Za-z0-9._~+/=-]+"),
+)
+
+CallObserver = Callable[[str, str, str, float], None]
+"""``(provider, operation, outcome, seconds)``: told about every call, for metrics."""
+
+AnswerCheck = Callable[[httpx.Response, Any], None]
+"""``(response, decoded body)``: a provider's own check of a 2xx answer, which may raise a
+``ProviderError``: Railway reports errors, throttling included, as HTTP 200 with ``errors[]``."""
+
+CodedError = type[Conflict] | type[ConfigError] | type[NotFound] | type[Transient]
+ErrorCodes = Mapping[str, CodedError]
+"""Provider error codes (the ``code`` of an error body) mapped to the class to raise, overriding
+the status mapping: AgentMail says "username taken" with a 403 ``resource_taken``, a Conflict."""
+
+
+def redact(text: str, secrets: Sequence[str] = ()) -> str:
+    """Mask known secrets and anything shaped like a credential; cut to a loggable length."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    for pattern in _SECRET_PATTERNS:
+        text = pattern.sub("***", text)
+    if len(text) > MAX_ERROR_TEXT:
+        text = text[:MAX_ERROR_TEXT] + "…"
+    return text
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header: delta-seconds or an HTTP date; None if absent."""
+    if value is None:
+        return None
+    value = value.strip()
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    current = now if now is not None else time.time()
+    return max(0.0, when.timestamp() - current)
+
+
+def _outcome_of(exc: ProviderError | None) -> str:
+    if exc is None:
+        return "ok"
+    return {
+        Transient: "transient",
+        Throttled: "throttled",
+        NotFound: "not_found",
+        Conflict: "conflict",
+        ConfigError: "config_error",
+    }.get(type(exc), "error")
+
+
+class ProviderHTTP:
+    """Sends one provider's requests and maps failures; shared by all of that provider's drivers.
+
+    ``auth_headers`` are added to every request and their values are redacted from every error.
+    ``observer`` (optional) is told the outcome and latency of every call.
+    """
+
+    def __init__(
+        self,
+        provider: str,
+        client: httpx.AsyncClient,
+        base_url: str,
+        auth_headers: Mapping[str, str],
+        *,
+        timeout: float = 15.0,
+        observer: CallObserver | None = None,
+    ) -> None:
+        self.provider = provider
+        self._client = client
+        self._base_url = base_url.rstrip("/")
+        self._headers = dict(auth_headers)
+        self._secrets = tuple(v.split(" ", 1)[-1] for v in auth_headers.values())
+        self._timeout = timeout
+        self._observer = observer
+
+    def redact(self, text: str) -> str:
+        return redact(text, self._secrets)
+
+    async def request(
+        self,
+        operation: str,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        params: Mapping[str, Any] | Sequence[tuple[str, Any]] | None = None,
+        expect_json: bool = True,
+        error_codes: ErrorCodes | None = None,
+        check: AnswerCheck | None = None,
+    ) -> Any:
+        """Send one request; return the decoded JSON body (or None when ``expect_json`` is False).
+
+        ``check`` sees the response and its decoded body before they are returned; what it raises
+        is counted by the observer like any other failure.
+        """
+        started = time.monotonic()
+        error: ProviderError | None = None
+        try:
+            response = await self._send(operation, method, path, json=json, params=params)
+            self.raise_for_status(operation, response, error_codes)
+            if not expect_json:
+                return None
+            body = self.decode(operation, response)
+            if check is not None:
+                check(response, body)
+            return body
+        except ProviderError as exc:
+            error = exc
+            raise
+        finally:
+            if self._observer is not None:
+                self._observer(self.provider, operation, _outcome_of(error), time.monotonic() - started)
+
+    async def _send(
+        self,
+        operation: str,
+        method: str,
+        path: str,
+        *,
+        json: Any,
+        params: Mapping[str, Any] | Sequence[tuple[str, Any]] | None,
+    ) -> httpx.Response:
+        url = self._base_url + path
+        try:
+            return await self._client.request(
+                method, url, json=json, params=params, headers=self._headers, timeout=self._timeout
+            )
+        except httpx.TimeoutException:
+            raise Transient(self.provider, operation, "timed out") from None
+        except httpx.TransportError as exc:
+            raise Transient(self.provider, operation, f"connection failed: {type(exc).__name__}") from None
+
+    def raise_for_status(
+        self, operation: str, response: httpx.Response, error_codes: ErrorCodes | None = None
+    ) -> None:
+        status = response.status_code
+        if status < 400:
+            return
+        detail = self.redact(_error_text(response))
+        message = f"HTTP {status}" + (f": {detail}" if detail else "")
+        coded = error_codes.get(_error_code(response)) if error_codes and status != 429 else None
+        if coded is not None:
+            raise coded(self.provider, operation, message)
+        if status == 429:
+            retry_after = parse_retry_after(response.headers.get("Retry-After"))
+            raise Throttled(
+                self.provider,
+                operation,
+                message,
+                DEFAULT_RETRY_AFTER_SECONDS if retry_after is None else retry_after,
+            )
+        if status in (401, 403):
+            raise ConfigError(self.provider, operation, message + " (check the API credentials)")
+        if status == 404:
+            raise NotFound(self.provider, operation, message)
+        if status in (409, 422):
+            raise Conflict(self.provider, operation, message)
+        if status >= 500 or status in (408, 425):
+            raise Transient(self.provider, operation, message)
+        raise ConfigError(self.provider, operation, message)
+
+    def decode(self, operation: str, response: httpx.Response) -> Any:
+        try:
+            return response.json()
+        except ValueError:
+            kind = response.headers.get("content-type", "unknown content type")
+            raise Transient(
+                self.provider, operation, f"answer is not JSON (HTTP {response.status_code}, {kind})"
+            ) from None
+
+
+def _error_text(response: httpx.Response) -> str:
+    """The most useful short text of an error body, whatever the provider's envelope."""
+    try:
+        body = response.json()
+    except ValueError:
+        text = response.text.strip()
+        return "" if text.startswith("<") else text[:200]
+    return _message_from(body)
+
+
+def _error_code(response: httpx.Response) -> str:
+    """The machine-readable ``code`` of an error body (top level, ``error`` or ``errors[0]``); '' if none."""
+    try:
+        body = response.json()
+    except ValueError:
+        return ""
+    if isinstance(body, dict):
+        errors = body.get("errors")
+        if isinstance(errors, list) and errors:
+            body = errors[0]
+        elif isinstance(body.get("error"), dict):
+            body = body["error"]
+    code = body.get("code") if isinstance(body, dict) else None
+    return "" if code is None else str(code)
+
+
+def _message_from(body: Any) -> str:
+    if isinstance(body, dict):
+        for key in ("message", "detail", "title", "name"):
+            if isinstance(body.get(key), str):
+                return str(body[key])
+        for key in ("error", "errors"):
+            if key in body:
+                return _message_from(body[key])
+    if isinstance(body, list) and body:
+        return "; ".join(_message_from(item) for item in body[:3])
+    if isinstance(body, str):
+        return body
+    return ""
+
+
+def require(provider: str, operation: str, body: Any, *path: str | int) -> Any:
+    """Walk ``body`` along ``path``; a missing or mistyped step is a ``Transient`` naming it.
+
+    Used on every field a client relies on, so a provider answer that breaks its contract is a
+    clear error instead of a ``KeyError`` deep in the reconciler.
+    """
+    node = body
+    walked: list[str] = []
+    for step in path:
+        walked.append(str(step))
+        try:
+            node = node[step]
+        except (KeyError, IndexError, TypeError):
+            raise Transient(
+                provider, operation, f"answer lacks {'.'.join(walked)} (contract mismatch)"
+            ) from None
+    if node is None:
+        raise Transient(provider, operation, f"answer has null {'.'.join(walked)} (contract mismatch)")
+    return node
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+

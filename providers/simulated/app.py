@@ -1,0 +1,112 @@
+"""All four simulated providers behind one ASGI app, plus an admin route.
+
+The simulators are product code: ``reconciler demo``, the benchmarks, our tests and anyone
+testing their own pool manager run against them. Each one lives in its own module, keeps its
+state in memory and serves the real paths and payload shapes of the contracts in
+``providers/simulated/specs``. This module only mounts them under fixed prefixes::
+
+    /railway/graphql/v2     Railway GraphQL (POST {query, variables})
+    /openrouter/api/v1      OpenRouter key management
+    /agentmail/v0           AgentMail inboxes
+    /telnyx/v2              Telnyx numbers and messaging profiles
+    /_admin/resources       GET: every resource each fake holds, as JSON
+    /_admin/reset           POST: forget everything
+
+so a client configured with ``<base>/railway/graphql/v2`` as its Railway URL cannot tell it from
+the real API (beyond the data being made up).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from fastapi import FastAPI
+from starlette.types import ASGIApp
+
+from providers.simulated.agentmail import FakeAgentMail
+from providers.simulated.openrouter import FakeOpenRouter
+from providers.simulated.railway import FakeRailway
+from providers.simulated.telnyx import FakeTelnyx
+
+PREFIXES: dict[str, str] = {
+    "railway": "/railway/graphql/v2",
+    "openrouter": "/openrouter/api/v1",
+    "agentmail": "/agentmail/v0",
+    "telnyx": "/telnyx/v2",
+}
+
+
+class FakeProvider(Protocol):
+    """What each simulated provider offers to this app."""
+
+    def asgi(self) -> ASGIApp:
+        """The app serving the provider's API, mounted under its prefix."""
+        ...
+
+    def snapshot(self) -> dict[str, list[dict[str, Any]]]:
+        """Every resource held, by resource type (``{"keys": [...]}``)."""
+        ...
+
+    def reset(self) -> None:
+        """Forget every resource."""
+        ...
+
+
+@dataclass
+class SimulatorSettings:
+    """Knobs that shape the simulated world (fault injection lives with each provider)."""
+
+    deploy_seconds: float = 3.0
+    """How long a Railway deployment takes to go QUEUED -> BUILDING -> DEPLOYING -> SUCCESS."""
+    seed: int | None = None
+    """Seed for the simulators' randomness (ids, number inventory); None for a random one."""
+
+
+class Simulator:
+    """The four fakes, built together so tests and the demo can reach their state directly."""
+
+    def __init__(self, settings: SimulatorSettings | None = None) -> None:
+        self.settings = settings or SimulatorSettings()
+        self.railway = FakeRailway(deploy_seconds=self.settings.deploy_seconds, seed=self.settings.seed)
+        self.openrouter = FakeOpenRouter(seed=self.settings.seed)
+        self.agentmail = FakeAgentMail(seed=self.settings.seed)
+        self.telnyx = FakeTelnyx(seed=self.settings.seed)
+
+    @property
+    def providers(self) -> dict[str, FakeProvider]:
+        return {
+            "railway": self.railway,
+            "openrouter": self.openrouter,
+            "agentmail": self.agentmail,
+            "telnyx": self.telnyx,
+        }
+
+    def snapshot(self) -> dict[str, dict[str, list[dict[str, Any]]]]:
+        return {name: fake.snapshot() for name, fake in self.providers.items()}
+
+    def reset(self) -> None:
+        for fake in self.providers.values():
+            fake.reset()
+
+    def app(self) -> FastAPI:
+        app = FastAPI(title="Simulated providers", docs_url=None, redoc_url=None, openapi_url=None)
+
+        @app.get("/_admin/resources")
+        def resources() -> dict[str, dict[str, list[dict[str, Any]]]]:
+            return self.snapshot()
+
+        @app.post("/_admin/reset")
+        def reset() -> dict[str, bool]:
+            self.reset()
+            return {"ok": True}
+
+        for name, fake in self.providers.items():
+            app.mount(PREFIXES[name], fake.asgi())
+        return app
+
+
+def base_urls(root: str) -> dict[str, str]:
+    """The four provider base URLs of a simulator served at ``root`` (``http://127.0.0.1:8080``)."""
+    root = root.rstrip("/")
+    return {name: root + prefix for name, prefix in PREFIXES.items()}

@@ -1,0 +1,161 @@
+"""Where the database comes from, and how the schema gets there.
+
+``SERVICE_DATABASE_URL`` wins when set. Otherwise the CLI starts an embedded Postgres (the
+``pgserver`` package ships real Postgres binaries in its wheel) with its data under
+``.reconciler/pgdata`` in the working directory, so ``make demo`` works on a bare machine with no
+Docker and no system Postgres. The embedded server is stopped when the last process using it
+exits (pgserver counts its users).
+
+Migrations are the numbered ``.sql`` files of ``migrations/``. :func:`migrate` applies the ones
+not yet recorded in ``schema_migrations``, each in its own transaction, while holding a
+session advisory lock, so any number of replicas may run it at start-up at once and running it
+twice changes nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+EMBEDDED_DIR = Path(".reconciler") / "pgdata"
+MIGRATION_LOCK_KEY = 7_266_524_501  # any constant shared by every replica
+_MIGRATION_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
+
+CREATE_MIGRATIONS_TABLE = """
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version    INTEGER PRIMARY KEY,
+    name       TEXT NOT NULL,
+    checksum   TEXT NOT NULL,
+    applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
+)
+"""
+SELECT_APPLIED = "SELECT version, checksum FROM schema_migrations"
+INSERT_APPLIED = "INSERT INTO schema_migrations (version, name, checksum) VALUES (%s, %s, %s)"
+
+
+class DatabaseError(Exception):
+    """The database could not be reached or prepared; the message says what to check."""
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+    @property
+    def checksum(self) -> str:
+        return hashlib.sha256(self.sql.encode()).hexdigest()
+
+
+def load_migrations(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
+    migrations = []
+    for path in sorted(directory.glob("*.sql")):
+        match = _MIGRATION_NAME.match(path.name)
+        if not match:
+            raise DatabaseError(f"migration file {path.name} must be named NNNN_description.sql")
+        migrations.append(Migration(int(match.group(1)), path.stem, path.read_text()))
+    versions = [m.version for m in migrations]
+    if len(set(versions)) != len(versions):
+        raise DatabaseError("two migration files share a version number")
+    return migrations
+
+
+def migrate(url: str, directory: Path = MIGRATIONS_DIR) -> list[str]:
+    """Apply pending migrations; returns the names applied (empty when already current)."""
+    migrations = load_migrations(directory)
+    applied_now: list[str] = []
+    with connect(url, autocommit=True) as conn:
+        conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK_KEY,))
+        try:
+            conn.execute(CREATE_MIGRATIONS_TABLE)
+            applied = dict(conn.execute(SELECT_APPLIED).fetchall())
+            for migration in migrations:
+                if migration.version in applied:
+                    if applied[migration.version] != migration.checksum:
+                        raise DatabaseError(
+                            f"migration {migration.name} was changed after it was applied; "
+                            "add a new migration instead"
+                        )
+                    continue
+                with conn.transaction():
+                    conn.execute(migration.sql.encode())
+                    conn.execute(INSERT_APPLIED, (migration.version, migration.name, migration.checksum))
+                applied_now.append(migration.name)
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_KEY,))
+    return applied_now
+
+
+def connect(url: str, **kwargs: Any) -> psycopg.Connection[Any]:
+    """A plain connection with a clear error instead of a driver traceback."""
+    try:
+        return psycopg.connect(url, **kwargs)
+    except psycopg.OperationalError as exc:
+        raise DatabaseError(f"cannot connect to Postgres: {_first_line(exc)}") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+class EmbeddedPostgres:
+    """A pgserver-managed Postgres with its data in ``directory``; a context manager."""
+
+    def __init__(self, directory: Path = EMBEDDED_DIR) -> None:
+        self.directory = directory.resolve()
+        self._server: Any = None
+
+    def start(self) -> str:
+        try:
+            import pgserver  # imported here: only needed when no database is configured
+        except ImportError:
+            raise DatabaseError(
+                "SERVICE_DATABASE_URL is not set and the embedded Postgres (pgserver) is not installed"
+            ) from None
+        self.directory.mkdir(parents=True, exist_ok=True)
+        try:
+            self._server = pgserver.get_server(str(self.directory), cleanup_mode="stop")
+        except Exception as exc:  # pgserver raises plain exceptions with the server log
+            raise DatabaseError(f"the embedded Postgres did not start: {_first_line(exc)}") from None
+        return str(self._server.get_uri())
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.cleanup()
+            self._server = None
+
+    def __enter__(self) -> str:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def create_database(url: str, name: str, template: str | None = None) -> str:
+    """Create database ``name`` (dropping an old one) on the server of ``url``; return its URL."""
+    with connect(url, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        if template:
+            create = sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
+                sql.Identifier(name), sql.Identifier(template)
+            )
+        else:
+            create = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
+        conn.execute(create)
+    return with_database(url, name)
+
+
+def with_database(url: str, name: str) -> str:
+    """``url`` pointing at database ``name`` (works for URLs with a socket ``host=`` parameter)."""
+    info = psycopg.conninfo.conninfo_to_dict(url)
+    info["dbname"] = name
+    return psycopg.conninfo.make_conninfo("", **info)

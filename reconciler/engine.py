@@ -1,0 +1,566 @@
+"""The reconcile of one instance: claim, observe, plan, apply, record. Linear, on purpose.
+
+A worker claims due rows (``FOR UPDATE SKIP LOCKED``, a lease, a fencing token bumped per
+claim) and reconciles each one. Reconciling reads the desired row and our observed rows, then
+walks the instance's resources in dependency order, asking the pure :func:`reconciler.plan.decide`
+what to do with each, and doing it through the resource's driver.
+
+Crash safety (ARCHITECTURE.md section 3.3) comes from the order of writes around every create::
+
+    commit intent (status 'creating', intent_at)  ->  provider create  ->  commit external id
+
+A process killed between the first commit and the second leaves an intent and no id; the next
+claim sees it and looks the resource up by its derived name before creating (``ADOPT_OR_CREATE``),
+so there is never a duplicate. A kill before the first commit leaves nothing at the provider.
+
+Every write opens with :data:`~reconciler.queries.CHECK_FENCE`: it locks the desired row, checks
+that our claim is still the latest (the token) and extends the lease. A worker whose lease
+expired and whose row was claimed again gets :class:`LeaseLost` and stops without writing.
+
+What each provider error does to the row (all durable, all visible in ``reconciler why``):
+
+=============  ================================================================
+Throttled      defer exactly ``retry_after``; not an error, attempts unchanged
+Transient      capped exponential backoff with jitter
+Conflict       as Transient (the next pass looks again)
+NotFound       on delete: gone (success); on observe: drift, create again
+ConfigError    phase Failed, retried only at the slow config-error interval
+=============  ================================================================
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from psycopg import AsyncConnection
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+from psycopg_pool import AsyncConnectionPool
+
+from desired_state.models import InstanceSpec, Tool
+from providers.base import (
+    CREATE_ORDER,
+    ConfigError,
+    DesiredResource,
+    NotFound,
+    Observed,
+    ProviderError,
+    ResourceDriver,
+    ResourceKind,
+    Throttled,
+)
+from reconciler import queries
+from reconciler.metrics import Metrics
+from reconciler.plan import (
+    KIND_TOOLS,
+    TOOL_KINDS,
+    Action,
+    Blocked,
+    ObservedRow,
+    ResourceDefaults,
+    Verb,
+    decide,
+    desired_resource,
+    params_hash,
+    wanted_kinds,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """Timing of the loop. Every field is a number of seconds unless it says otherwise."""
+
+    lease_seconds: float = 60.0
+    """How long a claim is exclusive without a write; each write extends it."""
+    poll_interval: float = 60.0
+    """Converged rows are looked at again after this long (drift, deploy status)."""
+    not_ready_interval: float = 1.0
+    """A resource the provider is still converging (a build) is looked at again after this long."""
+    backoff_base: float = 1.0
+    """First retry delay after a transient error; doubles per attempt."""
+    backoff_cap: float = 300.0
+    """Longest retry delay after transient errors."""
+    config_error_interval: float = 300.0
+    """A configuration error (bad credentials) is retried only this often."""
+    changed_head_start: float = 300.0
+    """How far ahead of polls and retries a new or changed row is scheduled (aging beyond it)."""
+    batch_size: int = 32
+    """Rows one worker claims per pass (and reconciles concurrently)."""
+
+
+@dataclass(frozen=True)
+class Claim:
+    instance_id: str
+    token: int
+    generation: int
+    attempts: int
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a reconcile pass did, for the CLI, the metrics and the tests."""
+
+    instance_id: str
+    kind: str  # converge | teardown
+    result: str  # see metrics.RECONCILE_RESULTS
+    phase: str | None = None
+    error: str | None = None
+    actions: tuple[Action, ...] = ()
+
+
+class LeaseLost(Exception):
+    """Another worker claimed the row after us; this worker must stop writing it."""
+
+
+class _Retry(Exception):
+    """Internal: a resource step failed; carries the delay and how to record it."""
+
+    def __init__(self, error: ProviderError, kind: ResourceKind, delay: float, result: str) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.kind = kind
+        self.delay = delay
+        self.result = result
+
+
+@dataclass
+class _State:
+    """What we know of one instance's resources while reconciling it."""
+
+    observed: dict[ResourceKind, ObservedRow] = field(default_factory=dict)
+    secrets: dict[ResourceKind, str] = field(default_factory=dict)
+    actions: list[Action] = field(default_factory=list)
+
+
+class Reconciler:
+    """Claims and reconciles desired instances. One per process; safe to run in many processes."""
+
+    def __init__(
+        self,
+        pool: AsyncConnectionPool[AsyncConnection[Any]],
+        drivers: Mapping[ResourceKind, ResourceDriver],
+        defaults: ResourceDefaults,
+        metrics: Metrics,
+        *,
+        owner: str,
+        settings: EngineSettings | None = None,
+    ) -> None:
+        self._pool = pool
+        self._drivers = drivers
+        self._defaults = defaults
+        self._metrics = metrics
+        self._owner = owner
+        self.settings = settings or EngineSettings()
+
+    # -- claiming ---------------------------------------------------------------------------------
+
+    async def claim(self, limit: int | None = None) -> list[Claim]:
+        params = {
+            "limit": limit or self.settings.batch_size,
+            "owner": self._owner,
+            "lease_seconds": self.settings.lease_seconds,
+            "changed_head_start": self.settings.changed_head_start,
+        }
+        async with self._pool.connection() as conn, conn.cursor() as cur:
+            await cur.execute(queries.CLAIM_DUE, params)
+            rows = await cur.fetchall()
+        return [Claim(*row) for row in rows]
+
+    async def make_due(self, instance_ids: list[str] | None) -> list[str]:
+        """Force the next pass now for these rows (all rows when None)."""
+        async with self._pool.connection() as conn, conn.cursor() as cur:
+            await cur.execute(queries.MAKE_DUE, {"ids": instance_ids or [], "all": instance_ids is None})
+            return [row[0] for row in await cur.fetchall()]
+
+    # -- one instance ----------------------------------------------------------------------------
+
+    async def reconcile(self, claim: Claim) -> Outcome:
+        """Reconcile one claimed instance and release the claim; never raises for provider errors."""
+        started = time.monotonic()
+        async with self._pool.connection() as conn:
+            desired = await _fetch_one(conn, queries.SELECT_DESIRED_FOR_RECONCILE, claim.instance_id)
+            state = await self._load_state(conn, claim.instance_id)
+        if desired is None:
+            return Outcome(claim.instance_id, "converge", "gone")
+        spec = InstanceSpec.from_row(desired["instance_id"], desired["name"], desired["spec"])
+        kind = "converge" if desired["present"] else "teardown"
+        try:
+            if desired["present"]:
+                # A row already Ready at this generation is here for its periodic poll.
+                polling = desired["phase"] == "Ready" and desired["observed_generation"] == claim.generation
+                outcome = await self._converge(claim, spec, state, polling=polling)
+            else:
+                outcome = await self._teardown(claim, spec, state)
+        except LeaseLost:
+            self._metrics.lease_lost.inc()
+            outcome = Outcome(claim.instance_id, kind, "lease_lost")
+        except _Retry as retry:
+            outcome = await self._record_failure(claim, kind, retry, state, present=desired["present"])
+        self._metrics.reconcile_total.labels(kind, outcome.result).inc()
+        self._metrics.reconcile_seconds.labels(kind).observe(time.monotonic() - started)
+        return outcome
+
+    async def _converge(self, claim: Claim, spec: InstanceSpec, state: _State, *, polling: bool) -> Outcome:
+        wanted = wanted_kinds(spec)
+        # Tools dropped from the spec are torn down first (reverse dependency order).
+        for kind in reversed(CREATE_ORDER):
+            if kind not in wanted and kind in state.observed:
+                await self._remove(claim, kind, spec, state)
+
+        not_ready: list[ResourceKind] = []
+        for kind in wanted:
+            try:
+                want = desired_resource(kind, spec, self._defaults, state.observed, state.secrets)
+            except Blocked:
+                # A dependency is not ready yet (cannot happen in creation order unless a
+                # provider answered without a value); look again shortly.
+                not_ready.append(kind)
+                break
+            action = decide(kind, want, state.observed.get(kind), poll=polling)
+            await self._apply(claim, action, want, state)
+            if state.observed[kind].status != "ready":
+                not_ready.append(kind)
+                break  # dependants wait for it (the deployment waits for every other resource)
+
+        await self._publish(claim, spec, state)
+        if not_ready:
+            await self._finish(claim, phase="Provisioning", delay=self.settings.not_ready_interval)
+            return Outcome(claim.instance_id, "converge", "requeue", "Provisioning", actions=tuple(state.actions))
+        await self._finish(claim, phase="Ready", delay=self.settings.poll_interval, observed=True)
+        return Outcome(claim.instance_id, "converge", "done", "Ready", actions=tuple(state.actions))
+
+    async def _teardown(self, claim: Claim, spec: InstanceSpec, state: _State) -> Outcome:
+        for kind in reversed(CREATE_ORDER):
+            if kind in state.observed:
+                await self._remove(claim, kind, spec, state)
+        # Every resource is confirmed gone: the finalizer lets the row go.
+        async with self._fenced(claim) as conn:
+            await conn.execute(queries.DELETE_INSTANCE_INFRA, {"instance_id": claim.instance_id})
+            await conn.execute(queries.DELETE_DESIRED, {"instance_id": claim.instance_id, "token": claim.token})
+            await self._event(conn, claim, None, "delete_instance", "ok", {})
+        return Outcome(claim.instance_id, "teardown", "gone", None, actions=tuple(state.actions))
+
+    # -- applying one action ---------------------------------------------------------------------
+
+    async def _apply(self, claim: Claim, action: Action, want: DesiredResource, state: _State) -> None:
+        kind = action.kind
+        driver = self._drivers[kind]
+        row = state.observed.get(kind)
+        if action.verb is not Verb.NOOP:
+            state.actions.append(action)
+        try:
+            if action.verb is Verb.NOOP:
+                return
+            if action.verb is Verb.OBSERVE:
+                assert row is not None and row.external_id is not None
+                try:
+                    found = await driver.observe(row.external_id, want)
+                except NotFound:
+                    # Gone behind our back: record the drift and create it again.
+                    await self._forget(claim, kind, state, action="drift", outcome="gone")
+                    await self._create(claim, driver, want, state)
+                    return
+                await self._record(claim, want, found, state, applied_hash=row.applied_hash, action=None)
+                return
+            if action.verb is Verb.UPDATE:
+                assert row is not None and row.external_id is not None
+                found = await driver.update(row.external_id, want)
+                await self._record(claim, want, found, state, applied_hash=params_hash(want), action="update")
+                return
+            if action.verb is Verb.REPLACE:
+                assert row is not None and row.external_id is not None
+                await self._delete_at_provider(driver, row.external_id, want)
+                await self._forget(claim, kind, state, action="delete", outcome="replaced")
+                await self._create(claim, driver, want, state)
+                return
+            if action.verb is Verb.ADOPT_OR_CREATE:
+                existing = await driver.lookup(want)
+                if existing is not None:
+                    await self._record(claim, want, existing, state, applied_hash=None, action="adopt")
+                    # Adopted: bring the fields we own to the spec (or replace if a secret is lost).
+                    await self._apply(claim, decide(kind, want, state.observed[kind]), want, state)
+                    return
+            await self._create(claim, driver, want, state)
+        except ProviderError as error:
+            raise self._retry_for(error, kind) from None
+
+    async def _create(self, claim: Claim, driver: ResourceDriver, want: DesiredResource, state: _State) -> None:
+        async with self._fenced(claim) as conn:
+            await conn.execute(
+                queries.RECORD_INTENT,
+                {"instance_id": want.instance_id, "kind": want.kind.value, "derived_name": want.name,
+                 "token": claim.token},
+            )
+        found = await driver.create(want)
+        await self._record(claim, want, found, state, applied_hash=params_hash(want), action="create")
+
+    async def _remove(self, claim: Claim, kind: ResourceKind, spec: InstanceSpec, state: _State) -> None:
+        """Delete one resource at the provider (404 = gone) and forget it."""
+        row = state.observed[kind]
+        action = decide(kind, None, row)
+        if action.verb is Verb.NOOP:
+            return
+        state.actions.append(action)
+        driver = self._drivers[kind]
+        want = self._teardown_want(kind, spec, state)
+        try:
+            external_id = row.external_id
+            if action.verb is Verb.FIND_AND_DELETE:
+                found = await driver.lookup(want)
+                external_id = found.external_id if found is not None else None
+            if external_id is not None:
+                async with self._fenced(claim) as conn:
+                    await conn.execute(
+                        queries.MARK_RESOURCE_DELETING,
+                        {"instance_id": claim.instance_id, "kind": kind.value, "token": claim.token},
+                    )
+                await self._delete_at_provider(driver, external_id, want)
+        except ProviderError as error:
+            raise self._retry_for(error, kind) from None
+        await self._forget(claim, kind, state, action="delete", outcome="ok")
+
+    @staticmethod
+    async def _delete_at_provider(driver: ResourceDriver, external_id: str, want: DesiredResource) -> None:
+        try:
+            await driver.delete(external_id, want)
+        except NotFound:
+            pass  # already gone: exactly what we wanted
+
+    def _teardown_want(self, kind: ResourceKind, spec: InstanceSpec, state: _State) -> DesiredResource:
+        """Enough of a resource's description to find and delete it (never blocked)."""
+        depends: dict[str, str] = {}
+        service = state.observed.get(ResourceKind.RAILWAY_SERVICE)
+        if service is not None and service.external_id is not None:
+            depends[ResourceKind.RAILWAY_SERVICE.value] = service.external_id
+        return DesiredResource(
+            kind=kind, instance_id=spec.instance_id, name=self._defaults.derived_name(spec.instance_id),
+            depends=depends,
+        )
+
+    # -- recording --------------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def _fenced(self, claim: Claim) -> AsyncIterator[AsyncConnection[Any]]:
+        """A transaction that only commits if our claim is still the latest."""
+        async with self._pool.connection() as conn, conn.transaction():
+            cur = await conn.execute(
+                queries.CHECK_FENCE,
+                {"instance_id": claim.instance_id, "token": claim.token,
+                 "lease_seconds": self.settings.lease_seconds},
+            )
+            if await cur.fetchone() is None:
+                raise LeaseLost(claim.instance_id)
+            yield conn
+
+    async def _record(
+        self,
+        claim: Claim,
+        want: DesiredResource,
+        found: Observed,
+        state: _State,
+        *,
+        applied_hash: str | None,
+        action: str | None,
+    ) -> None:
+        status = "ready" if found.ready else "creating"
+        attributes = dict(found.attributes)
+        attributes.setdefault("provider_status", found.status)
+        async with self._fenced(claim) as conn:
+            await conn.execute(
+                queries.RECORD_OBSERVED,
+                {
+                    "instance_id": want.instance_id, "kind": want.kind.value, "derived_name": want.name,
+                    "external_id": found.external_id, "status": status, "attributes": Jsonb(attributes),
+                    "secret": found.secret, "applied_hash": applied_hash, "token": claim.token,
+                },
+            )
+            if action is not None:
+                await self._event(conn, claim, want.kind, action, "ok", {"external_id": found.external_id})
+        if action is not None:
+            self._metrics.resource_mutations.labels(want.kind.value, action).inc()
+        if found.secret is not None:
+            state.secrets[want.kind] = found.secret
+        previous = state.observed.get(want.kind)
+        state.observed[want.kind] = ObservedRow(
+            kind=want.kind, derived_name=want.name, external_id=found.external_id, status=status,
+            attributes=attributes, has_secret=want.kind in state.secrets, applied_hash=applied_hash,
+            intent_at=previous.intent_at if previous else None,
+        )
+
+    async def _forget(self, claim: Claim, kind: ResourceKind, state: _State, *, action: str, outcome: str) -> None:
+        row = state.observed.get(kind)
+        async with self._fenced(claim) as conn:
+            await conn.execute(queries.FORGET_RESOURCE, {"instance_id": claim.instance_id, "kind": kind.value})
+            if row is not None and (row.external_id is not None or row.intent_at is not None):
+                await self._event(conn, claim, kind, action, outcome, {"external_id": row.external_id})
+        if row is not None and row.external_id is not None:
+            self._metrics.resource_mutations.labels(kind.value, action).inc()
+        state.observed.pop(kind, None)
+        state.secrets.pop(kind, None)
+
+    async def _publish(self, claim: Claim, spec: InstanceSpec, state: _State) -> None:
+        """Keep the seed's ``instance_infra``/``instance_services`` rows current for the pool."""
+        observed = state.observed
+        service = observed.get(ResourceKind.RAILWAY_SERVICE)
+        if service is None or service.external_id is None:
+            return
+        domain = observed.get(ResourceKind.RAILWAY_DOMAIN)
+        volume = observed.get(ResourceKind.RAILWAY_VOLUME)
+        deployment = observed.get(ResourceKind.RAILWAY_DEPLOYMENT)
+        host = domain.attributes.get("domain") if domain else None
+        infra = {
+            "instance_id": spec.instance_id,
+            "service_id": service.external_id,
+            "env_id": service.attributes.get("environment_id") or "unknown",
+            "project_id": service.attributes.get("project_id"),
+            "url": f"https://{host}" if host else None,
+            "deploy_status": deployment.attributes.get("deploy_status") if deployment else None,
+            "image": (spec.image or self._defaults.runtime_image) if deployment else None,
+            "volume_id": volume.external_id if volume else None,
+        }
+        published: list[str] = []
+        async with self._fenced(claim) as conn:
+            await conn.execute(queries.UPSERT_INSTANCE_INFRA, infra)
+            for tool in spec.tools:
+                row = observed.get(TOOL_KINDS[tool])
+                if row is None or row.external_id is None:
+                    continue
+                await conn.execute(queries.UPSERT_INSTANCE_SERVICE, self._service_row(spec, tool, row, state))
+                published.append(tool.value)
+            await conn.execute(
+                queries.DELETE_INSTANCE_SERVICES_EXCEPT, {"instance_id": spec.instance_id, "keep": published}
+            )
+
+    @staticmethod
+    def _service_row(spec: InstanceSpec, tool: Tool, row: ObservedRow, state: _State) -> dict[str, Any]:
+        """One ``instance_services`` row with the seed's values for this tool."""
+        assert row.external_id is not None
+        if tool is Tool.OPENROUTER:
+            return {
+                "instance_id": spec.instance_id, "tool_id": tool.value, "resource_id": row.external_id,
+                "meta": Jsonb({"limit": row.attributes.get("limit")}), "env_key": "OPENROUTER_API_KEY",
+                "env_value": state.secrets.get(ResourceKind.OPENROUTER_KEY),
+            }
+        if tool is Tool.AGENTMAIL:
+            return {
+                "instance_id": spec.instance_id, "tool_id": tool.value, "resource_id": row.external_id,
+                "meta": Jsonb({}), "env_key": "AGENTMAIL_INBOX_ID", "env_value": row.external_id,
+            }
+        number = str(row.attributes.get("phone_number") or row.external_id)
+        return {
+            "instance_id": spec.instance_id, "tool_id": tool.value, "resource_id": number,
+            "meta": Jsonb({"messagingProfileId": row.attributes.get("messaging_profile_id"),
+                           "phoneNumberId": row.external_id}),
+            "env_key": "TELNYX_PHONE_NUMBER", "env_value": number,
+        }
+
+    async def _event(
+        self,
+        conn: AsyncConnection[Any],
+        claim: Claim,
+        kind: ResourceKind | None,
+        action: str,
+        outcome: str,
+        detail: dict[str, Any],
+    ) -> None:
+        await conn.execute(
+            queries.INSERT_EVENT,
+            {"instance_id": claim.instance_id, "kind": kind.value if kind else None, "action": action,
+             "outcome": outcome, "detail": Jsonb(detail), "token": claim.token},
+        )
+
+    async def _finish(
+        self,
+        claim: Claim,
+        *,
+        phase: str,
+        delay: float,
+        observed: bool = False,
+        attempts: int = 0,
+        error: str | None = None,
+    ) -> None:
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(
+                queries.FINISH_CLAIM,
+                {"instance_id": claim.instance_id, "token": claim.token, "generation": claim.generation,
+                 "delay": delay, "attempts": attempts, "error": error, "phase": phase,
+                 "observed_generation": claim.generation if observed else None},
+            )
+            if cur.rowcount == 0:
+                raise LeaseLost(claim.instance_id)
+
+    # -- failures ---------------------------------------------------------------------------------
+
+    def _retry_for(self, error: ProviderError, kind: ResourceKind) -> _Retry:
+        if isinstance(error, Throttled):
+            return _Retry(error, kind, error.retry_after, "throttled")
+        if isinstance(error, ConfigError):
+            return _Retry(error, kind, self.settings.config_error_interval, "terminal")
+        return _Retry(error, kind, -1.0, "retry")  # backoff computed from the attempt count
+
+    def backoff(self, attempts: int) -> float:
+        """Capped exponential backoff with full jitter in its upper half."""
+        ceiling = min(self.settings.backoff_cap, self.settings.backoff_base * 2 ** max(0, attempts - 1))
+        return ceiling * random.uniform(0.5, 1.0)
+
+    async def _record_failure(
+        self, claim: Claim, kind: str, retry: _Retry, state: _State, *, present: bool
+    ) -> Outcome:
+        throttled = retry.result == "throttled"
+        attempts = claim.attempts if throttled else claim.attempts + 1
+        delay = retry.delay if retry.delay >= 0 else self.backoff(attempts)
+        message = f"{retry.kind.value}: {retry.error}"
+        phase = "Failed" if retry.result == "terminal" else ("Provisioning" if present else "Deleting")
+        log.warning(
+            "reconcile of %s deferred %.1fs: %s", claim.instance_id, delay, message,
+            extra={"instance_id": claim.instance_id, "result": retry.result},
+        )
+        try:
+            async with self._fenced(claim) as conn:
+                await conn.execute(
+                    queries.RECORD_RESOURCE_ERROR,
+                    {"instance_id": claim.instance_id, "kind": retry.kind.value, "error": message,
+                     "delay": delay, "token": claim.token},
+                )
+                await self._event(conn, claim, retry.kind, "error", retry.result, {"error": message})
+            await self._finish(claim, phase=phase, delay=delay, attempts=attempts, error=message)
+        except LeaseLost:
+            self._metrics.lease_lost.inc()
+            return Outcome(claim.instance_id, kind, "lease_lost", error=message)
+        return Outcome(claim.instance_id, kind, retry.result, phase, error=message, actions=tuple(state.actions))
+
+    # -- loading ----------------------------------------------------------------------------------
+
+    @staticmethod
+    async def _load_state(conn: AsyncConnection[Any], instance_id: str) -> _State:
+        state = _State()
+        async with conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(queries.SELECT_OBSERVED, {"instance_id": instance_id})
+            for row in await cur.fetchall():
+                kind = ResourceKind(row["kind"])
+                if row["secret"] is not None:
+                    state.secrets[kind] = row["secret"]
+                state.observed[kind] = ObservedRow(
+                    kind=kind, derived_name=row["derived_name"], external_id=row["external_id"],
+                    status=row["status"], attributes=row["attributes"] or {},
+                    has_secret=row["secret"] is not None, applied_hash=row["applied_hash"],
+                    intent_at=row["intent_at"], attempts=row["attempts"], last_error=row["last_error"],
+                )
+        return state
+
+
+async def _fetch_one(conn: AsyncConnection[Any], query: str, instance_id: str) -> dict[str, Any] | None:
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(query, {"instance_id": instance_id})
+        return await cur.fetchone()
+
+
+__all__ = ["KIND_TOOLS", "Claim", "EngineSettings", "LeaseLost", "Outcome", "Reconciler"]

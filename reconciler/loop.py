@@ -1,0 +1,146 @@
+"""The loop around the reconciler: when passes run.
+
+Two triggers, one pass:
+
+* **APScheduler** runs :meth:`Worker.tick` every ``tick_seconds``. A tick claims due rows and
+  reconciles them, batch after batch, until nothing is due; rows come due through their durable
+  ``next_attempt_at`` (retries, deferrals, periodic polls), so the scheduler itself holds no state
+  and a restarted process simply carries on.
+* **LISTEN/NOTIFY**: a trigger on ``desired_instances`` sends ``reconciler_wake`` whenever a
+  caller changes a row; the listener pulls the next tick forward to now, so new work starts within
+  milliseconds instead of waiting for the interval.
+
+The tick never overlaps itself (``max_instances=1``). A database outage is logged and retried
+on the next tick; the listener reconnects with a capped backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from psycopg_pool import AsyncConnectionPool
+
+from reconciler import queries
+from reconciler.engine import Outcome, Reconciler
+from reconciler.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+WAKE_CHANNEL = "reconciler_wake"
+
+
+class Worker:
+    """Runs reconcile passes: on a schedule, on NOTIFY, or on demand (``drain``)."""
+
+    def __init__(
+        self,
+        reconciler: Reconciler,
+        pool: AsyncConnectionPool[Any],
+        metrics: Metrics,
+        *,
+        database_url: str,
+        tick_seconds: float = 1.0,
+        on_outcome: Callable[[Outcome], None] | None = None,
+    ) -> None:
+        self.reconciler = reconciler
+        self._pool = pool
+        self._metrics = metrics
+        self._database_url = database_url
+        self._tick_seconds = tick_seconds
+        self._on_outcome = on_outcome
+        self._scheduler: AsyncIOScheduler | None = None
+
+    async def run_batch(self) -> list[Outcome]:
+        """Claim one batch of due rows and reconcile them concurrently."""
+        claims = await self.reconciler.claim()
+        if not claims:
+            return []
+        outcomes = await asyncio.gather(*(self.reconciler.reconcile(claim) for claim in claims))
+        for outcome in outcomes:
+            if self._on_outcome is not None:
+                self._on_outcome(outcome)
+        return list(outcomes)
+
+    async def drain(self) -> list[Outcome]:
+        """Reconcile until nothing is due right now."""
+        done: list[Outcome] = []
+        while batch := await self.run_batch():
+            done.extend(batch)
+        return done
+
+    async def tick(self) -> None:
+        try:
+            await self.drain()
+            await self.refresh_gauges()
+        except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+            log.error("database unavailable, will retry next tick: %s", str(exc).splitlines()[0] if str(exc) else exc)
+        except Exception:
+            log.exception("reconcile tick failed")
+
+    async def refresh_gauges(self) -> None:
+        async with self._pool.connection() as conn:
+            due, oldest = await (await conn.execute(queries.QUEUE_STATS)).fetchone() or (0, 0)
+            self._metrics.queue_due.set(due)
+            self._metrics.queue_oldest_due_seconds.set(float(oldest))
+            phases: dict[str, int] = {}
+            for phase, present, count in await (await conn.execute(queries.COUNT_BY_PHASE)).fetchall():
+                key = phase if present else "Deleting"
+                phases[key] = phases.get(key, 0) + count
+        for phase in ("Pending", "Provisioning", "Ready", "Deleting", "Failed"):
+            self._metrics.instances.labels(phase).set(phases.get(phase, 0))
+
+    def wake(self) -> None:
+        """Run the next tick now (safe to call from the event loop at any time)."""
+        if self._scheduler is not None and self._scheduler.running:
+            job = self._scheduler.get_job("tick")
+            if job is not None:
+                job.modify(next_run_time=datetime.now(UTC))
+
+    async def run_forever(self, stop: asyncio.Event) -> None:
+        """Tick on schedule and on NOTIFY until ``stop`` is set; then finish the running pass."""
+        scheduler = AsyncIOScheduler(timezone=UTC)
+        scheduler.add_job(
+            self.tick, "interval", seconds=self._tick_seconds, id="tick", max_instances=1,
+            coalesce=True, next_run_time=datetime.now(UTC), misfire_grace_time=None,
+        )
+        self._scheduler = scheduler
+        scheduler.start()
+        listener = asyncio.create_task(self._listen(stop))
+        try:
+            await stop.wait()
+        finally:
+            scheduler.shutdown(wait=False)
+            listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await listener
+            # Let a pass in flight finish its writes (they are fenced either way).
+            while any(not task.done() for task in asyncio.all_tasks() if _is_tick(task)):
+                await asyncio.sleep(0.05)
+
+    async def _listen(self, stop: asyncio.Event) -> None:
+        delay = 0.5
+        while not stop.is_set():
+            try:
+                conn = await psycopg.AsyncConnection.connect(self._database_url, autocommit=True)
+                async with conn:
+                    await conn.execute(f"LISTEN {WAKE_CHANNEL}")
+                    delay = 0.5
+                    self.wake()  # anything written while we were not listening
+                    async for _ in conn.notifies():
+                        self.wake()
+            except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+                log.warning("LISTEN connection lost (%s); reconnecting in %.1fs", type(exc).__name__, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+
+
+def _is_tick(task: asyncio.Task[Any]) -> bool:
+    coro = task.get_coro()
+    return getattr(coro, "__qualname__", "") == "Worker.tick"

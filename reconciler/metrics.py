@@ -1,0 +1,124 @@
+"""Prometheus metrics, all under the ``reconciler_`` prefix.
+
+Every labelled series is created at zero when the process starts (:func:`preinitialise`), so a
+dashboard or an alert on ``rate(...)`` sees a flat line rather than "no data" until the first
+event. Label values are drawn from closed sets (provider, operation, outcome, result); never an
+instance id, never anything a caller wrote, never a secret.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+
+from providers.base import ResourceKind
+
+PROVIDERS = ("railway", "openrouter", "agentmail", "telnyx")
+CALL_OUTCOMES = ("ok", "transient", "throttled", "not_found", "conflict", "config_error")
+RECONCILE_KINDS = ("converge", "teardown")
+RECONCILE_RESULTS = ("done", "requeue", "retry", "throttled", "terminal", "lease_lost", "gone")
+PROVIDER_OPERATIONS: dict[str, tuple[str, ...]] = {}
+
+
+class Metrics:
+    """The metric objects, registered in one registry (the global one by default)."""
+
+    def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
+        self.reconcile_total = Counter(
+            "reconciler_reconcile_total",
+            "Reconcile passes by kind (converge or teardown) and result.",
+            ["kind", "result"],
+            registry=registry,
+        )
+        self.reconcile_seconds = Histogram(
+            "reconciler_reconcile_duration_seconds",
+            "Wall time of one reconcile pass of one instance.",
+            ["kind"],
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+            registry=registry,
+        )
+        self.provider_calls = Counter(
+            "reconciler_provider_calls_total",
+            "Provider API calls by provider, operation and outcome.",
+            ["provider", "operation", "outcome"],
+            registry=registry,
+        )
+        self.provider_seconds = Histogram(
+            "reconciler_provider_call_duration_seconds",
+            "Provider API call latency.",
+            ["provider"],
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 15),
+            registry=registry,
+        )
+        self.throttled = Counter(
+            "reconciler_provider_throttled_total",
+            "Provider calls answered with a rate limit (deferred, not failed).",
+            ["provider"],
+            registry=registry,
+        )
+        self.resource_mutations = Counter(
+            "reconciler_resource_mutations_total",
+            "Provider-side mutations applied, by resource kind and action.",
+            ["resource", "action"],
+            registry=registry,
+        )
+        self.lease_lost = Counter(
+            "reconciler_fencing_rejections_total",
+            "Writes refused because another worker claimed the row since (stale worker stopped).",
+            registry=registry,
+        )
+        self.queue_due = Gauge(
+            "reconciler_queue_due", "Desired rows due for a reconcile now.", registry=registry
+        )
+        self.queue_oldest_due_seconds = Gauge(
+            "reconciler_queue_oldest_due_seconds",
+            "How long the oldest due row has been waiting.",
+            registry=registry,
+        )
+        self.instances = Gauge(
+            "reconciler_instances", "Desired instances by phase.", ["phase"], registry=registry
+        )
+        self.claim_to_start_seconds = Histogram(
+            "reconciler_claim_latency_seconds",
+            "From a row becoming due to its claim by a worker.",
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60),
+            registry=registry,
+        )
+        self.time_to_ready_seconds = Histogram(
+            "reconciler_time_to_ready_seconds",
+            "From a desired instance's creation to its first Ready.",
+            buckets=(1, 2, 5, 10, 20, 30, 60, 120, 300, 600),
+            registry=registry,
+        )
+        self.preinitialise()
+
+    def preinitialise(self) -> None:
+        for kind in RECONCILE_KINDS:
+            self.reconcile_seconds.labels(kind)
+            for result in RECONCILE_RESULTS:
+                self.reconcile_total.labels(kind, result)
+        for provider in PROVIDERS:
+            self.provider_seconds.labels(provider)
+            self.throttled.labels(provider)
+        for resource in ResourceKind:
+            for action in ("create", "adopt", "update", "delete", "drift"):
+                self.resource_mutations.labels(resource.value, action)
+        for phase in ("Pending", "Provisioning", "Ready", "Deleting", "Failed"):
+            self.instances.labels(phase)
+
+    def observe_call(self, provider: str, operation: str, outcome: str, seconds: float) -> None:
+        """The :data:`providers._http.CallObserver` hook."""
+        self.provider_calls.labels(provider, operation, outcome).inc()
+        self.provider_seconds.labels(provider).observe(seconds)
+        if outcome == "throttled":
+            self.throttled.labels(provider).inc()
+
+
+_default: Metrics | None = None
+
+
+def default_metrics() -> Metrics:
+    """The process-wide metrics in the global registry (created once)."""
+    global _default
+    if _default is None:
+        _default = Metrics()
+    return _default

@@ -1,0 +1,194 @@
+"""Wiring: settings in, a running reconciler out.
+
+:class:`Runtime` owns the long-lived things a process needs (a Postgres connection pool, one
+shared ``httpx.AsyncClient``, the drivers, the metrics) and builds them from :class:`Settings`.
+The CLI, the demo and the tests all start the reconciler through it, so they run the same code.
+
+A tool whose credential is not configured gets an :class:`UnconfiguredDriver`: instances that do
+not ask for the tool are unaffected, and one that does shows a clear configuration error naming
+the missing variable, instead of the whole process refusing to start.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+import httpx
+from psycopg_pool import AsyncConnectionPool
+
+from providers._http import ProviderHTTP
+from providers.agentmail import AgentMailInboxDriver
+from providers.base import ConfigError, DesiredResource, Observed, ResourceDriver, ResourceKind
+from providers.openrouter import OpenRouterKeyDriver
+from providers.railway import (
+    RailwayClient,
+    RailwayConfig,
+    RailwayDeploymentDriver,
+    RailwayDomainDriver,
+    RailwayServiceDriver,
+    RailwayVolumeDriver,
+    railway_auth_headers,
+)
+from providers.telnyx import TelnyxNumberDriver
+from reconciler.engine import EngineSettings, Reconciler
+from reconciler.loop import Worker
+from reconciler.metrics import Metrics, default_metrics
+from reconciler.plan import ResourceDefaults
+from reconciler.settings import Settings
+
+
+class UnconfiguredDriver:
+    """Stands in for a provider whose credential is missing; every call is a ConfigError."""
+
+    def __init__(self, kind: ResourceKind, variable: str) -> None:
+        self.kind = kind
+        self._message = f"{variable} is not set, so {kind.provider} resources cannot be managed"
+
+    def _refuse(self, operation: str) -> ConfigError:
+        return ConfigError(self.kind.provider, operation, self._message)
+
+    async def lookup(self, want: DesiredResource) -> Observed | None:
+        raise self._refuse("lookup")
+
+    async def observe(self, external_id: str, want: DesiredResource) -> Observed:
+        raise self._refuse("observe")
+
+    async def create(self, want: DesiredResource) -> Observed:
+        raise self._refuse("create")
+
+    async def update(self, external_id: str, want: DesiredResource) -> Observed:
+        raise self._refuse("update")
+
+    async def delete(self, external_id: str, want: DesiredResource) -> None:
+        raise self._refuse("delete")
+
+
+def resource_defaults(settings: Settings) -> ResourceDefaults:
+    return ResourceDefaults(
+        name_prefix=settings.name_prefix,
+        runtime_image=settings.runtime_image,
+        openrouter_limit=settings.openrouter_limit,
+        openrouter_limit_reset=settings.openrouter_limit_reset,
+        agentmail_domain=settings.agentmail_domain,
+        base_env=dict(settings.pass_through),
+    )
+
+
+def build_drivers(
+    settings: Settings, client: httpx.AsyncClient, metrics: Metrics
+) -> tuple[dict[ResourceKind, ResourceDriver], RailwayClient | None]:
+    """One driver per resource kind, talking to the URLs and credentials of ``settings``."""
+    observer = metrics.observe_call
+    drivers: dict[ResourceKind, ResourceDriver] = {}
+    railway: RailwayClient | None = None
+
+    if settings.railway_token and settings.railway_project_id:
+        http = ProviderHTTP(
+            "railway", client, settings.urls["RAILWAY_API_URL"],
+            railway_auth_headers(settings.railway_token.reveal(), settings.railway_token_kind),
+            observer=observer,
+        )
+        railway = RailwayClient(
+            http,
+            RailwayConfig(
+                project_id=settings.railway_project_id,
+                environment_id=settings.railway_environment_id,
+                environment_name=settings.railway_environment_name,
+            ),
+        )
+        drivers[ResourceKind.RAILWAY_SERVICE] = RailwayServiceDriver(railway)
+        drivers[ResourceKind.RAILWAY_VOLUME] = RailwayVolumeDriver(railway)
+        drivers[ResourceKind.RAILWAY_DOMAIN] = RailwayDomainDriver(railway)
+        drivers[ResourceKind.RAILWAY_DEPLOYMENT] = RailwayDeploymentDriver(railway)
+    else:
+        for kind in (ResourceKind.RAILWAY_SERVICE, ResourceKind.RAILWAY_VOLUME,
+                     ResourceKind.RAILWAY_DOMAIN, ResourceKind.RAILWAY_DEPLOYMENT):
+            drivers[kind] = UnconfiguredDriver(kind, "RAILWAY_API_TOKEN or RAILWAY_PROJECT_ID")
+
+    def bearer(provider: str, url_variable: str, key: Any) -> ProviderHTTP:
+        return ProviderHTTP(
+            provider, client, settings.urls[url_variable], {"Authorization": f"Bearer {key.reveal()}"},
+            observer=observer,
+        )
+
+    if settings.openrouter_key:
+        drivers[ResourceKind.OPENROUTER_KEY] = OpenRouterKeyDriver(
+            bearer("openrouter", "OPENROUTER_API_URL", settings.openrouter_key)
+        )
+    else:
+        drivers[ResourceKind.OPENROUTER_KEY] = UnconfiguredDriver(
+            ResourceKind.OPENROUTER_KEY, "OPENROUTER_MANAGEMENT_KEY"
+        )
+    if settings.agentmail_key:
+        drivers[ResourceKind.AGENTMAIL_INBOX] = AgentMailInboxDriver(
+            bearer("agentmail", "AGENTMAIL_API_URL", settings.agentmail_key)
+        )
+    else:
+        drivers[ResourceKind.AGENTMAIL_INBOX] = UnconfiguredDriver(ResourceKind.AGENTMAIL_INBOX, "AGENTMAIL_API_KEY")
+    if settings.telnyx_key:
+        drivers[ResourceKind.TELNYX_NUMBER] = TelnyxNumberDriver(
+            bearer("telnyx", "TELNYX_API_URL", settings.telnyx_key),
+            messaging_profile_id=settings.telnyx_messaging_profile_id,
+        )
+    else:
+        drivers[ResourceKind.TELNYX_NUMBER] = UnconfiguredDriver(ResourceKind.TELNYX_NUMBER, "TELNYX_API_KEY")
+    return drivers, railway
+
+
+def worker_identity() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+@dataclass
+class RuntimeOptions:
+    engine: EngineSettings
+    tick_seconds: float = 1.0
+    pool_size: int = 10
+    http_timeout: float = 15.0
+
+
+class Runtime:
+    """Everything a reconciler process holds; ``async with Runtime(...) as rt:`` opens and closes it."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        database_url: str,
+        options: RuntimeOptions | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.settings = settings
+        self.database_url = database_url
+        self.options = options or RuntimeOptions(engine=EngineSettings())
+        self.metrics = metrics or default_metrics()
+        self.pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
+            database_url, min_size=1, max_size=self.options.pool_size, kwargs={"autocommit": True}, open=False
+        )
+        self.http = httpx.AsyncClient(
+            timeout=self.options.http_timeout,
+            limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
+        )
+        self.drivers, self.railway = build_drivers(settings, self.http, self.metrics)
+        self.reconciler = Reconciler(
+            self.pool, self.drivers, resource_defaults(settings), self.metrics,
+            owner=worker_identity(), settings=self.options.engine,
+        )
+        self.worker = Worker(
+            self.reconciler, self.pool, self.metrics, database_url=database_url,
+            tick_seconds=self.options.tick_seconds,
+        )
+
+    async def __aenter__(self) -> Runtime:
+        await self.pool.open(wait=True, timeout=30)
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.http.aclose()
+        await self.pool.close()

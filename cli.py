@@ -120,7 +120,9 @@ def migrate_command() -> None:
 
 @app.command("apply")
 def apply_command(
-    file: Annotated[Path, typer.Argument(help="JSON or YAML list of instances (instanceId, name, tools, env).")],
+    file: Annotated[
+        Path, typer.Argument(help="JSON or YAML list of instances (instanceId, name, tools, env).")
+    ],
 ) -> None:
     """Write desired instances from a file, like `kubectl apply`: all of them or none."""
     specs = _read_specs(file)
@@ -178,7 +180,9 @@ def delete_command(
 
 @app.command("reconcile")
 def reconcile_command(
-    instance: Annotated[list[str] | None, typer.Option("--instance", "-i", help="Instance id (repeatable).")] = None,
+    instance: Annotated[
+        list[str] | None, typer.Option("--instance", "-i", help="Instance id (repeatable).")
+    ] = None,
     all_: Annotated[bool, typer.Option("--all", help="Every instance.")] = False,
 ) -> None:
     """Force a reconcile pass now and print what it did."""
@@ -201,7 +205,10 @@ def reconcile_command(
     if not outcomes:
         console.print("nothing to do (rows are leased by a running worker, or there are none)")
     for outcome in outcomes:
-        done = ", ".join(f"{a.verb.symbol.strip() or '·'} {a.kind.value}" for a in outcome.actions) or "no changes"
+        done = (
+            ", ".join(f"{a.verb.symbol.strip() or '·'} {a.kind.value}" for a in outcome.actions)
+            or "no changes"
+        )
         line = f"{outcome.instance_id}: {outcome.result} ({done})"
         if outcome.error:
             line += f"; error: {outcome.error}"
@@ -242,7 +249,9 @@ def status_command(
 def run_command(
     metrics_port: Annotated[int, typer.Option(help="Serve /metrics on this port; 0 disables.")] = 9464,
     tick: Annotated[float, typer.Option(help="Seconds between scheduled passes.")] = 1.0,
-    poll_interval: Annotated[float, typer.Option(help="Seconds between checks of a converged instance.")] = 60.0,
+    poll_interval: Annotated[
+        float, typer.Option(help="Seconds between checks of a converged instance.")
+    ] = 60.0,
 ) -> None:
     """Run the reconcile loop until SIGTERM or SIGINT, then stop cleanly."""
     settings = settings_or_exit()
@@ -264,7 +273,9 @@ def run_command(
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, stop.set)
             async with Runtime(settings, url, options) as runtime:
-                logging.getLogger("reconciler").info("reconciler running", extra={"metrics_port": metrics_port})
+                logging.getLogger("reconciler").info(
+                    "reconciler running", extra={"metrics_port": metrics_port}
+                )
                 await runtime.worker.run_forever(stop)
             logging.getLogger("reconciler").info("reconciler stopped")
 
@@ -295,7 +306,9 @@ def simulate_command(
 
 @app.command("demo")
 def demo_command(
-    instances: Annotated[int, typer.Option(help="How many desired instances to converge.", min=1, max=500)] = 25,
+    instances: Annotated[
+        int, typer.Option(help="How many desired instances to converge.", min=1, max=500)
+    ] = 25,
     deploy_seconds: Annotated[float, typer.Option(help="Simulated Railway deploy time.")] = 2.0,
     timeout: Annotated[float, typer.Option(help="Give up after this many seconds per phase.")] = 120.0,
 ) -> None:
@@ -304,7 +317,9 @@ def demo_command(
 
     settings = settings_or_exit()
     with database(settings) as url:
-        ok = run_async(run_demo(url, console, instances=instances, deploy_seconds=deploy_seconds, timeout=timeout))
+        ok = run_async(
+            run_demo(url, console, instances=instances, deploy_seconds=deploy_seconds, time_limit=timeout)
+        )
     if not ok:
         raise typer.Exit(EXIT_FAILURE)
 

@@ -38,9 +38,13 @@ class InstanceSpec(BaseModel):
 
     model_config = ConfigDict(populate_by_name=True, extra="forbid", frozen=True)
 
-    instance_id: str = Field(alias="instanceId", description="Pool instance id (nanoid alphabet, 1-32 chars).")
+    instance_id: str = Field(
+        alias="instanceId", description="Pool instance id (nanoid alphabet, 1-32 chars)."
+    )
     name: str = Field(default="", max_length=200, description="Human name; defaults to the instance id.")
-    tools: tuple[Tool, ...] = Field(default=(), description="Tools to provision: openrouter, agentmail, telnyx.")
+    tools: tuple[Tool, ...] = Field(
+        default=(), description="Tools to provision: openrouter, agentmail, telnyx."
+    )
     env: dict[str, str] = Field(default_factory=dict, description="Extra variables for the runtime.")
     image: str | None = Field(default=None, description="Runtime image override.")
 
@@ -90,7 +94,11 @@ class InstanceSpec(BaseModel):
 
     def spec_document(self) -> dict[str, Any]:
         """The JSON stored in ``desired_instances.spec`` (everything but the key and name)."""
-        return {"tools": [t.value for t in self.tools], "env": dict(sorted(self.env.items())), "image": self.image}
+        return {
+            "tools": [t.value for t in self.tools],
+            "env": dict(sorted(self.env.items())),
+            "image": self.image,
+        }
 
     @classmethod
     def from_row(cls, instance_id: str, name: str, spec: Mapping[str, Any]) -> InstanceSpec:

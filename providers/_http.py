@@ -31,7 +31,7 @@ import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import httpx
 
@@ -181,7 +181,7 @@ class ProviderHTTP:
         url = self._base_url + path
         try:
             return await self._client.request(
-                method, url, json=json, params=params, headers=self._headers, timeout=self._timeout
+                method, url, json=json, params=cast(Any, params), headers=self._headers, timeout=self._timeout
             )
         except httpx.TimeoutException:
             raise Transient(self.provider, operation, "timed out") from None
@@ -291,4 +291,3 @@ def require(provider: str, operation: str, body: Any, *path: str | int) -> Any:
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
-

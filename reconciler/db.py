@@ -123,7 +123,7 @@ class EmbeddedPostgres:
             ) from None
         self.directory.mkdir(parents=True, exist_ok=True)
         try:
-            self._server = pgserver.get_server(str(self.directory), cleanup_mode="stop")
+            self._server = pgserver.get_server(str(self.directory), cleanup_mode="stop")  # type: ignore[attr-defined]
         except Exception as exc:  # pgserver raises plain exceptions with the server log
             raise DatabaseError(f"the embedded Postgres did not start: {_first_line(exc)}") from None
         return str(self._server.get_uri())

@@ -15,6 +15,7 @@ import random
 import string
 import time
 from collections.abc import Awaitable, Callable
+
 import psycopg
 from prometheus_client import CollectorRegistry
 from rich.console import Console
@@ -76,9 +77,9 @@ def held_resources(simulator: Simulator) -> int:
 
 
 async def _wait(
-    console: Console, label: str, total: int, progress_of: Callable[[], Awaitable[int]], timeout: float
+    console: Console, label: str, total: int, progress_of: Callable[[], Awaitable[int]], time_limit: float
 ) -> bool:
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + time_limit
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console, transient=False) as progress:
         task = progress.add_task(label, total=total)
@@ -93,7 +94,7 @@ async def _wait(
 
 
 async def run_demo(
-    server_url: str, console: Console, *, instances: int, deploy_seconds: float, timeout: float
+    server_url: str, console: Console, *, instances: int, deploy_seconds: float, time_limit: float
 ) -> bool:
     url = create_database(server_url, DEMO_DATABASE)
     migrate(url)
@@ -117,16 +118,17 @@ async def run_demo(
                 async def ready() -> int:
                     return (await phase_counts(conn)).get("Ready", 0)
 
-                converged = await _wait(console, "converging", instances, ready, timeout)
+                converged = await _wait(console, "converging", instances, ready, time_limit)
                 elapsed = time.monotonic() - started
                 rows = await instance_statuses(conn)
                 console.print(status_table(rows))
                 calls = _provider_calls(metrics)
+                ready_count = sum(r.phase == "Ready" for r in rows)
+                per_provider = ", ".join(f"{p} {n}" for p, n in calls.items())
                 console.print(
-                    f"{'Converged' if converged else 'NOT converged'}: {sum(r.phase == 'Ready' for r in rows)}"
-                    f"/{instances} instances Ready in {elapsed:.1f}s with {sum(calls.values())} provider calls "
-                    f"({', '.join(f'{p} {n}' for p, n in calls.items())}); providers hold "
-                    f"{held_resources(simulator)} resources."
+                    f"{'Converged' if converged else 'NOT converged'}: {ready_count}/{instances} instances "
+                    f"Ready in {elapsed:.1f}s with {sum(calls.values())} provider calls ({per_provider}); "
+                    f"providers hold {held_resources(simulator)} resources."
                 )
                 await store.mark_absent(conn, [spec.instance_id for spec in specs])
                 held_at_start = held_resources(simulator)
@@ -135,10 +137,13 @@ async def run_demo(
                     held = held_resources(simulator)
                     rows_left = (await (await conn.execute(COUNT_DESIRED)).fetchone() or (0,))[0]
                     # Complete only when the providers hold nothing AND every finalizer has run.
-                    return held_at_start if held == 0 and rows_left == 0 else min(held_at_start - held,
-                                                                                   held_at_start - 1)
+                    return (
+                        held_at_start
+                        if held == 0 and rows_left == 0
+                        else min(held_at_start - held, held_at_start - 1)
+                    )
 
-                torn_down = await _wait(console, "tearing down", held_at_start, released, timeout)
+                torn_down = await _wait(console, "tearing down", held_at_start, released, time_limit)
                 console.print(
                     f"{'Torn down' if torn_down else 'NOT torn down'}: providers hold "
                     f"{held_resources(simulator)} resources."
@@ -156,4 +161,3 @@ def _provider_calls(metrics: Metrics) -> dict[str, int]:
                 provider = sample.labels["provider"]
                 totals[provider] = totals.get(provider, 0) + int(sample.value)
     return totals
-

@@ -30,6 +30,7 @@ ConfigError    phase Failed, retried only at the slow config-error interval
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import time
@@ -233,7 +234,9 @@ class Reconciler:
         await self._publish(claim, spec, state)
         if not_ready:
             await self._finish(claim, phase="Provisioning", delay=self.settings.not_ready_interval)
-            return Outcome(claim.instance_id, "converge", "requeue", "Provisioning", actions=tuple(state.actions))
+            return Outcome(
+                claim.instance_id, "converge", "requeue", "Provisioning", actions=tuple(state.actions)
+            )
         await self._finish(claim, phase="Ready", delay=self.settings.poll_interval, observed=True)
         return Outcome(claim.instance_id, "converge", "done", "Ready", actions=tuple(state.actions))
 
@@ -244,7 +247,9 @@ class Reconciler:
         # Every resource is confirmed gone: the finalizer lets the row go.
         async with self._fenced(claim) as conn:
             await conn.execute(queries.DELETE_INSTANCE_INFRA, {"instance_id": claim.instance_id})
-            await conn.execute(queries.DELETE_DESIRED, {"instance_id": claim.instance_id, "token": claim.token})
+            await conn.execute(
+                queries.DELETE_DESIRED, {"instance_id": claim.instance_id, "token": claim.token}
+            )
             await self._event(conn, claim, None, "delete_instance", "ok", {})
         return Outcome(claim.instance_id, "teardown", "gone", None, actions=tuple(state.actions))
 
@@ -292,12 +297,18 @@ class Reconciler:
         except ProviderError as error:
             raise self._retry_for(error, kind) from None
 
-    async def _create(self, claim: Claim, driver: ResourceDriver, want: DesiredResource, state: _State) -> None:
+    async def _create(
+        self, claim: Claim, driver: ResourceDriver, want: DesiredResource, state: _State
+    ) -> None:
         async with self._fenced(claim) as conn:
             await conn.execute(
                 queries.RECORD_INTENT,
-                {"instance_id": want.instance_id, "kind": want.kind.value, "derived_name": want.name,
-                 "token": claim.token},
+                {
+                    "instance_id": want.instance_id,
+                    "kind": want.kind.value,
+                    "derived_name": want.name,
+                    "token": claim.token,
+                },
             )
         found = await driver.create(want)
         await self._record(claim, want, found, state, applied_hash=params_hash(want), action="create")
@@ -329,10 +340,8 @@ class Reconciler:
 
     @staticmethod
     async def _delete_at_provider(driver: ResourceDriver, external_id: str, want: DesiredResource) -> None:
-        try:
+        with contextlib.suppress(NotFound):  # already gone: exactly what we wanted
             await driver.delete(external_id, want)
-        except NotFound:
-            pass  # already gone: exactly what we wanted
 
     def _teardown_want(self, kind: ResourceKind, spec: InstanceSpec, state: _State) -> DesiredResource:
         """Enough of a resource's description to find and delete it (never blocked)."""
@@ -341,7 +350,9 @@ class Reconciler:
         if service is not None and service.external_id is not None:
             depends[ResourceKind.RAILWAY_SERVICE.value] = service.external_id
         return DesiredResource(
-            kind=kind, instance_id=spec.instance_id, name=self._defaults.derived_name(spec.instance_id),
+            kind=kind,
+            instance_id=spec.instance_id,
+            name=self._defaults.derived_name(spec.instance_id),
             depends=depends,
         )
 
@@ -353,8 +364,11 @@ class Reconciler:
         async with self._pool.connection() as conn, conn.transaction():
             cur = await conn.execute(
                 queries.CHECK_FENCE,
-                {"instance_id": claim.instance_id, "token": claim.token,
-                 "lease_seconds": self.settings.lease_seconds},
+                {
+                    "instance_id": claim.instance_id,
+                    "token": claim.token,
+                    "lease_seconds": self.settings.lease_seconds,
+                },
             )
             if await cur.fetchone() is None:
                 raise LeaseLost(claim.instance_id)
@@ -377,9 +391,15 @@ class Reconciler:
             await conn.execute(
                 queries.RECORD_OBSERVED,
                 {
-                    "instance_id": want.instance_id, "kind": want.kind.value, "derived_name": want.name,
-                    "external_id": found.external_id, "status": status, "attributes": Jsonb(attributes),
-                    "secret": found.secret, "applied_hash": applied_hash, "token": claim.token,
+                    "instance_id": want.instance_id,
+                    "kind": want.kind.value,
+                    "derived_name": want.name,
+                    "external_id": found.external_id,
+                    "status": status,
+                    "attributes": Jsonb(attributes),
+                    "secret": found.secret,
+                    "applied_hash": applied_hash,
+                    "token": claim.token,
                 },
             )
             if action is not None:
@@ -390,15 +410,24 @@ class Reconciler:
             state.secrets[want.kind] = found.secret
         previous = state.observed.get(want.kind)
         state.observed[want.kind] = ObservedRow(
-            kind=want.kind, derived_name=want.name, external_id=found.external_id, status=status,
-            attributes=attributes, has_secret=want.kind in state.secrets, applied_hash=applied_hash,
+            kind=want.kind,
+            derived_name=want.name,
+            external_id=found.external_id,
+            status=status,
+            attributes=attributes,
+            has_secret=want.kind in state.secrets,
+            applied_hash=applied_hash,
             intent_at=previous.intent_at if previous else None,
         )
 
-    async def _forget(self, claim: Claim, kind: ResourceKind, state: _State, *, action: str, outcome: str) -> None:
+    async def _forget(
+        self, claim: Claim, kind: ResourceKind, state: _State, *, action: str, outcome: str
+    ) -> None:
         row = state.observed.get(kind)
         async with self._fenced(claim) as conn:
-            await conn.execute(queries.FORGET_RESOURCE, {"instance_id": claim.instance_id, "kind": kind.value})
+            await conn.execute(
+                queries.FORGET_RESOURCE, {"instance_id": claim.instance_id, "kind": kind.value}
+            )
             if row is not None and (row.external_id is not None or row.intent_at is not None):
                 await self._event(conn, claim, kind, action, outcome, {"external_id": row.external_id})
         if row is not None and row.external_id is not None:
@@ -445,21 +474,35 @@ class Reconciler:
         assert row.external_id is not None
         if tool is Tool.OPENROUTER:
             return {
-                "instance_id": spec.instance_id, "tool_id": tool.value, "resource_id": row.external_id,
-                "meta": Jsonb({"limit": row.attributes.get("limit")}), "env_key": "OPENROUTER_API_KEY",
+                "instance_id": spec.instance_id,
+                "tool_id": tool.value,
+                "resource_id": row.external_id,
+                "meta": Jsonb({"limit": row.attributes.get("limit")}),
+                "env_key": "OPENROUTER_API_KEY",
                 "env_value": state.secrets.get(ResourceKind.OPENROUTER_KEY),
             }
         if tool is Tool.AGENTMAIL:
             return {
-                "instance_id": spec.instance_id, "tool_id": tool.value, "resource_id": row.external_id,
-                "meta": Jsonb({}), "env_key": "AGENTMAIL_INBOX_ID", "env_value": row.external_id,
+                "instance_id": spec.instance_id,
+                "tool_id": tool.value,
+                "resource_id": row.external_id,
+                "meta": Jsonb({}),
+                "env_key": "AGENTMAIL_INBOX_ID",
+                "env_value": row.external_id,
             }
         number = str(row.attributes.get("phone_number") or row.external_id)
         return {
-            "instance_id": spec.instance_id, "tool_id": tool.value, "resource_id": number,
-            "meta": Jsonb({"messagingProfileId": row.attributes.get("messaging_profile_id"),
-                           "phoneNumberId": row.external_id}),
-            "env_key": "TELNYX_PHONE_NUMBER", "env_value": number,
+            "instance_id": spec.instance_id,
+            "tool_id": tool.value,
+            "resource_id": number,
+            "meta": Jsonb(
+                {
+                    "messagingProfileId": row.attributes.get("messaging_profile_id"),
+                    "phoneNumberId": row.external_id,
+                }
+            ),
+            "env_key": "TELNYX_PHONE_NUMBER",
+            "env_value": number,
         }
 
     async def _event(
@@ -473,8 +516,14 @@ class Reconciler:
     ) -> None:
         await conn.execute(
             queries.INSERT_EVENT,
-            {"instance_id": claim.instance_id, "kind": kind.value if kind else None, "action": action,
-             "outcome": outcome, "detail": Jsonb(detail), "token": claim.token},
+            {
+                "instance_id": claim.instance_id,
+                "kind": kind.value if kind else None,
+                "action": action,
+                "outcome": outcome,
+                "detail": Jsonb(detail),
+                "token": claim.token,
+            },
         )
 
     async def _finish(
@@ -490,9 +539,16 @@ class Reconciler:
         async with self._pool.connection() as conn:
             cur = await conn.execute(
                 queries.FINISH_CLAIM,
-                {"instance_id": claim.instance_id, "token": claim.token, "generation": claim.generation,
-                 "delay": delay, "attempts": attempts, "error": error, "phase": phase,
-                 "observed_generation": claim.generation if observed else None},
+                {
+                    "instance_id": claim.instance_id,
+                    "token": claim.token,
+                    "generation": claim.generation,
+                    "delay": delay,
+                    "attempts": attempts,
+                    "error": error,
+                    "phase": phase,
+                    "observed_generation": claim.generation if observed else None,
+                },
             )
             if cur.rowcount == 0:
                 raise LeaseLost(claim.instance_id)
@@ -508,7 +564,7 @@ class Reconciler:
 
     def backoff(self, attempts: int) -> float:
         """Capped exponential backoff with full jitter in its upper half."""
-        ceiling = min(self.settings.backoff_cap, self.settings.backoff_base * 2 ** max(0, attempts - 1))
+        ceiling = min(self.settings.backoff_cap, self.settings.backoff_base * 2.0 ** max(0, attempts - 1))
         return ceiling * random.uniform(0.5, 1.0)
 
     async def _record_failure(
@@ -520,22 +576,32 @@ class Reconciler:
         message = f"{retry.kind.value}: {retry.error}"
         phase = "Failed" if retry.result == "terminal" else ("Provisioning" if present else "Deleting")
         log.warning(
-            "reconcile of %s deferred %.1fs: %s", claim.instance_id, delay, message,
+            "reconcile of %s deferred %.1fs: %s",
+            claim.instance_id,
+            delay,
+            message,
             extra={"instance_id": claim.instance_id, "result": retry.result},
         )
         try:
             async with self._fenced(claim) as conn:
                 await conn.execute(
                     queries.RECORD_RESOURCE_ERROR,
-                    {"instance_id": claim.instance_id, "kind": retry.kind.value, "error": message,
-                     "delay": delay, "token": claim.token},
+                    {
+                        "instance_id": claim.instance_id,
+                        "kind": retry.kind.value,
+                        "error": message,
+                        "delay": delay,
+                        "token": claim.token,
+                    },
                 )
                 await self._event(conn, claim, retry.kind, "error", retry.result, {"error": message})
             await self._finish(claim, phase=phase, delay=delay, attempts=attempts, error=message)
         except LeaseLost:
             self._metrics.lease_lost.inc()
             return Outcome(claim.instance_id, kind, "lease_lost", error=message)
-        return Outcome(claim.instance_id, kind, retry.result, phase, error=message, actions=tuple(state.actions))
+        return Outcome(
+            claim.instance_id, kind, retry.result, phase, error=message, actions=tuple(state.actions)
+        )
 
     # -- loading ----------------------------------------------------------------------------------
 
@@ -549,10 +615,16 @@ class Reconciler:
                 if row["secret"] is not None:
                     state.secrets[kind] = row["secret"]
                 state.observed[kind] = ObservedRow(
-                    kind=kind, derived_name=row["derived_name"], external_id=row["external_id"],
-                    status=row["status"], attributes=row["attributes"] or {},
-                    has_secret=row["secret"] is not None, applied_hash=row["applied_hash"],
-                    intent_at=row["intent_at"], attempts=row["attempts"], last_error=row["last_error"],
+                    kind=kind,
+                    derived_name=row["derived_name"],
+                    external_id=row["external_id"],
+                    status=row["status"],
+                    attributes=row["attributes"] or {},
+                    has_secret=row["secret"] is not None,
+                    applied_hash=row["applied_hash"],
+                    intent_at=row["intent_at"],
+                    attempts=row["attempts"],
+                    last_error=row["last_error"],
                 )
         return state
 

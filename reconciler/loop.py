@@ -56,6 +56,8 @@ class Worker:
         self._tick_seconds = tick_seconds
         self._on_outcome = on_outcome
         self._scheduler: AsyncIOScheduler | None = None
+        self._idle = asyncio.Event()
+        self._idle.set()
 
     async def run_batch(self) -> list[Outcome]:
         """Claim one batch of due rows and reconcile them concurrently."""
@@ -76,13 +78,19 @@ class Worker:
         return done
 
     async def tick(self) -> None:
+        self._idle.clear()
         try:
             await self.drain()
             await self.refresh_gauges()
         except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
-            log.error("database unavailable, will retry next tick: %s", str(exc).splitlines()[0] if str(exc) else exc)
+            log.error(
+                "database unavailable, will retry next tick: %s",
+                str(exc).splitlines()[0] if str(exc) else exc,
+            )
         except Exception:
             log.exception("reconcile tick failed")
+        finally:
+            self._idle.set()
 
     async def refresh_gauges(self) -> None:
         async with self._pool.connection() as conn:
@@ -107,8 +115,14 @@ class Worker:
         """Tick on schedule and on NOTIFY until ``stop`` is set; then finish the running pass."""
         scheduler = AsyncIOScheduler(timezone=UTC)
         scheduler.add_job(
-            self.tick, "interval", seconds=self._tick_seconds, id="tick", max_instances=1,
-            coalesce=True, next_run_time=datetime.now(UTC), misfire_grace_time=None,
+            self.tick,
+            "interval",
+            seconds=self._tick_seconds,
+            id="tick",
+            max_instances=1,
+            coalesce=True,
+            next_run_time=datetime.now(UTC),
+            misfire_grace_time=None,
         )
         self._scheduler = scheduler
         scheduler.start()
@@ -121,8 +135,7 @@ class Worker:
             with contextlib.suppress(asyncio.CancelledError):
                 await listener
             # Let a pass in flight finish its writes (they are fenced either way).
-            while any(not task.done() for task in asyncio.all_tasks() if _is_tick(task)):
-                await asyncio.sleep(0.05)
+            await self._idle.wait()
 
     async def _listen(self, stop: asyncio.Event) -> None:
         delay = 0.5
@@ -139,8 +152,3 @@ class Worker:
                 log.warning("LISTEN connection lost (%s); reconnecting in %.1fs", type(exc).__name__, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
-
-
-def _is_tick(task: asyncio.Task[Any]) -> bool:
-    coro = task.get_coro()
-    return getattr(coro, "__qualname__", "") == "Worker.tick"

@@ -89,7 +89,9 @@ def build_drivers(
 
     if settings.railway_token and settings.railway_project_id:
         http = ProviderHTTP(
-            "railway", client, settings.urls["RAILWAY_API_URL"],
+            "railway",
+            client,
+            settings.urls["RAILWAY_API_URL"],
             railway_auth_headers(settings.railway_token.reveal(), settings.railway_token_kind),
             observer=observer,
         )
@@ -106,13 +108,20 @@ def build_drivers(
         drivers[ResourceKind.RAILWAY_DOMAIN] = RailwayDomainDriver(railway)
         drivers[ResourceKind.RAILWAY_DEPLOYMENT] = RailwayDeploymentDriver(railway)
     else:
-        for kind in (ResourceKind.RAILWAY_SERVICE, ResourceKind.RAILWAY_VOLUME,
-                     ResourceKind.RAILWAY_DOMAIN, ResourceKind.RAILWAY_DEPLOYMENT):
+        for kind in (
+            ResourceKind.RAILWAY_SERVICE,
+            ResourceKind.RAILWAY_VOLUME,
+            ResourceKind.RAILWAY_DOMAIN,
+            ResourceKind.RAILWAY_DEPLOYMENT,
+        ):
             drivers[kind] = UnconfiguredDriver(kind, "RAILWAY_API_TOKEN or RAILWAY_PROJECT_ID")
 
     def bearer(provider: str, url_variable: str, key: Any) -> ProviderHTTP:
         return ProviderHTTP(
-            provider, client, settings.urls[url_variable], {"Authorization": f"Bearer {key.reveal()}"},
+            provider,
+            client,
+            settings.urls[url_variable],
+            {"Authorization": f"Bearer {key.reveal()}"},
             observer=observer,
         )
 
@@ -129,7 +138,9 @@ def build_drivers(
             bearer("agentmail", "AGENTMAIL_API_URL", settings.agentmail_key)
         )
     else:
-        drivers[ResourceKind.AGENTMAIL_INBOX] = UnconfiguredDriver(ResourceKind.AGENTMAIL_INBOX, "AGENTMAIL_API_KEY")
+        drivers[ResourceKind.AGENTMAIL_INBOX] = UnconfiguredDriver(
+            ResourceKind.AGENTMAIL_INBOX, "AGENTMAIL_API_KEY"
+        )
     if settings.telnyx_key:
         drivers[ResourceKind.TELNYX_NUMBER] = TelnyxNumberDriver(
             bearer("telnyx", "TELNYX_API_URL", settings.telnyx_key),
@@ -175,11 +186,18 @@ class Runtime:
         )
         self.drivers, self.railway = build_drivers(settings, self.http, self.metrics)
         self.reconciler = Reconciler(
-            self.pool, self.drivers, resource_defaults(settings), self.metrics,
-            owner=worker_identity(), settings=self.options.engine,
+            self.pool,
+            self.drivers,
+            resource_defaults(settings),
+            self.metrics,
+            owner=worker_identity(),
+            settings=self.options.engine,
         )
         self.worker = Worker(
-            self.reconciler, self.pool, self.metrics, database_url=database_url,
+            self.reconciler,
+            self.pool,
+            self.metrics,
+            database_url=database_url,
             tick_seconds=self.options.tick_seconds,
         )
 

@@ -126,7 +126,11 @@ def status_table(rows: Sequence[InstanceStatus]) -> Table:
             f"{r.kind.split('_', 1)[1]}={'ok' if r.status == 'ready' else r.status}" for r in row.resources
         )
         table.add_row(
-            row.instance_id, ",".join(row.tools) or "-", row.phase,
-            f"{row.observed_generation or 0}/{row.generation}", resources or "-", row.last_error or "",
+            row.instance_id,
+            ",".join(row.tools) or "-",
+            row.phase,
+            f"{row.observed_generation or 0}/{row.generation}",
+            resources or "-",
+            row.last_error or "",
         )
     return table

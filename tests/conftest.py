@@ -76,7 +76,9 @@ def db_url(pg_server_url: str, template_db: str) -> Iterator[str]:
     url = create_database(pg_server_url, name, template=TEMPLATE)
     yield url
     with psycopg.connect(pg_server_url, autocommit=True) as conn:
-        conn.execute(psycopg.sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(psycopg.sql.Identifier(name)))
+        conn.execute(
+            psycopg.sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(psycopg.sql.Identifier(name))
+        )
 
 
 @pytest.fixture
@@ -101,7 +103,11 @@ async def sim() -> AsyncIterator[Sim]:
 
 
 FAST_ENGINE = EngineSettings(
-    lease_seconds=30.0, poll_interval=3600.0, not_ready_interval=0.05, backoff_base=0.05, backoff_cap=0.5,
+    lease_seconds=30.0,
+    poll_interval=3600.0,
+    not_ready_interval=0.05,
+    backoff_base=0.05,
+    backoff_cap=0.5,
     config_error_interval=3600.0,
 )
 

@@ -83,7 +83,9 @@ def test_decide_covers_every_case() -> None:
     assert decide(kind, want, row(kind, None, intent_at=NOW)).verb is Verb.ADOPT_OR_CREATE
     assert decide(kind, want, in_sync).verb is Verb.NOOP
     assert decide(kind, want, in_sync, poll=True).verb is Verb.OBSERVE
-    assert decide(kind, want, row(kind, status="creating", applied_hash=params_hash(want))).verb is Verb.OBSERVE
+    assert (
+        decide(kind, want, row(kind, status="creating", applied_hash=params_hash(want))).verb is Verb.OBSERVE
+    )
     assert decide(kind, want, row(kind, status="ready", applied_hash="old")).verb is Verb.UPDATE
     assert decide(kind, None, in_sync).verb is Verb.DELETE
     assert decide(kind, None, row(kind, None, intent_at=NOW)).verb is Verb.FIND_AND_DELETE

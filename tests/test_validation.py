@@ -21,7 +21,10 @@ def test_valid_instance_uses_seed_field_names_and_sorts_tools() -> None:
         ({"name": "x"}, "instanceId: Field required"),
         ({"instanceId": "has space"}, "instanceId: must be 1-32 characters"),
         ({"instanceId": "a" * 33}, "instanceId: must be 1-32 characters"),
-        ({"instanceId": "ok", "tools": ["slack"]}, "tools.0: Input should be 'openrouter', 'agentmail' or 'telnyx'"),
+        (
+            {"instanceId": "ok", "tools": ["slack"]},
+            "tools.0: Input should be 'openrouter', 'agentmail' or 'telnyx'",
+        ),
         ({"instanceId": "ok", "tools": "openrouter"}, "tools: must be a list of tool ids"),
         ({"instanceId": "ok", "tools": ["telnyx", "telnyx"]}, "tools: lists a tool more than once"),
         ({"instanceId": "ok", "env": {"1BAD": "x"}}, "env: variable name '1BAD'"),

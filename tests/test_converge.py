@@ -1,0 +1,258 @@
+"""End to end: desired rows converge on the simulated providers over real HTTP, on a real Postgres."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+
+from desired_state import store
+from desired_state.models import InstanceSpec, Tool
+from providers.base import ResourceKind
+from reconciler.engine import Claim
+from reconciler.runtime import Runtime
+from reconciler.status import phase_counts
+from tests.conftest import Sim
+
+ALL_TOOLS = (Tool.OPENROUTER, Tool.AGENTMAIL, Tool.TELNYX)
+
+
+async def settle(runtime: Runtime, done: Callable[[], Any], timeout: float = 20.0) -> None:
+    """Run passes until ``done()`` (sync or async) is true."""
+    deadline = time.monotonic() + timeout
+    while True:
+        await runtime.worker.drain()
+        result = done()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return
+        assert time.monotonic() < deadline, "did not converge in time"
+        await asyncio.sleep(0.05)
+
+
+async def all_ready(conn: psycopg.AsyncConnection[Any], count: int) -> bool:
+    return (await phase_counts(conn)).get("Ready", 0) == count
+
+
+def held(sim: Sim) -> dict[str, list[str]]:
+    """Derived names of everything each provider holds, per resource type."""
+    out: dict[str, list[str]] = {}
+    for provider, kinds in sim.simulator.snapshot().items():
+        for kind, items in kinds.items():
+            if kind in ("messaging_profiles", "deployments"):
+                continue
+            out[f"{provider}.{kind}"] = sorted(str(item["name"]) for item in items)
+    return out
+
+
+async def test_apply_converge_then_delete_leaves_nothing(
+    runtime: Runtime, sim: Sim, conn: psycopg.AsyncConnection[Any]
+) -> None:
+    specs = [
+        InstanceSpec(instance_id="inst1", tools=ALL_TOOLS, env={"FOO": "bar"}),
+        InstanceSpec(instance_id="inst2", tools=(Tool.OPENROUTER, Tool.AGENTMAIL)),
+        InstanceSpec(instance_id="inst3"),
+    ]
+    await store.put_many(conn, specs)
+    await settle(runtime, lambda: all_ready(conn, 3))
+
+    names = held(sim)
+    every = ["convos-agent-inst1", "convos-agent-inst2", "convos-agent-inst3"]
+    assert names["railway.services"] == every
+    assert names["railway.volumes"] == every
+    assert names["railway.domains"] == every
+    assert names["openrouter.keys"] == every[:2]
+    assert names["agentmail.inboxes"] == every[:2]
+    assert names["telnyx.phone_numbers"] == every[:1]
+
+    # The seed tables carry the seed's values.
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute("SELECT * FROM instance_infra ORDER BY instance_id")
+        infra = await cur.fetchall()
+        await cur.execute("SELECT * FROM instance_services ORDER BY instance_id, tool_id")
+        services = await cur.fetchall()
+    services_by_id = {s["id"]: s for s in sim.simulator.snapshot()["railway"]["services"]}
+    assert [row["instance_id"] for row in infra] == ["inst1", "inst2", "inst3"]
+    for row in infra:
+        assert row["provider"] == "railway"
+        assert row["provider_service_id"] in services_by_id
+        assert row["provider_project_id"] == sim.simulator.railway.project_id
+        assert row["deploy_status"] == "SUCCESS"
+        assert row["url"].startswith("https://") and row["url"].endswith(".up.railway.app")
+        assert row["runtime_image"] == "ghcr.io/xmtplabs/convos-runtime:latest"
+        assert row["volume_id"]
+    assert [(s["instance_id"], s["tool_id"], s["env_key"]) for s in services] == [
+        ("inst1", "agentmail", "AGENTMAIL_INBOX_ID"),
+        ("inst1", "openrouter", "OPENROUTER_API_KEY"),
+        ("inst1", "telnyx", "TELNYX_PHONE_NUMBER"),
+        ("inst2", "agentmail", "AGENTMAIL_INBOX_ID"),
+        ("inst2", "openrouter", "OPENROUTER_API_KEY"),
+    ]
+    assert all(s["status"] == "active" for s in services)
+    key_row = next(s for s in services if s["instance_id"] == "inst1" and s["tool_id"] == "openrouter")
+    assert key_row["env_value"].startswith("sk-or-v1-")
+
+    # The first deploy saw every variable, in one patch commit.
+    inst1_service = services_by_id[infra[0]["provider_service_id"]]
+    variables = inst1_service["variables"]
+    assert variables["OPENROUTER_API_KEY"] == key_row["env_value"]
+    assert variables["AGENTMAIL_INBOX_ID"].startswith("convos-agent-inst1@")
+    assert variables["TELNYX_PHONE_NUMBER"].startswith("+1")
+    assert (
+        variables["FOO"] == "bar" and variables["INSTANCE_ID"] == "inst1" and variables["XMTP_ENV"] == "dev"
+    )
+    deployments = [
+        d
+        for d in sim.simulator.snapshot()["railway"]["deployments"]
+        if d.get("service_id") == inst1_service["id"]
+    ]
+    assert len(deployments) == 1
+
+    # Teardown: marked absent, every resource deleted, then the rows go.
+    await store.mark_absent(conn, ["inst1", "inst2", "inst3"])
+
+    async def gone() -> bool:
+        left = await (await conn.execute("SELECT count(*) FROM desired_instances")).fetchone()
+        return left == (0,)
+
+    await settle(runtime, gone)
+    assert all(not items for items in held(sim).values()), held(sim)
+    for table in ("instance_infra", "instance_services", "observed_resources"):
+        assert await (await conn.execute(f"SELECT count(*) FROM {table}")).fetchone() == (0,)
+    actions = await (await conn.execute("SELECT count(*) FROM events WHERE action = 'delete'")).fetchone()
+    assert actions is not None and actions[0] == 3 * 4 + 2 + 2 + 1
+
+
+async def test_a_changed_spec_converges_to_the_new_one(
+    runtime: Runtime, sim: Sim, conn: psycopg.AsyncConnection[Any]
+) -> None:
+    await store.put(
+        conn, InstanceSpec(instance_id="chg", tools=(Tool.OPENROUTER, Tool.AGENTMAIL), env={"A": "1"})
+    )
+    await settle(runtime, lambda: all_ready(conn, 1))
+    first_key = held(sim)["openrouter.keys"]
+
+    await store.put(
+        conn, InstanceSpec(instance_id="chg", tools=(Tool.OPENROUTER, Tool.TELNYX), env={"A": "2"})
+    )
+
+    async def converged() -> bool:
+        row = await store.get(conn, "chg")
+        return row is not None and row.phase == "Ready" and row.observed_generation == row.generation
+
+    await settle(runtime, converged)
+    names = held(sim)
+    assert names["agentmail.inboxes"] == []
+    assert names["telnyx.phone_numbers"] == ["convos-agent-chg"]
+    assert names["openrouter.keys"] == first_key  # unchanged resources are left alone
+    service = sim.simulator.snapshot()["railway"]["services"][0]
+    assert service["variables"]["A"] == "2"
+    assert "AGENTMAIL_INBOX_ID" not in service["variables"] or service["variables"]["TELNYX_PHONE_NUMBER"]
+    tools = await (
+        await conn.execute("SELECT array_agg(tool_id ORDER BY tool_id) FROM instance_services")
+    ).fetchone()
+    assert tools == (["openrouter", "telnyx"],)
+
+
+async def test_a_crash_after_create_is_adopted_not_duplicated(
+    runtime: Runtime, sim: Sim, conn: psycopg.AsyncConnection[Any]
+) -> None:
+    """The process died after the provider created the inbox but before we recorded its id."""
+    spec = InstanceSpec(instance_id="crash1", tools=(Tool.AGENTMAIL,))
+    await store.put(conn, spec)
+    await conn.execute(
+        "INSERT INTO observed_resources (instance_id, kind, derived_name, status, intent_at)"
+        " VALUES ('crash1', 'agentmail_inbox', 'convos-agent-crash1', 'creating', now())"
+    )
+    from reconciler.plan import desired_resource
+    from reconciler.runtime import resource_defaults
+
+    want = desired_resource(ResourceKind.AGENTMAIL_INBOX, spec, resource_defaults(runtime.settings), {}, {})
+    created = await runtime.drivers[ResourceKind.AGENTMAIL_INBOX].create(want)
+
+    await settle(runtime, lambda: all_ready(conn, 1))
+    assert held(sim)["agentmail.inboxes"] == ["convos-agent-crash1"]
+    recorded = await (
+        await conn.execute("SELECT external_id FROM observed_resources WHERE kind = 'agentmail_inbox'")
+    ).fetchone()
+    assert recorded == (created.external_id,)
+    adopt = await (await conn.execute("SELECT count(*) FROM events WHERE action = 'adopt'")).fetchone()
+    assert adopt == (1,)
+
+
+async def test_an_adopted_key_without_its_value_is_replaced(
+    runtime: Runtime, sim: Sim, conn: psycopg.AsyncConnection[Any]
+) -> None:
+    """An OpenRouter key's value is shown once: a key created before a crash cannot be used."""
+    spec = InstanceSpec(instance_id="crash2", tools=(Tool.OPENROUTER,))
+    await store.put(conn, spec)
+    await conn.execute(
+        "INSERT INTO observed_resources (instance_id, kind, derived_name, status, intent_at)"
+        " VALUES ('crash2', 'openrouter_key', 'convos-agent-crash2', 'creating', now())"
+    )
+    from reconciler.plan import desired_resource
+    from reconciler.runtime import resource_defaults
+
+    want = desired_resource(ResourceKind.OPENROUTER_KEY, spec, resource_defaults(runtime.settings), {}, {})
+    lost = await runtime.drivers[ResourceKind.OPENROUTER_KEY].create(want)
+
+    await settle(runtime, lambda: all_ready(conn, 1))
+    keys = sim.simulator.snapshot()["openrouter"]["keys"]
+    assert [k["name"] for k in keys] == ["convos-agent-crash2"]
+    assert keys[0]["id"] != lost.external_id
+    value = await (await conn.execute("SELECT env_value FROM instance_services")).fetchone()
+    assert value is not None and value[0].startswith("sk-or-v1-")
+
+
+async def test_a_stale_worker_cannot_overwrite_a_newer_claim(
+    runtime: Runtime, sim: Sim, conn: psycopg.AsyncConnection[Any]
+) -> None:
+    await store.put(conn, InstanceSpec(instance_id="fence1"))
+    [stale] = await runtime.reconciler.claim()
+    # Its lease runs out; another worker claims the row (bumping the fencing token).
+    await conn.execute("UPDATE desired_instances SET lease_expires_at = now() - interval '1 second'")
+    [fresh] = await runtime.reconciler.claim()
+    assert fresh.token == stale.token + 1
+
+    outcome = await runtime.reconciler.reconcile(stale)
+    assert outcome.result == "lease_lost"
+    assert await (await conn.execute("SELECT count(*) FROM observed_resources")).fetchone() == (0,)
+    assert held(sim)["railway.services"] == []  # it stopped before its first provider call
+
+    assert (await runtime.reconciler.reconcile(fresh)).result in ("requeue", "done")
+    assert held(sim)["railway.services"] == ["convos-agent-fence1"]
+
+
+async def test_a_missing_tool_key_is_a_visible_configuration_error(
+    runtime: Runtime, sim: Sim, conn: psycopg.AsyncConnection[Any], db_url: str
+) -> None:
+    from prometheus_client import CollectorRegistry
+
+    from reconciler.metrics import Metrics
+
+    settings = replace(runtime.settings, agentmail_key=None)
+    async with Runtime(settings, db_url, runtime.options, Metrics(CollectorRegistry())) as bare:
+        await store.put(conn, InstanceSpec(instance_id="nokey", tools=(Tool.AGENTMAIL,)))
+        outcomes = await bare.worker.drain()
+    assert [o.result for o in outcomes] == ["terminal"]
+    row = await store.get(conn, "nokey")
+    assert row is not None and row.phase == "Failed"
+    assert row.last_error is not None and "AGENTMAIL_API_KEY is not set" in row.last_error
+    # Not retried hot: the next attempt is at the slow configuration-error interval.
+    assert (row.next_attempt_at - row.updated_at).total_seconds() > 600
+
+
+async def test_claims_are_disjoint_across_workers(
+    runtime: Runtime, conn: psycopg.AsyncConnection[Any]
+) -> None:
+    await store.put_many(conn, [InstanceSpec(instance_id=f"c{i}") for i in range(10)])
+    first, second = await asyncio.gather(runtime.reconciler.claim(6), runtime.reconciler.claim(6))
+    ids = [c.instance_id for c in first + second]
+    assert sorted(ids) == sorted(f"c{i}" for i in range(10))  # every row once, none twice
+    assert all(isinstance(c, Claim) for c in first + second)

@@ -44,5 +44,7 @@ def configure_logging(level: str | None = None) -> None:
     root.handlers[:] = [handler]
     root.setLevel((level or os.environ.get("RECONCILER_LOG_LEVEL", "INFO")).upper())
     # Per-request logs of the HTTP client and the scheduler's chatter are not useful at INFO.
-    for noisy in ("httpx", "httpcore", "apscheduler"):
+    for noisy in ("httpx", "httpcore", "pgserver"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # A tick still running when the next is due is skipped by design (it drains the queue anyway).
+    logging.getLogger("apscheduler").setLevel(logging.ERROR)

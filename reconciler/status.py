@@ -117,20 +117,20 @@ async def phase_counts(conn: AsyncConnection[Any]) -> dict[str, int]:
 
 
 def status_table(rows: Sequence[InstanceStatus]) -> Table:
-    """The table ``reconciler status`` and the demo print."""
+    """The table ``reconciler status`` and the demo print: one line per instance."""
     table = Table(title=f"{len(rows)} instance(s)")
-    for column in ("instance", "tools", "phase", "gen", "resources", "last error"):
+    for column in ("instance", "tools", "phase", "gen", "resources", "deploy", "last error"):
         table.add_column(column, overflow="fold")
     for row in rows:
-        resources = " ".join(
-            f"{r.kind.split('_', 1)[1]}={'ok' if r.status == 'ready' else r.status}" for r in row.resources
-        )
+        ready = sum(r.status == "ready" for r in row.resources)
+        deploy = next((r.provider_status for r in row.resources if r.kind == "railway_deployment"), None)
         table.add_row(
             row.instance_id,
             ",".join(row.tools) or "-",
             row.phase,
             f"{row.observed_generation or 0}/{row.generation}",
-            resources or "-",
+            f"{ready}/{len(row.resources)} ready",
+            deploy or "-",
             row.last_error or "",
         )
     return table

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from fastapi import FastAPI
+from starlette.routing import Route
 from starlette.types import ASGIApp
 
 from providers.simulated.agentmail import FakeAgentMail
@@ -102,7 +103,10 @@ class Simulator:
             return {"ok": True}
 
         for name, fake in self.providers.items():
-            app.mount(PREFIXES[name], fake.asgi())
+            served = fake.asgi()
+            # A mount matches only paths below its prefix; Railway's endpoint IS the prefix.
+            app.router.routes.append(Route(PREFIXES[name], served, methods=["POST", "GET"]))
+            app.mount(PREFIXES[name], served)
         return app
 
 

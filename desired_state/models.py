@@ -47,6 +47,12 @@ class InstanceSpec(BaseModel):
     )
     env: dict[str, str] = Field(default_factory=dict, description="Extra variables for the runtime.")
     image: str | None = Field(default=None, description="Runtime image override.")
+    redeploy: int = Field(
+        default=0,
+        ge=0,
+        le=2**31,
+        description="Bump to force a fresh deploy with the same spec (the redeploy generation).",
+    )
 
     @field_validator("instance_id")
     @classmethod
@@ -94,11 +100,14 @@ class InstanceSpec(BaseModel):
 
     def spec_document(self) -> dict[str, Any]:
         """The JSON stored in ``desired_instances.spec`` (everything but the key and name)."""
-        return {
+        document: dict[str, Any] = {
             "tools": [t.value for t in self.tools],
             "env": dict(sorted(self.env.items())),
             "image": self.image,
         }
+        if self.redeploy:
+            document["redeploy"] = self.redeploy
+        return document
 
     @classmethod
     def from_row(cls, instance_id: str, name: str, spec: Mapping[str, Any]) -> InstanceSpec:
@@ -108,6 +117,7 @@ class InstanceSpec(BaseModel):
             tools=tuple(spec.get("tools", ())),
             env=dict(spec.get("env", {})),
             image=spec.get("image"),
+            redeploy=int(spec.get("redeploy", 0)),
         )
 
 

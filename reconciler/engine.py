@@ -43,8 +43,9 @@ from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
+from pydantic import ValidationError
 
-from desired_state.models import InstanceSpec, Tool
+from desired_state.models import InstanceSpec, Tool, describe_validation_error
 from providers.base import (
     CREATE_ORDER,
     ConfigError,
@@ -191,8 +192,16 @@ class Reconciler:
             state = await self._load_state(conn, claim.instance_id)
         if desired is None:
             return Outcome(claim.instance_id, "converge", "gone")
-        spec = InstanceSpec.from_row(desired["instance_id"], desired["name"], desired["spec"])
         kind = "converge" if desired["present"] else "teardown"
+        try:
+            spec = InstanceSpec.from_row(desired["instance_id"], desired["name"], desired["spec"])
+        except ValidationError as exc:
+            # Written over plain SQL and not a valid spec: nothing to converge to, so say why
+            # and wait for the caller to fix it (a fix is a new generation: due at once).
+            # Teardown needs only the id, so an absent row is still cleaned up.
+            if desired["present"]:
+                return await self._refuse_spec(claim, describe_validation_error(exc, "spec."))
+            spec = InstanceSpec(instance_id=desired["instance_id"])
         try:
             if desired["present"]:
                 # A row already Ready at this generation is here for its periodic poll.
@@ -554,6 +563,22 @@ class Reconciler:
                 raise LeaseLost(claim.instance_id)
 
     # -- failures ---------------------------------------------------------------------------------
+
+    async def _refuse_spec(self, claim: Claim, problems: list[str]) -> Outcome:
+        message = "invalid spec: " + "; ".join(problems)
+        try:
+            await self._finish(
+                claim,
+                phase="Failed",
+                delay=self.settings.config_error_interval,
+                attempts=claim.attempts + 1,
+                error=message,
+            )
+        except LeaseLost:
+            self._metrics.lease_lost.inc()
+            return Outcome(claim.instance_id, "converge", "lease_lost", error=message)
+        self._metrics.reconcile_total.labels("converge", "terminal").inc()
+        return Outcome(claim.instance_id, "converge", "terminal", "Failed", error=message)
 
     def _retry_for(self, error: ProviderError, kind: ResourceKind) -> _Retry:
         if isinstance(error, Throttled):

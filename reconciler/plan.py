@@ -115,6 +115,10 @@ def runtime_variables(
     variables = dict(defaults.base_env)
     variables.update(spec.env)
     variables["INSTANCE_ID"] = spec.instance_id
+    if spec.redeploy:
+        # A changed variable is what makes Railway deploy again (a bare redeploy may reuse a
+        # cached image tag: study, section 5.3).
+        variables["RECONCILER_REDEPLOY"] = str(spec.redeploy)
     for tool in spec.tools:
         kind = TOOL_KINDS[tool]
         row = observed.get(kind)

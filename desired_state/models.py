@@ -47,6 +47,13 @@ class InstanceSpec(BaseModel):
     )
     env: dict[str, str] = Field(default_factory=dict, description="Extra variables for the runtime.")
     image: str | None = Field(default=None, description="Runtime image override.")
+    openrouter_limit: float | None = Field(
+        default=None,
+        alias="openrouterLimit",
+        gt=0,
+        lt=1_000_000,
+        description="USD spend limit of this instance's OpenRouter key (default: OPENROUTER_KEY_LIMIT).",
+    )
     redeploy: int = Field(
         default=0,
         ge=0,
@@ -107,6 +114,8 @@ class InstanceSpec(BaseModel):
         }
         if self.redeploy:
             document["redeploy"] = self.redeploy
+        if self.openrouter_limit is not None:
+            document["openrouterLimit"] = self.openrouter_limit
         return document
 
     @classmethod
@@ -118,6 +127,7 @@ class InstanceSpec(BaseModel):
             env=dict(spec.get("env", {})),
             image=spec.get("image"),
             redeploy=int(spec.get("redeploy", 0)),
+            openrouter_limit=spec.get("openrouterLimit"),
         )
 
 

@@ -155,7 +155,8 @@ def desired_resource(
         depends[ResourceKind.RAILWAY_SERVICE.value] = service.external_id
 
     if kind is ResourceKind.OPENROUTER_KEY:
-        params = {"limit": defaults.openrouter_limit, "limit_reset": defaults.openrouter_limit_reset}
+        limit = spec.openrouter_limit if spec.openrouter_limit is not None else defaults.openrouter_limit
+        params = {"limit": limit, "limit_reset": defaults.openrouter_limit_reset}
     elif kind is ResourceKind.AGENTMAIL_INBOX:
         params = {"domain": defaults.agentmail_domain, "display_name": defaults.agentmail_display_name}
     elif kind is ResourceKind.TELNYX_NUMBER:

@@ -17,6 +17,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Final
 
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+
 DEFAULT_RUNTIME_IMAGE: Final = "ghcr.io/xmtplabs/convos-runtime:latest"
 DEFAULT_PREFIX: Final = "convos-agent"
 
@@ -167,8 +170,13 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     env = os.environ if env is None else env
 
     database_url = _text(env, "SERVICE_DATABASE_URL")
-    if database_url is not None and not database_url.startswith(("postgres://", "postgresql://")):
-        raise SettingsError("SERVICE_DATABASE_URL must be a postgresql:// connection URL")
+    if database_url is not None:
+        try:
+            conninfo_to_dict(database_url)  # a postgresql:// URL or a "host=... dbname=..." string
+        except psycopg.ProgrammingError:
+            raise SettingsError(
+                "SERVICE_DATABASE_URL must be a postgresql:// URL or a libpq connection string"
+            ) from None
 
     raw_limit = _text(env, "OPENROUTER_KEY_LIMIT")
     try:

@@ -1,0 +1,198 @@
+"""The CLI as an operator uses it: real subprocesses, a real Postgres, simulated providers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import sys
+from pathlib import Path
+
+import httpx
+import psycopg
+
+from providers.simulated.app import base_urls
+from tests.conftest import Sim
+
+CLI = [sys.executable, "-c", "import cli; cli.main()"]
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def cli_env(db_url: str, sim: Sim | None = None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAILWAY_", "OPENROUTER_", "AGENTMAIL_"))}
+    env["SERVICE_DATABASE_URL"] = db_url
+    env["PYTHONPATH"] = str(ROOT)
+    if sim is not None:
+        urls = base_urls(sim.root)
+        env.update(
+            RAILWAY_API_TOKEN="t",
+            RAILWAY_PROJECT_ID=sim.simulator.railway.project_id,
+            RAILWAY_ENVIRONMENT_NAME="production",
+            OPENROUTER_MANAGEMENT_KEY="k",
+            AGENTMAIL_API_KEY="k",
+            TELNYX_API_KEY="k",
+            RAILWAY_API_URL=urls["railway"],
+            OPENROUTER_API_URL=urls["openrouter"],
+            AGENTMAIL_API_URL=urls["agentmail"],
+            TELNYX_API_URL=urls["telnyx"],
+        )
+    return env
+
+
+async def run_cli(*args: str, env: dict[str, str], timeout: float = 60) -> tuple[int, str, str]:
+    process = await asyncio.create_subprocess_exec(
+        *CLI, *args, env=env, cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await asyncio.wait_for(process.communicate(), timeout)
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def test_bad_file_is_refused_with_the_field_named_and_nothing_written(
+    db_url: str, tmp_path: Path
+) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- instanceId: good1\n- instanceId: 'bad id'\n  tools: [slack]\n")
+    code, _, err = await run_cli("apply", str(bad), env=cli_env(db_url))
+    assert code == 2
+    assert "[1].instanceId: must be 1-32 characters" in err and "[1].tools.0" in err
+    assert "Traceback" not in err
+    with psycopg.connect(db_url) as conn:
+        assert conn.execute("SELECT count(*) FROM desired_instances").fetchone() == (0,)
+
+    broken = tmp_path / "broken.json"
+    broken.write_text("[{")
+    code, _, err = await run_cli("apply", str(broken), env=cli_env(db_url))
+    assert code == 2 and "not valid JSON" in err
+
+
+async def test_apply_status_delete_round_trip(db_url: str, tmp_path: Path) -> None:
+    good = tmp_path / "good.json"
+    good.write_text(
+        json.dumps([{"instanceId": "cli1", "name": "one", "tools": ["openrouter"], "env": {"A": "1"}}])
+    )
+    env = cli_env(db_url)
+    code, out, _ = await run_cli("apply", str(good), env=env)
+    assert code == 0 and "cli1: created" in out
+    code, out, _ = await run_cli("apply", str(good), env=env)
+    assert code == 0 and "cli1: unchanged" in out
+
+    code, out, _ = await run_cli("status", "--json", env=env)
+    [row] = json.loads(out)
+    assert (row["instanceId"], row["tools"], row["phase"], row["desired"]) == (
+        "cli1",
+        ["openrouter"],
+        "Pending",
+        "present",
+    )
+
+    code, out, _ = await run_cli("delete", "cli1", "ghost", env=env)
+    assert code == 1 and "cli1: marked for deletion" in out and "ghost: not found" in out
+    code, _, err = await run_cli("delete", "no good", env=env)
+    assert code == 2 and "not an instance id" in err
+
+
+async def test_migrate_twice_is_a_no_op(db_url: str) -> None:
+    code, out, _ = await run_cli("migrate", env=cli_env(db_url))
+    assert code == 0 and "up to date" in out
+
+
+async def test_missing_setting_is_one_line_naming_it(db_url: str) -> None:
+    code, _, err = await run_cli("reconcile", "--all", env=cli_env(db_url))
+    assert code == 2
+    assert err.strip().splitlines() == [
+        "error: RAILWAY_API_TOKEN is not set (the Railway token the reconciler acts with)"
+    ]
+    env = cli_env(db_url) | {"OPENROUTER_KEY_LIMIT": "many"}
+    code, _, err = await run_cli("status", env=env)
+    assert code == 2 and "OPENROUTER_KEY_LIMIT" in err and "Traceback" not in err
+
+
+async def test_reconcile_prints_what_it_did(db_url: str, sim: Sim, tmp_path: Path) -> None:
+    spec = tmp_path / "one.yaml"
+    spec.write_text("- instanceId: rec1\n  tools: [agentmail]\n")
+    env = cli_env(db_url, sim)
+    assert (await run_cli("apply", str(spec), env=env))[0] == 0
+    code, out, err = await run_cli("reconcile", "--instance", "rec1", env=env)
+    assert code == 0, err
+    assert "rec1:" in out and "+ agentmail_inbox" in out and "+ railway_service" in out
+    assert [i["name"] for i in sim.simulator.snapshot()["agentmail"]["inboxes"]] == ["convos-agent-rec1"]
+
+
+async def test_run_serves_metrics_converges_and_stops_cleanly_on_sigterm(
+    db_url: str, sim: Sim, tmp_path: Path
+) -> None:
+    spec = tmp_path / "one.yaml"
+    spec.write_text("- instanceId: run1\n  tools: [openrouter]\n")
+    env = cli_env(db_url, sim)
+    assert (await run_cli("apply", str(spec), env=env))[0] == 0
+    port = free_port()
+    process = await asyncio.create_subprocess_exec(
+        *CLI,
+        "run",
+        "--metrics-port",
+        str(port),
+        "--tick",
+        "0.2",
+        env=env,
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        async with httpx.AsyncClient() as client:
+            for _ in range(200):
+                with psycopg.connect(db_url) as conn:
+                    phase = conn.execute("SELECT phase FROM desired_instances").fetchone()
+                if phase == ("Ready",):
+                    break
+                await asyncio.sleep(0.1)
+            assert phase == ("Ready",)
+            metrics = (await client.get(f"http://127.0.0.1:{port}/metrics")).text
+        assert 'reconciler_reconcile_total{kind="converge",result="done"}' in metrics
+        assert "reconciler_provider_calls_total{operation=" in metrics
+        assert "simulated" not in metrics and "sk-or-v1" not in metrics
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, err = await asyncio.wait_for(process.communicate(), 20)
+    assert process.returncode == 0, err.decode()
+    assert "reconciler stopped" in err.decode()
+
+
+async def test_simulate_prints_base_urls_and_serves_the_admin_route() -> None:
+    port = free_port()
+    process = await asyncio.create_subprocess_exec(
+        *CLI,
+        "simulate",
+        "--port",
+        str(port),
+        cwd=ROOT,
+        env=os.environ | {"PYTHONPATH": str(ROOT)},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert process.stdout is not None
+        lines = [(await asyncio.wait_for(process.stdout.readline(), 20)).decode() for _ in range(5)]
+        text = "".join(lines)
+        for prefix in ("/railway/graphql/v2", "/openrouter/api/v1", "/agentmail/v0", "/telnyx/v2"):
+            assert f"http://127.0.0.1:{port}{prefix}" in text
+        async with httpx.AsyncClient() as client:
+            for _ in range(50):
+                try:
+                    held = (await client.get(f"http://127.0.0.1:{port}/_admin/resources")).json()
+                    break
+                except httpx.ConnectError:
+                    await asyncio.sleep(0.1)
+        assert set(held) == {"railway", "openrouter", "agentmail", "telnyx"}
+    finally:
+        process.terminate()
+        await process.wait()

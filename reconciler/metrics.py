@@ -16,7 +16,8 @@ PROVIDERS = ("railway", "openrouter", "agentmail", "telnyx")
 CALL_OUTCOMES = ("ok", "transient", "throttled", "not_found", "conflict", "config_error")
 RECONCILE_KINDS = ("converge", "teardown")
 RECONCILE_RESULTS = ("done", "requeue", "retry", "throttled", "terminal", "lease_lost", "gone")
-PROVIDER_OPERATIONS: dict[str, tuple[str, ...]] = {}
+DRIFT_FIELDS = ("gone", "config")
+NOT_CONVERGED_REASONS = ("provisioning", "retrying", "throttled", "failed", "deleting")
 
 
 class Metrics:
@@ -89,6 +90,48 @@ class Metrics:
             buckets=(1, 2, 5, 10, 20, 30, 60, 120, 300, 600),
             registry=registry,
         )
+        self.retried = Counter(
+            "reconciler_retries_total",
+            "Reconcile passes that ended in a retry, by provider and error class.",
+            ["provider", "error"],
+            registry=registry,
+        )
+        self.drift_detected = Counter(
+            "reconciler_drift_detected_total",
+            "Differences between what we applied and what the provider holds, found by observation.",
+            ["resource", "field"],
+            registry=registry,
+        )
+        self.orphans_collected = Counter(
+            "reconciler_orphans_collected_total",
+            "Provider resources with no live desired row, deleted by garbage collection.",
+            ["resource"],
+            registry=registry,
+        )
+        self.orphans_seen = Gauge(
+            "reconciler_orphans",
+            "Provider resources with no live desired row at the last GC pass (including those in grace).",
+            ["resource"],
+            registry=registry,
+        )
+        self.not_converged = Gauge(
+            "reconciler_not_converged",
+            "Instances not converged, by reason (provisioning, retrying, throttled, failed, deleting).",
+            ["reason"],
+            registry=registry,
+        )
+        self.circuit_open = Gauge(
+            "reconciler_circuit_open",
+            "1 while a provider's circuit breaker is open (calls are being shed).",
+            ["provider"],
+            registry=registry,
+        )
+        self.observation_seconds = Histogram(
+            "reconciler_observation_cycle_seconds",
+            "Wall time of one batched observation cycle (every provider listed once).",
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+            registry=registry,
+        )
         self.preinitialise()
 
     def preinitialise(self) -> None:
@@ -104,6 +147,17 @@ class Metrics:
                 self.resource_mutations.labels(resource.value, action)
         for phase in ("Pending", "Provisioning", "Ready", "Deleting", "Failed"):
             self.instances.labels(phase)
+        for reason in NOT_CONVERGED_REASONS:
+            self.not_converged.labels(reason)
+        for provider in PROVIDERS:
+            self.circuit_open.labels(provider)
+            for error in ("transient", "conflict", "config_error", "not_found", "throttled"):
+                self.retried.labels(provider, error)
+        for resource in ResourceKind:
+            self.orphans_collected.labels(resource.value)
+            self.orphans_seen.labels(resource.value)
+            for drift in DRIFT_FIELDS:
+                self.drift_detected.labels(resource.value, drift)
 
     def observe_call(self, provider: str, operation: str, outcome: str, seconds: float) -> None:
         """The :data:`providers._http.CallObserver` hook."""

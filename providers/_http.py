@@ -31,7 +31,7 @@ import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import httpx
 
@@ -106,6 +106,19 @@ def _outcome_of(exc: ProviderError | None) -> str:
     }.get(type(exc), "error")
 
 
+class Admission(Protocol):
+    """Decides whether a provider call may go out now; told how each call went.
+
+    The reconciler's implementation is shared by every replica through Postgres (a token bucket,
+    ``Retry-After`` and a circuit breaker per provider). ``admit`` waits briefly or raises
+    ``Throttled`` with the time to wait; ``settle`` sees every call's error (None on success).
+    """
+
+    async def admit(self, provider: str, operation: str) -> None: ...
+
+    async def settle(self, provider: str, operation: str, error: ProviderError | None) -> None: ...
+
+
 class ProviderHTTP:
     """Sends one provider's requests and maps failures; shared by all of that provider's drivers.
 
@@ -122,8 +135,10 @@ class ProviderHTTP:
         *,
         timeout: float = 15.0,
         observer: CallObserver | None = None,
+        admission: Admission | None = None,
     ) -> None:
         self.provider = provider
+        self._admission = admission
         self._client = client
         self._base_url = base_url.rstrip("/")
         self._headers = dict(auth_headers)
@@ -151,6 +166,8 @@ class ProviderHTTP:
         ``check`` sees the response and its decoded body before they are returned; what it raises
         is counted by the observer like any other failure.
         """
+        if self._admission is not None:
+            await self._admission.admit(self.provider, operation)
         started = time.monotonic()
         error: ProviderError | None = None
         try:
@@ -168,6 +185,8 @@ class ProviderHTTP:
         finally:
             if self._observer is not None:
                 self._observer(self.provider, operation, _outcome_of(error), time.monotonic() - started)
+            if self._admission is not None:
+                await self._admission.settle(self.provider, operation, error)
 
     async def _send(
         self,

@@ -58,6 +58,7 @@ from providers.base import (
     Throttled,
 )
 from reconciler import queries
+from reconciler.conditions import DEPLOY_FAILED, DEPLOY_READY, PassResult, conditions
 from reconciler.metrics import Metrics
 from reconciler.plan import (
     KIND_TOOLS,
@@ -204,9 +205,7 @@ class Reconciler:
             spec = InstanceSpec(instance_id=desired["instance_id"])
         try:
             if desired["present"]:
-                # A row already Ready at this generation is here for its periodic poll.
-                polling = desired["phase"] == "Ready" and desired["observed_generation"] == claim.generation
-                outcome = await self._converge(claim, spec, state, polling=polling)
+                outcome = await self._converge(claim, spec, state)
             else:
                 outcome = await self._teardown(claim, spec, state)
         except LeaseLost:
@@ -218,7 +217,13 @@ class Reconciler:
         self._metrics.reconcile_seconds.labels(kind).observe(time.monotonic() - started)
         return outcome
 
-    async def _converge(self, claim: Claim, spec: InstanceSpec, state: _State, *, polling: bool) -> Outcome:
+    async def _converge(self, claim: Claim, spec: InstanceSpec, state: _State) -> Outcome:
+        """Walk the wanted resources in creation order; stop at the first one not ready yet.
+
+        A periodic pass over a converged instance makes no provider call: the batched observer
+        (reconciler.observe) lists each provider once per cycle and flags what drifted, which
+        :func:`decide` turns into a read or an update here.
+        """
         wanted = wanted_kinds(spec)
         # Tools dropped from the spec are torn down first (reverse dependency order).
         for kind in reversed(CREATE_ORDER):
@@ -234,7 +239,7 @@ class Reconciler:
                 # provider answered without a value); look again shortly.
                 not_ready.append(kind)
                 break
-            action = decide(kind, want, state.observed.get(kind), poll=polling)
+            action = decide(kind, want, state.observed.get(kind))
             await self._apply(claim, action, want, state)
             if state.observed[kind].status != "ready":
                 not_ready.append(kind)
@@ -242,11 +247,24 @@ class Reconciler:
 
         await self._publish(claim, spec, state)
         if not_ready:
-            await self._finish(claim, phase="Provisioning", delay=self.settings.not_ready_interval)
+            waiting = not_ready[0]
+            row = state.observed.get(waiting)
+            provider_status = str(row.attributes.get("deploy_status") or row.status) if row else "pending"
+            if waiting is ResourceKind.RAILWAY_DEPLOYMENT and provider_status in DEPLOY_FAILED:
+                # Nothing to retry by ourselves: say so, and look again at the poll interval
+                # (a redeploy or a new spec is what fixes it).
+                result = PassResult("Failed", "DeployFailed", f"the Railway deployment is {provider_status}")
+                await self._finish(claim, result, delay=self.settings.poll_interval, observed=True)
+                return Outcome(claim.instance_id, "converge", "done", "Failed", actions=tuple(state.actions))
+            result = PassResult(
+                "Provisioning", "Provisioning", f"waiting for {waiting.value} ({provider_status})"
+            )
+            await self._finish(claim, result, delay=self.settings.not_ready_interval)
             return Outcome(
                 claim.instance_id, "converge", "requeue", "Provisioning", actions=tuple(state.actions)
             )
-        await self._finish(claim, phase="Ready", delay=self.settings.poll_interval, observed=True)
+        result = PassResult("Ready", "Available", "every resource exists and the deploy succeeded")
+        await self._finish(claim, result, delay=self.settings.poll_interval, observed=True)
         return Outcome(claim.instance_id, "converge", "done", "Ready", actions=tuple(state.actions))
 
     async def _teardown(self, claim: Claim, spec: InstanceSpec, state: _State) -> Outcome:
@@ -393,7 +411,10 @@ class Reconciler:
         applied_hash: str | None,
         action: str | None,
     ) -> None:
-        status = "ready" if found.ready else "creating"
+        ready = found.ready
+        if want.kind is ResourceKind.RAILWAY_DEPLOYMENT:
+            ready = ready or found.attributes.get("deploy_status") in DEPLOY_READY  # asleep is fine
+        status = "ready" if ready else "creating"
         attributes = dict(found.attributes)
         attributes.setdefault("provider_status", found.status)
         async with self._fenced(claim) as conn:
@@ -538,13 +559,13 @@ class Reconciler:
     async def _finish(
         self,
         claim: Claim,
+        result: PassResult,
         *,
-        phase: str,
         delay: float,
         observed: bool = False,
         attempts: int = 0,
-        error: str | None = None,
     ) -> None:
+        """Release the claim, schedule the next pass and write phase and conditions."""
         async with self._pool.connection() as conn:
             cur = await conn.execute(
                 queries.FINISH_CLAIM,
@@ -554,13 +575,18 @@ class Reconciler:
                     "generation": claim.generation,
                     "delay": delay,
                     "attempts": attempts,
-                    "error": error,
-                    "phase": phase,
+                    "error": result.error,
+                    "phase": result.phase,
                     "observed_generation": claim.generation if observed else None,
+                    "conditions": Jsonb(conditions(result, claim.generation)),
                 },
             )
-            if cur.rowcount == 0:
-                raise LeaseLost(claim.instance_id)
+            row = await cur.fetchone()
+        if row is None:
+            raise LeaseLost(claim.instance_id)
+        became_ready, age_seconds = row
+        if became_ready and claim.generation == 1:
+            self._metrics.time_to_ready_seconds.observe(float(age_seconds))
 
     # -- failures ---------------------------------------------------------------------------------
 
@@ -569,10 +595,9 @@ class Reconciler:
         try:
             await self._finish(
                 claim,
-                phase="Failed",
+                PassResult("Failed", "InvalidSpec", message, error=message),
                 delay=self.settings.config_error_interval,
                 attempts=claim.attempts + 1,
-                error=message,
             )
         except LeaseLost:
             self._metrics.lease_lost.inc()
@@ -595,6 +620,10 @@ class Reconciler:
     async def _record_failure(
         self, claim: Claim, kind: str, retry: _Retry, state: _State, *, present: bool
     ) -> Outcome:
+        error_class = {"throttled": "throttled", "terminal": "config_error"}.get(retry.result, "transient")
+        if retry.result == "retry" and type(retry.error).__name__ in ("Conflict", "NotFound"):
+            error_class = type(retry.error).__name__.lower().replace("notfound", "not_found")
+        self._metrics.retried.labels(retry.error.provider, error_class).inc()
         throttled = retry.result == "throttled"
         attempts = claim.attempts if throttled else claim.attempts + 1
         delay = retry.delay if retry.delay >= 0 else self.backoff(attempts)
@@ -620,7 +649,12 @@ class Reconciler:
                     },
                 )
                 await self._event(conn, claim, retry.kind, "error", retry.result, {"error": message})
-            await self._finish(claim, phase=phase, delay=delay, attempts=attempts, error=message)
+            reason = {"terminal": "ConfigError", "throttled": "Throttled"}.get(retry.result, "ProviderError")
+            if not present:
+                reason = "Deleting"
+            await self._finish(
+                claim, PassResult(phase, reason, message, error=message), delay=delay, attempts=attempts
+            )
         except LeaseLost:
             self._metrics.lease_lost.inc()
             return Outcome(claim.instance_id, kind, "lease_lost", error=message)
@@ -650,6 +684,7 @@ class Reconciler:
                     intent_at=row["intent_at"],
                     attempts=row["attempts"],
                     last_error=row["last_error"],
+                    drift=row["drift"],
                 )
         return state
 

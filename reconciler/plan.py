@@ -88,6 +88,8 @@ class ObservedRow:
     intent_at: datetime | None = None
     attempts: int = 0
     last_error: str | None = None
+    drift: str | None = None
+    """Set by the batched observer: 'gone' (missing from the listing) or 'config' (fields differ)."""
 
 
 class Blocked(Exception):
@@ -250,6 +252,10 @@ def decide(
         return Action(kind, Verb.CREATE, "does not exist")
     if kind in SECRET_BEARING and not row.has_secret:
         return Action(kind, Verb.REPLACE, "its secret value was never recorded (adopted after a crash)")
+    if row.drift == "gone":
+        return Action(kind, Verb.OBSERVE, "missing from the provider's listing: confirm, then create again")
+    if row.drift == "config":
+        return Action(kind, Verb.UPDATE, "changed at the provider: bring the fields we own back")
     if row.applied_hash != params_hash(want):
         reason = "adopted; bring owned fields to the spec" if row.applied_hash is None else "spec changed"
         return Action(kind, Verb.UPDATE, reason)

@@ -57,7 +57,7 @@ SELECT instance_id, name, spec, present, generation, observed_generation, phase,
 # -- observed resources ---------------------------------------------------------------------------
 SELECT_OBSERVED = """
 SELECT kind, derived_name, external_id, status, attributes, secret, applied_hash, intent_at,
-       attempts, last_error
+       attempts, last_error, drift
   FROM observed_resources WHERE instance_id = %(instance_id)s
 """
 
@@ -90,7 +90,7 @@ ON CONFLICT (instance_id, kind) DO UPDATE
    SET derived_name = EXCLUDED.derived_name, external_id = EXCLUDED.external_id,
        status = EXCLUDED.status, attributes = EXCLUDED.attributes,
        secret = COALESCE(EXCLUDED.secret, observed_resources.secret),
-       applied_hash = EXCLUDED.applied_hash, attempts = 0, last_error = NULL,
+       applied_hash = EXCLUDED.applied_hash, attempts = 0, last_error = NULL, drift = NULL,
        next_attempt_at = NULL, fencing_token = EXCLUDED.fencing_token, updated_at = now()
 """
 
@@ -161,14 +161,31 @@ DELETE FROM instance_services WHERE instance_id = %(instance_id)s AND NOT (tool_
 # Release the lease and schedule the next pass. If the caller changed the row while we worked
 # (generation moved on), it is due again at once.
 FINISH_CLAIM = """
-UPDATE desired_instances
+WITH before AS (
+    SELECT instance_id, ready_at, created_at FROM desired_instances
+     WHERE instance_id = %(instance_id)s AND fencing_token = %(token)s
+       FOR UPDATE
+)
+UPDATE desired_instances AS d
    SET lease_owner = NULL, lease_expires_at = NULL,
-       next_attempt_at = CASE WHEN generation <> %(generation)s THEN now()
+       next_attempt_at = CASE WHEN d.generation <> %(generation)s THEN now()
                               ELSE now() + %(delay)s * interval '1 second' END,
        attempts = %(attempts)s, last_error = %(error)s, phase = %(phase)s,
-       observed_generation = COALESCE(%(observed_generation)s, observed_generation),
-       ready_at = CASE WHEN %(phase)s = 'Ready' THEN COALESCE(ready_at, now()) ELSE NULL END
- WHERE instance_id = %(instance_id)s AND fencing_token = %(token)s
+       observed_generation = COALESCE(%(observed_generation)s, d.observed_generation),
+       ready_at = CASE WHEN %(phase)s = 'Ready' THEN COALESCE(d.ready_at, now()) ELSE NULL END,
+       -- keep a condition's lastTransitionTime while its status stays the same
+       conditions = (
+           SELECT COALESCE(jsonb_object_agg(
+                      c.key,
+                      CASE WHEN d.conditions -> c.key ->> 'status' = c.value ->> 'status'
+                           THEN c.value || jsonb_build_object(
+                                'lastTransitionTime', d.conditions -> c.key -> 'lastTransitionTime')
+                           ELSE c.value END), '{}'::jsonb)
+             FROM jsonb_each(%(conditions)s::jsonb) AS c)
+  FROM before
+ WHERE d.instance_id = before.instance_id
+RETURNING before.ready_at IS NULL AND %(phase)s = 'Ready' AS became_ready,
+          EXTRACT(EPOCH FROM now() - before.created_at) AS age_seconds
 """
 
 # The finalizer's last step: every resource is confirmed gone.

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import socket
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -21,7 +22,7 @@ from typing import Any
 import httpx
 from psycopg_pool import AsyncConnectionPool
 
-from providers._http import ProviderHTTP
+from providers._http import Admission, ProviderHTTP
 from providers.agentmail import AgentMailInboxDriver
 from providers.base import ConfigError, DesiredResource, Observed, ResourceDriver, ResourceKind
 from providers.openrouter import OpenRouterKeyDriver
@@ -35,6 +36,7 @@ from providers.railway import (
     railway_auth_headers,
 )
 from providers.telnyx import TelnyxNumberDriver
+from reconciler.admission import DEFAULT_LIMITS, Limit, PostgresAdmission
 from reconciler.engine import EngineSettings, Reconciler
 from reconciler.loop import Worker
 from reconciler.metrics import Metrics, default_metrics
@@ -80,7 +82,7 @@ def resource_defaults(settings: Settings) -> ResourceDefaults:
 
 
 def build_drivers(
-    settings: Settings, client: httpx.AsyncClient, metrics: Metrics
+    settings: Settings, client: httpx.AsyncClient, metrics: Metrics, admission: Admission | None = None
 ) -> tuple[dict[ResourceKind, ResourceDriver], RailwayClient | None]:
     """One driver per resource kind, talking to the URLs and credentials of ``settings``."""
     observer = metrics.observe_call
@@ -94,6 +96,7 @@ def build_drivers(
             settings.urls["RAILWAY_API_URL"],
             railway_auth_headers(settings.railway_token.reveal(), settings.railway_token_kind),
             observer=observer,
+            admission=admission,
         )
         railway = RailwayClient(
             http,
@@ -123,6 +126,7 @@ def build_drivers(
             settings.urls[url_variable],
             {"Authorization": f"Bearer {key.reveal()}"},
             observer=observer,
+            admission=admission,
         )
 
     if settings.openrouter_key:
@@ -161,6 +165,8 @@ class RuntimeOptions:
     tick_seconds: float = 1.0
     pool_size: int = 10
     http_timeout: float = 15.0
+    rate_limits: Mapping[str, Limit] | None = None
+    """Per-provider call rates shared by all replicas; None for the defaults, {} for none at all."""
 
 
 class Runtime:
@@ -184,7 +190,11 @@ class Runtime:
             timeout=self.options.http_timeout,
             limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
         )
-        self.drivers, self.railway = build_drivers(settings, self.http, self.metrics)
+        limits = self.options.rate_limits
+        self.admission = PostgresAdmission(
+            self.pool, self.metrics, limits=DEFAULT_LIMITS if limits is None else limits
+        )
+        self.drivers, self.railway = build_drivers(settings, self.http, self.metrics, self.admission)
         self.reconciler = Reconciler(
             self.pool,
             self.drivers,

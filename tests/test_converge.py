@@ -6,6 +6,7 @@ import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import replace
+from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
@@ -61,6 +62,10 @@ async def test_apply_converge_then_delete_leaves_nothing(
     ]
     await store.put_many(conn, specs)
     await settle(runtime, lambda: all_ready(conn, 3))
+    conditions = await (await conn.execute("SELECT conditions FROM desired_instances")).fetchall()
+    for (condition,) in conditions:
+        assert condition["Ready"]["status"] == "True" and condition["Ready"]["reason"] == "Available"
+        assert condition["Synced"]["status"] == "True" and condition["Ready"]["observedGeneration"] == 1
 
     names = held(sim)
     every = ["convos-agent-inst1", "convos-agent-inst2", "convos-agent-inst3"]
@@ -245,7 +250,14 @@ async def test_a_missing_tool_key_is_a_visible_configuration_error(
     assert row is not None and row.phase == "Failed"
     assert row.last_error is not None and "AGENTMAIL_API_KEY is not set" in row.last_error
     # Not retried hot: the next attempt is at the slow configuration-error interval.
-    assert (row.next_attempt_at - row.updated_at).total_seconds() > 600
+    assert (row.next_attempt_at - datetime.now(UTC)).total_seconds() > 600
+    conditions = (await (await conn.execute("SELECT conditions FROM desired_instances")).fetchone() or [{}])[
+        0
+    ]
+    assert conditions["Ready"]["status"] == "False" and conditions["Ready"]["reason"] == "ConfigError"
+    assert (
+        conditions["Synced"]["status"] == "False" and "AGENTMAIL_API_KEY" in conditions["Synced"]["message"]
+    )
 
 
 async def test_claims_are_disjoint_across_workers(

@@ -33,8 +33,7 @@ from reconciler.runtime import Runtime, RuntimeOptions
 from reconciler.settings import Settings, SettingsError, load_settings
 
 app = typer.Typer(
-    help="Provisioning reconciler: converges desired agent instances onto Railway, OpenRouter, "
-    "AgentMail and Telnyx.",
+    help="Provisioning reconciler: converges desired agent instances onto Railway, OpenRouter, AgentMail and Telnyx.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
@@ -120,9 +119,7 @@ def migrate_command() -> None:
 
 @app.command("apply")
 def apply_command(
-    file: Annotated[
-        Path, typer.Argument(help="JSON or YAML list of instances (instanceId, name, tools, env).")
-    ],
+    file: Annotated[Path, typer.Argument(help="JSON or YAML list of instances (instanceId, name, tools, env).")],
 ) -> None:
     """Write desired instances from a file, like `kubectl apply`: all of them or none."""
     specs = _read_specs(file)
@@ -180,9 +177,7 @@ def delete_command(
 
 @app.command("reconcile")
 def reconcile_command(
-    instance: Annotated[
-        list[str] | None, typer.Option("--instance", "-i", help="Instance id (repeatable).")
-    ] = None,
+    instance: Annotated[list[str] | None, typer.Option("--instance", "-i", help="Instance id (repeatable).")] = None,
     all_: Annotated[bool, typer.Option("--all", help="Every instance.")] = False,
 ) -> None:
     """Force a reconcile pass now and print what it did."""
@@ -205,10 +200,7 @@ def reconcile_command(
     if not outcomes:
         console.print("nothing to do (rows are leased by a running worker, or there are none)")
     for outcome in outcomes:
-        done = (
-            ", ".join(f"{a.verb.symbol.strip() or '·'} {a.kind.value}" for a in outcome.actions)
-            or "no changes"
-        )
+        done = ", ".join(f"{a.verb.symbol.strip() or '·'} {a.kind.value}" for a in outcome.actions) or "no changes"
         line = f"{outcome.instance_id}: {outcome.result} ({done})"
         if outcome.error:
             line += f"; error: {outcome.error}"
@@ -245,13 +237,92 @@ def status_command(
     console.print(status_views.status_table(rows))
 
 
+@app.command("plan")
+def plan_command(
+    instance: Annotated[list[str] | None, typer.Option("--instance", "-i", help="Instance id (repeatable).")] = None,
+    detailed_exitcode: Annotated[
+        bool, typer.Option("--detailed-exitcode", help="Exit 0: no changes, 1: error, 2: changes present.")
+    ] = False,
+) -> None:
+    """Show what the reconciler would do, from a fresh read of every provider (changes nothing)."""
+    from reconciler.operator import build_plan, render_plan
+
+    settings = settings_or_exit()
+    _require_railway(settings)
+    with database(settings) as url:
+        require_current_schema(url)
+
+        async def compute() -> Any:
+            async with Runtime(settings, url) as runtime, await _connect(url) as conn:
+                return await build_plan(conn, runtime.observer, runtime.reconciler.defaults, instance or None)
+
+        plan = run_async(compute())
+    for line in render_plan(plan):
+        console.print(line, highlight=False, markup=False)
+    if detailed_exitcode and plan.has_changes:
+        raise typer.Exit(2)
+
+
+@app.command("why")
+def why_command(
+    instance_id: Annotated[str, typer.Argument(help="The instance to explain.")],
+    events: Annotated[int, typer.Option(help="How many recent events to show.", min=1, max=500)] = 10,
+) -> None:
+    """Explain an instance's state: conditions, last error, attempts, next attempt, recent events."""
+    from reconciler.operator import why
+
+    settings = settings_or_exit()
+    with database(settings) as url:
+        require_current_schema(url)
+
+        async def explain() -> list[str] | None:
+            async with await _connect(url) as conn:
+                return await why(conn, instance_id, events)
+
+        lines = run_async(explain())
+    if lines is None:
+        fail(f"instance {instance_id} not found")
+    for line in lines:
+        console.print(line, highlight=False, markup=False)
+
+
+@app.command("gc")
+def gc_command(
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="List orphans; delete nothing.")] = False,
+    grace: Annotated[
+        float | None, typer.Option(help="Seconds an orphan must have been seen before deletion (default 600).")
+    ] = None,
+) -> None:
+    """Delete provider resources whose derived name maps to no live desired instance."""
+    settings = settings_or_exit()
+    _require_railway(settings)
+    with database(settings) as url:
+        require_current_schema(url)
+
+        async def collect() -> Any:
+            async with Runtime(settings, url) as runtime:
+                if grace is not None:
+                    runtime.observer.gc_grace = grace
+                return await runtime.observer.collect(dry_run=dry_run)
+
+        report = run_async(collect())
+    if not report.orphans:
+        console.print("no orphans")
+    for orphan in report.orphans:
+        if dry_run:
+            state = "would delete once past the grace period"
+        elif orphan in report.collected:
+            state = "deleted"
+        else:
+            state = f"seen for {orphan.seen_for_seconds:.0f}s, waiting for the grace period"
+        console.print(f"{orphan.kind.value} {orphan.external_id} ({orphan.name}: {orphan.why}): {state}")
+
+
 @app.command("run")
 def run_command(
     metrics_port: Annotated[int, typer.Option(help="Serve /metrics on this port; 0 disables.")] = 9464,
     tick: Annotated[float, typer.Option(help="Seconds between scheduled passes.")] = 1.0,
-    poll_interval: Annotated[
-        float, typer.Option(help="Seconds between checks of a converged instance.")
-    ] = 60.0,
+    poll_interval: Annotated[float, typer.Option(help="Seconds between checks of a converged instance.")] = 60.0,
 ) -> None:
     """Run the reconcile loop until SIGTERM or SIGINT, then stop cleanly."""
     settings = settings_or_exit()
@@ -273,9 +344,7 @@ def run_command(
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, stop.set)
             async with Runtime(settings, url, options) as runtime:
-                logging.getLogger("reconciler").info(
-                    "reconciler running", extra={"metrics_port": metrics_port}
-                )
+                logging.getLogger("reconciler").info("reconciler running", extra={"metrics_port": metrics_port})
                 await runtime.worker.run_forever(stop)
             logging.getLogger("reconciler").info("reconciler stopped")
 
@@ -306,9 +375,7 @@ def simulate_command(
 
 @app.command("demo")
 def demo_command(
-    instances: Annotated[
-        int, typer.Option(help="How many desired instances to converge.", min=1, max=500)
-    ] = 25,
+    instances: Annotated[int, typer.Option(help="How many desired instances to converge.", min=1, max=500)] = 25,
     deploy_seconds: Annotated[float, typer.Option(help="Simulated Railway deploy time.")] = 2.0,
     timeout: Annotated[float, typer.Option(help="Give up after this many seconds per phase.")] = 120.0,
 ) -> None:
@@ -317,9 +384,7 @@ def demo_command(
 
     settings = settings_or_exit()
     with database(settings) as url:
-        ok = run_async(
-            run_demo(url, console, instances=instances, deploy_seconds=deploy_seconds, time_limit=timeout)
-        )
+        ok = run_async(run_demo(url, console, instances=instances, deploy_seconds=deploy_seconds, time_limit=timeout))
     if not ok:
         raise typer.Exit(EXIT_FAILURE)
 

@@ -81,8 +81,7 @@ def migrate(url: str, directory: Path = MIGRATIONS_DIR) -> list[str]:
                 if migration.version in applied:
                     if applied[migration.version] != migration.checksum:
                         raise DatabaseError(
-                            f"migration {migration.name} was changed after it was applied; "
-                            "add a new migration instead"
+                            f"migration {migration.name} was changed after it was applied; add a new migration instead"
                         )
                     continue
                 with conn.transaction():
@@ -145,9 +144,7 @@ def create_database(url: str, name: str, template: str | None = None) -> str:
     with connect(url, autocommit=True) as conn:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
         if template:
-            create = sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
-                sql.Identifier(name), sql.Identifier(template)
-            )
+            create = sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(name), sql.Identifier(template))
         else:
             create = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
         conn.execute(create)

@@ -138,9 +138,7 @@ async def run_demo(
                     rows_left = (await (await conn.execute(COUNT_DESIRED)).fetchone() or (0,))[0]
                     # Complete only when the providers hold nothing AND every finalizer has run.
                     return (
-                        held_at_start
-                        if held == 0 and rows_left == 0
-                        else min(held_at_start - held, held_at_start - 1)
+                        held_at_start if held == 0 and rows_left == 0 else min(held_at_start - held, held_at_start - 1)
                     )
 
                 torn_down = await _wait(console, "tearing down", held_at_start, released, time_limit)

@@ -158,7 +158,7 @@ class Reconciler:
     ) -> None:
         self._pool = pool
         self._drivers = drivers
-        self._defaults = defaults
+        self.defaults = defaults
         self._metrics = metrics
         self._owner = owner
         self.settings = settings or EngineSettings()
@@ -233,7 +233,7 @@ class Reconciler:
         not_ready: list[ResourceKind] = []
         for kind in wanted:
             try:
-                want = desired_resource(kind, spec, self._defaults, state.observed, state.secrets)
+                want = desired_resource(kind, spec, self.defaults, state.observed, state.secrets)
             except Blocked:
                 # A dependency is not ready yet (cannot happen in creation order unless a
                 # provider answered without a value); look again shortly.
@@ -256,13 +256,9 @@ class Reconciler:
                 result = PassResult("Failed", "DeployFailed", f"the Railway deployment is {provider_status}")
                 await self._finish(claim, result, delay=self.settings.poll_interval, observed=True)
                 return Outcome(claim.instance_id, "converge", "done", "Failed", actions=tuple(state.actions))
-            result = PassResult(
-                "Provisioning", "Provisioning", f"waiting for {waiting.value} ({provider_status})"
-            )
+            result = PassResult("Provisioning", "Provisioning", f"waiting for {waiting.value} ({provider_status})")
             await self._finish(claim, result, delay=self.settings.not_ready_interval)
-            return Outcome(
-                claim.instance_id, "converge", "requeue", "Provisioning", actions=tuple(state.actions)
-            )
+            return Outcome(claim.instance_id, "converge", "requeue", "Provisioning", actions=tuple(state.actions))
         result = PassResult("Ready", "Available", "every resource exists and the deploy succeeded")
         await self._finish(claim, result, delay=self.settings.poll_interval, observed=True)
         return Outcome(claim.instance_id, "converge", "done", "Ready", actions=tuple(state.actions))
@@ -274,9 +270,7 @@ class Reconciler:
         # Every resource is confirmed gone: the finalizer lets the row go.
         async with self._fenced(claim) as conn:
             await conn.execute(queries.DELETE_INSTANCE_INFRA, {"instance_id": claim.instance_id})
-            await conn.execute(
-                queries.DELETE_DESIRED, {"instance_id": claim.instance_id, "token": claim.token}
-            )
+            await conn.execute(queries.DELETE_DESIRED, {"instance_id": claim.instance_id, "token": claim.token})
             await self._event(conn, claim, None, "delete_instance", "ok", {})
         return Outcome(claim.instance_id, "teardown", "gone", None, actions=tuple(state.actions))
 
@@ -304,7 +298,13 @@ class Reconciler:
                 return
             if action.verb is Verb.UPDATE:
                 assert row is not None and row.external_id is not None
-                found = await driver.update(row.external_id, want)
+                try:
+                    found = await driver.update(row.external_id, want)
+                except NotFound:
+                    # Gone behind our back (or with a parent that was): create it again.
+                    await self._forget(claim, kind, state, action="drift", outcome="gone")
+                    await self._create(claim, driver, want, state)
+                    return
                 await self._record(claim, want, found, state, applied_hash=params_hash(want), action="update")
                 return
             if action.verb is Verb.REPLACE:
@@ -324,9 +324,7 @@ class Reconciler:
         except ProviderError as error:
             raise self._retry_for(error, kind) from None
 
-    async def _create(
-        self, claim: Claim, driver: ResourceDriver, want: DesiredResource, state: _State
-    ) -> None:
+    async def _create(self, claim: Claim, driver: ResourceDriver, want: DesiredResource, state: _State) -> None:
         async with self._fenced(claim) as conn:
             await conn.execute(
                 queries.RECORD_INTENT,
@@ -379,7 +377,7 @@ class Reconciler:
         return DesiredResource(
             kind=kind,
             instance_id=spec.instance_id,
-            name=self._defaults.derived_name(spec.instance_id),
+            name=self.defaults.derived_name(spec.instance_id),
             depends=depends,
         )
 
@@ -450,14 +448,10 @@ class Reconciler:
             intent_at=previous.intent_at if previous else None,
         )
 
-    async def _forget(
-        self, claim: Claim, kind: ResourceKind, state: _State, *, action: str, outcome: str
-    ) -> None:
+    async def _forget(self, claim: Claim, kind: ResourceKind, state: _State, *, action: str, outcome: str) -> None:
         row = state.observed.get(kind)
         async with self._fenced(claim) as conn:
-            await conn.execute(
-                queries.FORGET_RESOURCE, {"instance_id": claim.instance_id, "kind": kind.value}
-            )
+            await conn.execute(queries.FORGET_RESOURCE, {"instance_id": claim.instance_id, "kind": kind.value})
             if row is not None and (row.external_id is not None or row.intent_at is not None):
                 await self._event(conn, claim, kind, action, outcome, {"external_id": row.external_id})
         if row is not None and row.external_id is not None:
@@ -482,7 +476,7 @@ class Reconciler:
             "project_id": service.attributes.get("project_id"),
             "url": f"https://{host}" if host else None,
             "deploy_status": deployment.attributes.get("deploy_status") if deployment else None,
-            "image": (spec.image or self._defaults.runtime_image) if deployment else None,
+            "image": (spec.image or self.defaults.runtime_image) if deployment else None,
             "volume_id": volume.external_id if volume else None,
         }
         published: list[str] = []
@@ -617,9 +611,7 @@ class Reconciler:
         ceiling = min(self.settings.backoff_cap, self.settings.backoff_base * 2.0 ** max(0, attempts - 1))
         return ceiling * random.uniform(0.5, 1.0)
 
-    async def _record_failure(
-        self, claim: Claim, kind: str, retry: _Retry, state: _State, *, present: bool
-    ) -> Outcome:
+    async def _record_failure(self, claim: Claim, kind: str, retry: _Retry, state: _State, *, present: bool) -> Outcome:
         error_class = {"throttled": "throttled", "terminal": "config_error"}.get(retry.result, "transient")
         if retry.result == "retry" and type(retry.error).__name__ in ("Conflict", "NotFound"):
             error_class = type(retry.error).__name__.lower().replace("notfound", "not_found")
@@ -652,15 +644,11 @@ class Reconciler:
             reason = {"terminal": "ConfigError", "throttled": "Throttled"}.get(retry.result, "ProviderError")
             if not present:
                 reason = "Deleting"
-            await self._finish(
-                claim, PassResult(phase, reason, message, error=message), delay=delay, attempts=attempts
-            )
+            await self._finish(claim, PassResult(phase, reason, message, error=message), delay=delay, attempts=attempts)
         except LeaseLost:
             self._metrics.lease_lost.inc()
             return Outcome(claim.instance_id, kind, "lease_lost", error=message)
-        return Outcome(
-            claim.instance_id, kind, retry.result, phase, error=message, actions=tuple(state.actions)
-        )
+        return Outcome(claim.instance_id, kind, retry.result, phase, error=message, actions=tuple(state.actions))
 
     # -- loading ----------------------------------------------------------------------------------
 

@@ -30,6 +30,7 @@ from psycopg_pool import AsyncConnectionPool
 from reconciler import queries
 from reconciler.engine import Outcome, Reconciler
 from reconciler.metrics import Metrics
+from reconciler.observe import Observer
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,9 @@ class Worker:
         database_url: str,
         tick_seconds: float = 1.0,
         on_outcome: Callable[[Outcome], None] | None = None,
+        observer: Observer | None = None,
+        observe_seconds: float = 30.0,
+        gc_every: int = 10,
     ) -> None:
         self.reconciler = reconciler
         self._pool = pool
@@ -55,6 +59,10 @@ class Worker:
         self._database_url = database_url
         self._tick_seconds = tick_seconds
         self._on_outcome = on_outcome
+        self._observer = observer
+        self._observe_seconds = observe_seconds
+        self._gc_every = gc_every
+        self._cycles = 0
         self._scheduler: AsyncIOScheduler | None = None
         self._idle = asyncio.Event()
         self._idle.set()
@@ -92,6 +100,31 @@ class Worker:
         finally:
             self._idle.set()
 
+    async def observe(self) -> None:
+        """One batched observation cycle (every ``gc_every``-th also collects garbage)."""
+        if self._observer is None:
+            return
+        self._cycles += 1
+        try:
+            report = await self._observer.cycle(collect_garbage=self._cycles % self._gc_every == 0)
+        except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+            log.error("database unavailable, observation skipped: %s", _first_line(exc))
+            return
+        except Exception:
+            log.exception("observation cycle failed")
+            return
+        if report is not None and (report.drift or report.collected or report.failed):
+            log.info(
+                "observation cycle",
+                extra={
+                    "drift": len(report.drift),
+                    "collected": len(report.collected),
+                    "failed": report.failed,
+                },
+            )
+        if report is not None and report.drift:
+            self.wake()
+
     async def refresh_gauges(self) -> None:
         async with self._pool.connection() as conn:
             due, oldest = await (await conn.execute(queries.QUEUE_STATS)).fetchone() or (0, 0)
@@ -124,6 +157,16 @@ class Worker:
             next_run_time=datetime.now(UTC),
             misfire_grace_time=None,
         )
+        if self._observer is not None:
+            scheduler.add_job(
+                self.observe,
+                "interval",
+                seconds=self._observe_seconds,
+                id="observe",
+                max_instances=1,
+                coalesce=True,
+                misfire_grace_time=None,
+            )
         self._scheduler = scheduler
         scheduler.start()
         listener = asyncio.create_task(self._listen(stop))
@@ -152,3 +195,8 @@ class Worker:
                 log.warning("LISTEN connection lost (%s); reconnecting in %.1fs", type(exc).__name__, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__

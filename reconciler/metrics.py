@@ -67,17 +67,13 @@ class Metrics:
             "Writes refused because another worker claimed the row since (stale worker stopped).",
             registry=registry,
         )
-        self.queue_due = Gauge(
-            "reconciler_queue_due", "Desired rows due for a reconcile now.", registry=registry
-        )
+        self.queue_due = Gauge("reconciler_queue_due", "Desired rows due for a reconcile now.", registry=registry)
         self.queue_oldest_due_seconds = Gauge(
             "reconciler_queue_oldest_due_seconds",
             "How long the oldest due row has been waiting.",
             registry=registry,
         )
-        self.instances = Gauge(
-            "reconciler_instances", "Desired instances by phase.", ["phase"], registry=registry
-        )
+        self.instances = Gauge("reconciler_instances", "Desired instances by phase.", ["phase"], registry=registry)
         self.claim_to_start_seconds = Histogram(
             "reconciler_claim_latency_seconds",
             "From a row becoming due to its claim by a worker.",

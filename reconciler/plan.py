@@ -234,9 +234,7 @@ class Action:
 SECRET_BEARING: frozenset[ResourceKind] = frozenset({ResourceKind.OPENROUTER_KEY})
 
 
-def decide(
-    kind: ResourceKind, want: DesiredResource | None, row: ObservedRow | None, *, poll: bool = False
-) -> Action:
+def decide(kind: ResourceKind, want: DesiredResource | None, row: ObservedRow | None, *, poll: bool = False) -> Action:
     """What to do with one resource. ``want`` None means the resource should not exist."""
     if want is None:
         if row is None:

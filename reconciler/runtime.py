@@ -40,6 +40,7 @@ from reconciler.admission import DEFAULT_LIMITS, Limit, PostgresAdmission
 from reconciler.engine import EngineSettings, Reconciler
 from reconciler.loop import Worker
 from reconciler.metrics import Metrics, default_metrics
+from reconciler.observe import Observer
 from reconciler.plan import ResourceDefaults
 from reconciler.settings import Settings
 
@@ -142,9 +143,7 @@ def build_drivers(
             bearer("agentmail", "AGENTMAIL_API_URL", settings.agentmail_key)
         )
     else:
-        drivers[ResourceKind.AGENTMAIL_INBOX] = UnconfiguredDriver(
-            ResourceKind.AGENTMAIL_INBOX, "AGENTMAIL_API_KEY"
-        )
+        drivers[ResourceKind.AGENTMAIL_INBOX] = UnconfiguredDriver(ResourceKind.AGENTMAIL_INBOX, "AGENTMAIL_API_KEY")
     if settings.telnyx_key:
         drivers[ResourceKind.TELNYX_NUMBER] = TelnyxNumberDriver(
             bearer("telnyx", "TELNYX_API_URL", settings.telnyx_key),
@@ -167,6 +166,14 @@ class RuntimeOptions:
     http_timeout: float = 15.0
     rate_limits: Mapping[str, Limit] | None = None
     """Per-provider call rates shared by all replicas; None for the defaults, {} for none at all."""
+    observe_seconds: float = 30.0
+    """How often each provider is listed to detect drift and refresh deploy statuses."""
+    gc_every: int = 10
+    """Every n-th observation cycle also collects garbage."""
+    gc_grace: float = 600.0
+    """An orphan is deleted only after it has been seen orphaned this long."""
+    list_lag_grace: float = 60.0
+    """A resource recorded less than this long ago is not 'gone' just because a list lacks it."""
 
 
 class Runtime:
@@ -191,9 +198,7 @@ class Runtime:
             limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
         )
         limits = self.options.rate_limits
-        self.admission = PostgresAdmission(
-            self.pool, self.metrics, limits=DEFAULT_LIMITS if limits is None else limits
-        )
+        self.admission = PostgresAdmission(self.pool, self.metrics, limits=DEFAULT_LIMITS if limits is None else limits)
         self.drivers, self.railway = build_drivers(settings, self.http, self.metrics, self.admission)
         self.reconciler = Reconciler(
             self.pool,
@@ -203,12 +208,24 @@ class Runtime:
             owner=worker_identity(),
             settings=self.options.engine,
         )
+        self.observer = Observer(
+            self.pool,
+            self.drivers,
+            self.railway,
+            self.metrics,
+            name_prefix=settings.name_prefix,
+            list_lag_grace=self.options.list_lag_grace,
+            gc_grace=self.options.gc_grace,
+        )
         self.worker = Worker(
             self.reconciler,
             self.pool,
             self.metrics,
             database_url=database_url,
             tick_seconds=self.options.tick_seconds,
+            observer=self.observer,
+            observe_seconds=self.options.observe_seconds,
+            gc_every=self.options.gc_every,
         )
 
     async def __aenter__(self) -> Runtime:

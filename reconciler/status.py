@@ -74,9 +74,7 @@ async def instance_statuses(
     desired = await store.list_instances(conn, instance_ids)
     resources: dict[str, list[ResourceStatus]] = {}
     async with conn.cursor(row_factory=dict_row) as cur:
-        await cur.execute(
-            queries.SELECT_OBSERVED_MANY, {"ids": list(instance_ids or []), "all": instance_ids is None}
-        )
+        await cur.execute(queries.SELECT_OBSERVED_MANY, {"ids": list(instance_ids or []), "all": instance_ids is None})
         for row in await cur.fetchall():
             attributes = row["attributes"] or {}
             resources.setdefault(row["instance_id"], []).append(

@@ -1,0 +1,395 @@
+"""Batched observation, drift detection and garbage collection: one listing per provider per cycle.
+
+The per-instance reconcile never polls a converged resource. Instead, once per cycle, this
+module lists every resource each provider holds under our name prefix (paginated: a constant
+number of calls per page, never one per instance), and diffs all our rows against it:
+
+* a resource we recorded that the listing no longer has is flagged ``drift = 'gone'`` (after a
+  grace period covering providers whose lists lag behind their writes);
+* a field we own that differs (an OpenRouter key's limit or disabled flag, an inbox's display
+  name, a service's image) is flagged ``drift = 'config'``;
+* a deployment whose status moved (a crash, a sleep) has its observed status refreshed, and the
+  seed's ``instance_infra.deploy_status`` with it.
+
+Flagging makes the instance due at once; the worker that claims it confirms with a direct read
+and corrects it (``reconciler.plan.decide``), so every correction goes through the same fenced,
+crash-safe path as a create. The observer itself never calls a mutating provider API.
+
+Garbage collection uses the same inventory: a listed resource whose derived name maps to no
+desired row, or that is a second resource under a live row's name, is an orphan *candidate*.
+Candidates are remembered in ``gc_candidates``; one is deleted (through its driver, 404 = gone)
+only after it has been seen orphaned for the whole grace period, so a resource created by an
+in-flight create, whose id is not recorded yet, is never collected.
+
+Only one replica observes at a time (a session advisory lock); the others skip the cycle.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol, runtime_checkable
+
+from psycopg import AsyncConnection
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+from psycopg_pool import AsyncConnectionPool
+
+from providers.base import DesiredResource, NotFound, Observed, ProviderError, ResourceDriver, ResourceKind
+from providers.railway import RailwayClient
+from reconciler.conditions import DEPLOY_READY
+from reconciler.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+OBSERVER_LOCK_KEY = 7_266_524_502
+
+SELECT_RECORDED = """
+SELECT o.instance_id, o.kind, o.external_id, o.attributes, o.status, o.drift,
+       EXTRACT(EPOCH FROM now() - o.updated_at) AS age_seconds
+  FROM observed_resources o JOIN desired_instances d USING (instance_id)
+ WHERE o.external_id IS NOT NULL AND d.present
+"""
+
+FLAG_DRIFT = """
+WITH flagged AS (
+    UPDATE observed_resources SET drift = %(drift)s
+     WHERE instance_id = %(instance_id)s AND kind = %(kind)s AND external_id = %(external_id)s
+       AND drift IS NULL
+    RETURNING instance_id
+), due AS (
+    UPDATE desired_instances SET next_attempt_at = now()
+     WHERE instance_id IN (SELECT instance_id FROM flagged)
+    RETURNING instance_id
+)
+INSERT INTO events (instance_id, kind, action, outcome, detail)
+SELECT instance_id, %(kind)s, 'drift_detected', %(drift)s, %(detail)s FROM due
+RETURNING id
+"""
+
+REFRESH_DEPLOY_STATUS = """
+WITH refreshed AS (
+    UPDATE observed_resources
+       SET attributes = attributes || jsonb_build_object('deploy_status', %(status)s::text),
+           status = CASE WHEN %(ready)s THEN status ELSE 'creating' END, updated_at = now()
+     WHERE instance_id = %(instance_id)s AND kind = 'railway_deployment'
+    RETURNING instance_id
+), published AS (
+    UPDATE instance_infra SET deploy_status = %(status)s, updated_at = now()
+     WHERE instance_id IN (SELECT instance_id FROM refreshed)
+)
+UPDATE desired_instances SET next_attempt_at = now()
+ WHERE instance_id IN (SELECT instance_id FROM refreshed) AND NOT %(ready)s
+"""
+
+SELECT_LIVE_NAMES = """
+SELECT d.instance_id, o.kind, o.external_id
+  FROM desired_instances d LEFT JOIN observed_resources o USING (instance_id)
+"""
+
+UPSERT_CANDIDATE = """
+INSERT INTO gc_candidates (kind, external_id, derived_name) VALUES (%(kind)s, %(external_id)s, %(name)s)
+ON CONFLICT (kind, external_id) DO UPDATE SET last_seen_at = now()
+RETURNING EXTRACT(EPOCH FROM now() - first_seen_at)
+"""
+FORGET_CANDIDATES_NOT_SEEN = "DELETE FROM gc_candidates WHERE last_seen_at < %(cycle_started)s"
+DELETE_CANDIDATE = "DELETE FROM gc_candidates WHERE kind = %(kind)s AND external_id = %(external_id)s"
+INSTANCE_EXISTS = "SELECT 1 FROM desired_instances WHERE instance_id = %(instance_id)s"
+GC_EVENT = """
+INSERT INTO events (instance_id, kind, action, outcome, detail)
+VALUES (%(instance_id)s, %(kind)s, 'gc_delete', %(outcome)s, %(detail)s)
+"""
+
+
+@runtime_checkable
+class Lister(Protocol):
+    """A driver that can list every resource under a name prefix (all pages)."""
+
+    async def list_managed(self, prefix: str) -> list[Observed]: ...
+
+
+@dataclass
+class Inventory:
+    """What each provider holds under our prefix, by kind and external id."""
+
+    resources: dict[ResourceKind, dict[str, Observed]] = field(default_factory=dict)
+    failed: dict[ResourceKind, str] = field(default_factory=dict)
+
+    def listed(self, kind: ResourceKind) -> bool:
+        return kind in self.resources
+
+
+@dataclass(frozen=True)
+class Orphan:
+    kind: ResourceKind
+    external_id: str
+    name: str
+    instance_id: str
+    why: str
+    seen_for_seconds: float = 0.0
+
+
+@dataclass
+class CycleReport:
+    listed: dict[str, int] = field(default_factory=dict)
+    drift: list[tuple[str, str, str]] = field(default_factory=list)  # (instance, kind, drift)
+    status_changes: int = 0
+    orphans: list[Orphan] = field(default_factory=list)
+    collected: list[Orphan] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+
+
+class Observer:
+    """Lists providers, flags drift, collects garbage. Cheap to construct; one per process."""
+
+    def __init__(
+        self,
+        pool: AsyncConnectionPool[AsyncConnection[Any]],
+        drivers: Mapping[ResourceKind, ResourceDriver],
+        railway: RailwayClient | None,
+        metrics: Metrics,
+        *,
+        name_prefix: str,
+        list_lag_grace: float = 60.0,
+        gc_grace: float = 600.0,
+    ) -> None:
+        self._pool = pool
+        self._drivers = drivers
+        self._railway = railway
+        self._metrics = metrics
+        self._prefix = name_prefix + "-"
+        self.list_lag_grace = list_lag_grace
+        self.gc_grace = gc_grace
+
+    # -- inventory --------------------------------------------------------------------------------
+
+    async def inventory(self) -> Inventory:
+        """One paginated listing per provider. A provider that fails is left out of this cycle."""
+        inventory = Inventory()
+        for kind in (ResourceKind.OPENROUTER_KEY, ResourceKind.AGENTMAIL_INBOX, ResourceKind.TELNYX_NUMBER):
+            driver = self._drivers.get(kind)
+            if not isinstance(driver, Lister):
+                continue  # not configured: nothing of ours can exist there
+            try:
+                listed = await driver.list_managed(self._prefix)
+            except ProviderError as exc:
+                inventory.failed[kind] = str(exc)
+                continue
+            inventory.resources[kind] = {item.external_id: item for item in listed}
+        if self._railway is not None:
+            try:
+                services = await self._railway.list_services()
+            except ProviderError as exc:
+                inventory.failed[ResourceKind.RAILWAY_SERVICE] = str(exc)
+            else:
+                inventory.resources[ResourceKind.RAILWAY_SERVICE] = {
+                    str(s["id"]): Observed(
+                        external_id=str(s["id"]),
+                        name=str(s["name"]),
+                        attributes={
+                            "deploy_status": s.get("deploy_status"),
+                            "image": s.get("image"),
+                            "domain": s.get("domain"),
+                        },
+                    )
+                    for s in services
+                    if str(s["name"]).startswith(self._prefix)
+                }
+        return inventory
+
+    # -- observation ------------------------------------------------------------------------------
+
+    async def observe(self, inventory: Inventory | None = None) -> CycleReport:
+        """Diff every recorded resource against the inventory; flag drift, refresh statuses."""
+        started = time.monotonic()
+        inventory = inventory or await self.inventory()
+        report = CycleReport(
+            listed={k.value: len(v) for k, v in inventory.resources.items()},
+            failed={k.value: v for k, v in inventory.failed.items()},
+        )
+        async with self._pool.connection() as conn:
+            async with conn.cursor(row_factory=dict_row) as cur:
+                await cur.execute(SELECT_RECORDED)
+                rows = await cur.fetchall()
+            services = inventory.resources.get(ResourceKind.RAILWAY_SERVICE, {})
+            service_of = {r["instance_id"]: r["external_id"] for r in rows if r["kind"] == "railway_service"}
+            for row in rows:
+                kind = ResourceKind(row["kind"])
+                if kind is ResourceKind.RAILWAY_DEPLOYMENT and ResourceKind.RAILWAY_SERVICE in inventory.resources:
+                    service = services.get(service_of.get(row["instance_id"], ""))
+                    if service is not None:
+                        report.status_changes += await self._refresh_deployment(conn, row, service)
+                    continue
+                drift = self.drift_of(kind, row, inventory)
+                if drift is not None:
+                    flagged = await self._flag(conn, row, kind, drift)
+                    if flagged:
+                        report.drift.append((row["instance_id"], kind.value, drift))
+        self._metrics.observation_seconds.observe(time.monotonic() - started)
+        return report
+
+    def drift_of(self, kind: ResourceKind, row: Mapping[str, Any], inventory: Inventory) -> str | None:
+        if not inventory.listed(kind) or row["drift"] is not None:
+            return None
+        listed = inventory.resources[kind].get(row["external_id"])
+        if listed is None:
+            # Lists may lag behind writes: only a resource recorded a while ago counts as gone.
+            return "gone" if float(row["age_seconds"]) > self.list_lag_grace else None
+        applied = row["attributes"] or {}
+        if kind is ResourceKind.OPENROUTER_KEY:
+            changed = listed.attributes.get("disabled") or _differs(applied, listed.attributes, "limit")
+        elif kind is ResourceKind.AGENTMAIL_INBOX:
+            changed = _differs(applied, listed.attributes, "display_name")
+        else:
+            changed = False
+        return "config" if changed else None
+
+    async def _flag(self, conn: AsyncConnection[Any], row: Mapping[str, Any], kind: ResourceKind, drift: str) -> bool:
+        cur = await conn.execute(
+            FLAG_DRIFT,
+            {
+                "instance_id": row["instance_id"],
+                "kind": kind.value,
+                "external_id": row["external_id"],
+                "drift": drift,
+                "detail": Jsonb({"external_id": row["external_id"]}),
+            },
+        )
+        if await cur.fetchone() is None:
+            return False
+        self._metrics.drift_detected.labels(kind.value, drift).inc()
+        self._metrics.resource_mutations.labels(kind.value, "drift").inc()
+        log.info("drift detected", extra={"instance_id": row["instance_id"], "kind": kind.value, "drift": drift})
+        return True
+
+    async def _refresh_deployment(self, conn: AsyncConnection[Any], row: Mapping[str, Any], service: Observed) -> int:
+        status = service.attributes.get("deploy_status")
+        recorded = (row["attributes"] or {}).get("deploy_status")
+        if status is None or status == recorded:
+            return 0
+        await conn.execute(
+            REFRESH_DEPLOY_STATUS,
+            {"instance_id": row["instance_id"], "status": status, "ready": status in DEPLOY_READY},
+        )
+        return 1
+
+    # -- garbage collection -----------------------------------------------------------------------
+
+    async def orphans(self, inventory: Inventory) -> list[Orphan]:
+        """Listed resources that belong to no desired row, or duplicate a live row's resource."""
+        async with self._pool.connection() as conn:
+            rows = await (await conn.execute(SELECT_LIVE_NAMES)).fetchall()
+        live: set[str] = set()
+        recorded: dict[tuple[str, str], str | None] = {}
+        for instance_id, kind, external_id in rows:
+            live.add(instance_id)
+            if kind is not None:
+                recorded[(instance_id, kind)] = external_id
+        found: list[Orphan] = []
+        for kind, items in inventory.resources.items():
+            for external_id, item in items.items():
+                if not item.name.startswith(self._prefix):
+                    continue
+                instance_id = item.name.removeprefix(self._prefix)
+                if instance_id not in live:
+                    found.append(Orphan(kind, external_id, item.name, instance_id, "no desired instance"))
+                    continue
+                mine = recorded.get((instance_id, kind.value), "absent")
+                if mine is not None and mine != external_id:
+                    # A second resource under a live instance's name (a create whose record was
+                    # lost). With no recorded id yet (None) a create may be in flight: leave it.
+                    found.append(Orphan(kind, external_id, item.name, instance_id, "duplicate of a live resource"))
+        return found
+
+    async def collect(self, inventory: Inventory | None = None, *, dry_run: bool = False) -> CycleReport:
+        """Delete orphans seen for longer than the grace period (``dry_run``: only report them)."""
+        cycle_started = time.time()
+        inventory = inventory or await self.inventory()
+        report = CycleReport(listed={k.value: len(v) for k, v in inventory.resources.items()})
+        found = await self.orphans(inventory)
+        async with self._pool.connection() as conn:
+            for orphan in found:
+                if dry_run:
+                    report.orphans.append(orphan)
+                    continue
+                row = await (
+                    await conn.execute(
+                        UPSERT_CANDIDATE,
+                        {"kind": orphan.kind.value, "external_id": orphan.external_id, "name": orphan.name},
+                    )
+                ).fetchone()
+                seen = float(row[0]) if row else 0.0
+                report.orphans.append(
+                    Orphan(orphan.kind, orphan.external_id, orphan.name, orphan.instance_id, orphan.why, seen)
+                )
+            if not dry_run:
+                await conn.execute(FORGET_CANDIDATES_NOT_SEEN, {"cycle_started": _timestamp(cycle_started)})
+        for kind in ResourceKind:
+            self._metrics.orphans_seen.labels(kind.value).set(sum(o.kind is kind for o in report.orphans))
+        if dry_run:
+            return report
+        for orphan in report.orphans:
+            if orphan.seen_for_seconds >= self.gc_grace and await self._delete_orphan(orphan):
+                report.collected.append(orphan)
+        return report
+
+    async def _delete_orphan(self, orphan: Orphan) -> bool:
+        async with self._pool.connection() as conn:
+            # Re-check right before deleting: the instance may have been created since the listing.
+            if (
+                orphan.why == "no desired instance"
+                and await (await conn.execute(INSTANCE_EXISTS, {"instance_id": orphan.instance_id})).fetchone()
+            ):
+                return False
+        driver = self._drivers[orphan.kind]
+        want = DesiredResource(kind=orphan.kind, instance_id=orphan.instance_id, name=orphan.name)
+        outcome = "ok"
+        try:
+            await driver.delete(orphan.external_id, want)
+        except NotFound:
+            outcome = "already_gone"
+        except ProviderError as exc:
+            log.warning("garbage collection of %s failed: %s", orphan.kind.value, exc)
+            return False
+        async with self._pool.connection() as conn, conn.transaction():
+            await conn.execute(DELETE_CANDIDATE, {"kind": orphan.kind.value, "external_id": orphan.external_id})
+            await conn.execute(
+                GC_EVENT,
+                {
+                    "instance_id": orphan.instance_id,
+                    "kind": orphan.kind.value,
+                    "outcome": outcome,
+                    "detail": Jsonb({"external_id": orphan.external_id, "why": orphan.why}),
+                },
+            )
+        self._metrics.orphans_collected.labels(orphan.kind.value).inc()
+        return True
+
+    # -- one cycle, one replica -------------------------------------------------------------------
+
+    async def cycle(self, *, collect_garbage: bool) -> CycleReport | None:
+        """Observe (and collect) if no other replica is doing it now; None when skipped."""
+        async with self._pool.connection() as conn:
+            locked = await (await conn.execute("SELECT pg_try_advisory_lock(%s)", (OBSERVER_LOCK_KEY,))).fetchone()
+            if not locked or not locked[0]:
+                return None
+            try:
+                inventory = await self.inventory()
+                report = await self.observe(inventory)
+                if collect_garbage:
+                    collected = await self.collect(inventory)
+                    report.orphans, report.collected = collected.orphans, collected.collected
+                return report
+            finally:
+                await conn.execute("SELECT pg_advisory_unlock(%s)", (OBSERVER_LOCK_KEY,))
+
+
+def _differs(applied: Mapping[str, Any], listed: Mapping[str, Any], key: str) -> bool:
+    return key in applied and key in listed and applied[key] != listed[key]
+
+
+def _timestamp(epoch: float) -> datetime:
+    return datetime.fromtimestamp(epoch, UTC)

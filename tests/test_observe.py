@@ -1,0 +1,153 @@
+"""Batched observation, drift correction, garbage collection and the operator views."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+
+from desired_state import store
+from desired_state.models import InstanceSpec, Tool
+from providers.base import DesiredResource, ResourceKind
+from reconciler.operator import build_plan, render_plan, why
+from reconciler.runtime import Runtime
+from tests.conftest import Sim
+from tests.test_converge import all_ready, held, settle
+
+
+async def converged(runtime: Runtime, conn: psycopg.AsyncConnection[Any], *specs: InstanceSpec) -> None:
+    await store.put_many(conn, list(specs))
+    await settle(runtime, lambda: all_ready(conn, len(specs)))
+
+
+async def test_a_key_deleted_out_of_band_is_detected_and_recreated(
+    runtime: Runtime, sim: Sim, conn: psycopg.AsyncConnection[Any]
+) -> None:
+    await converged(runtime, conn, InstanceSpec(instance_id="d1", tools=(Tool.OPENROUTER,)))
+    [old] = sim.simulator.snapshot()["openrouter"]["keys"]
+    want = DesiredResource(ResourceKind.OPENROUTER_KEY, "d1", "convos-agent-d1")
+    await runtime.drivers[ResourceKind.OPENROUTER_KEY].delete(old["id"], want)
+
+    runtime.observer.list_lag_grace = 0
+    report = await runtime.observer.observe()
+    assert report.drift == [("d1", "openrouter_key", "gone")]
+    assert runtime.metrics.drift_detected.labels("openrouter_key", "gone")._value.get() == 1
+
+    await settle(runtime, lambda: all_ready(conn, 1))
+    [new] = sim.simulator.snapshot()["openrouter"]["keys"]
+    assert new["name"] == "convos-agent-d1" and new["id"] != old["id"]
+    key = await (await conn.execute("SELECT env_value FROM instance_services WHERE tool_id='openrouter'")).fetchone()
+    [service] = sim.simulator.snapshot()["railway"]["services"]
+    assert key is not None and service["variables"]["OPENROUTER_API_KEY"] == key[0]
+    # A second cycle finds nothing more to do.
+    assert (await runtime.observer.observe()).drift == []
+
+
+async def test_a_changed_limit_is_corrected(runtime: Runtime, sim: Sim, conn: psycopg.AsyncConnection[Any]) -> None:
+    await converged(runtime, conn, InstanceSpec(instance_id="d2", tools=(Tool.OPENROUTER,)))
+    [key] = sim.simulator.snapshot()["openrouter"]["keys"]
+    http = runtime.drivers[ResourceKind.OPENROUTER_KEY]._http  # type: ignore[attr-defined]
+    await http.request("update_key", "PATCH", f"/keys/{key['id']}", json={"limit": 999.0})
+
+    report = await runtime.observer.observe()
+    assert report.drift == [("d2", "openrouter_key", "config")]
+    await settle(runtime, lambda: all_ready(conn, 1))
+    [key] = sim.simulator.snapshot()["openrouter"]["keys"]
+    assert key["limit"] == 20.0
+
+
+async def test_a_service_removed_out_of_band_is_rebuilt_with_everything_it_carries(
+    runtime: Runtime, sim: Sim, conn: psycopg.AsyncConnection[Any]
+) -> None:
+    await converged(runtime, conn, InstanceSpec(instance_id="d3", tools=(Tool.AGENTMAIL,)))
+    [old] = sim.simulator.snapshot()["railway"]["services"]
+    want = DesiredResource(ResourceKind.RAILWAY_SERVICE, "d3", "convos-agent-d3")
+    await runtime.drivers[ResourceKind.RAILWAY_SERVICE].delete(old["id"], want)
+
+    runtime.observer.list_lag_grace = 0
+    assert ("d3", "railway_service", "gone") in (await runtime.observer.observe()).drift
+    await settle(runtime, lambda: all_ready(conn, 1))
+    names = held(sim)
+    assert names["railway.services"] == names["railway.volumes"] == names["railway.domains"] == ["convos-agent-d3"]
+    [new] = sim.simulator.snapshot()["railway"]["services"]
+    assert new["id"] != old["id"] and new["variables"]["AGENTMAIL_INBOX_ID"].startswith("convos-agent-d3@")
+    infra = await (await conn.execute("SELECT provider_service_id, deploy_status FROM instance_infra")).fetchone()
+    assert infra == (new["id"], "SUCCESS")
+
+
+async def test_a_crashed_deploy_shows_in_status_and_conditions(
+    runtime: Runtime, sim: Sim, conn: psycopg.AsyncConnection[Any]
+) -> None:
+    await converged(runtime, conn, InstanceSpec(instance_id="d4"))
+    [service] = sim.simulator.snapshot()["railway"]["services"]
+    sim.simulator.railway.crash(service["id"])
+
+    report = await runtime.observer.observe()
+    assert report.status_changes == 1
+    assert await (await conn.execute("SELECT deploy_status FROM instance_infra")).fetchone() == ("CRASHED",)
+    await runtime.worker.drain()
+    row = await store.get(conn, "d4")
+    assert row is not None and row.phase == "Failed"
+    lines = await why(conn, "d4")
+    assert lines is not None and any("Ready=False (DeployFailed)" in line for line in lines)
+
+
+async def test_gc_deletes_orphans_after_the_grace_period_and_never_live_resources(
+    runtime: Runtime, sim: Sim, conn: psycopg.AsyncConnection[Any]
+) -> None:
+    await converged(runtime, conn, InstanceSpec(instance_id="live1", tools=(Tool.OPENROUTER, Tool.AGENTMAIL)))
+    # Resources under the names of instances nobody wants (a crashed create of a deleted row).
+    for kind in (ResourceKind.OPENROUTER_KEY, ResourceKind.AGENTMAIL_INBOX):
+        want = DesiredResource(kind, "ghost", "convos-agent-ghost", params=_params(kind))
+        await runtime.drivers[kind].create(want)
+
+    dry = await runtime.observer.collect(dry_run=True)
+    assert sorted((o.kind.value, o.name) for o in dry.orphans) == [
+        ("agentmail_inbox", "convos-agent-ghost"),
+        ("openrouter_key", "convos-agent-ghost"),
+    ]
+    assert dry.collected == [] and len(held(sim)["openrouter.keys"]) == 2
+
+    runtime.observer.gc_grace = 3600
+    in_grace = await runtime.observer.collect()
+    assert in_grace.collected == [] and len(in_grace.orphans) == 2  # remembered, not deleted
+
+    runtime.observer.gc_grace = 0
+    done = await runtime.observer.collect()
+    assert len(done.collected) == 2
+    names = held(sim)
+    assert names["openrouter.keys"] == ["convos-agent-live1"] and names["agentmail.inboxes"] == ["convos-agent-live1"]
+    events = await (await conn.execute("SELECT count(*) FROM events WHERE action = 'gc_delete'")).fetchone()
+    assert events == (2,)
+
+
+async def test_plan_shows_creates_then_nothing_then_drift_and_orphans(
+    runtime: Runtime, sim: Sim, conn: psycopg.AsyncConnection[Any]
+) -> None:
+    await store.put(conn, InstanceSpec(instance_id="p1", tools=(Tool.OPENROUTER,)))
+    plan = await build_plan(conn, runtime.observer, runtime.reconciler.defaults)
+    text = "\n".join(render_plan(plan))
+    assert "  + openrouter_key" in text and "  + railway_deployment" in text
+    assert text.endswith("Plan: 5 to add, 0 to change, 0 to destroy.")
+    assert sim.simulator.snapshot()["openrouter"]["keys"] == []  # planning changed nothing
+
+    await settle(runtime, lambda: all_ready(conn, 1))
+    plan = await build_plan(conn, runtime.observer, runtime.reconciler.defaults)
+    assert not plan.has_changes and "No changes." in "\n".join(render_plan(plan))
+
+    [key] = sim.simulator.snapshot()["openrouter"]["keys"]
+    driver = runtime.drivers[ResourceKind.OPENROUTER_KEY]
+    await driver.delete(key["id"], DesiredResource(ResourceKind.OPENROUTER_KEY, "p1", "convos-agent-p1"))
+    await driver.create(DesiredResource(ResourceKind.OPENROUTER_KEY, "x9", "convos-agent-x9", params={"limit": 1.0}))
+    runtime.observer.list_lag_grace = 0
+    plan = await build_plan(conn, runtime.observer, runtime.reconciler.defaults)
+    text = "\n".join(render_plan(plan))
+    assert "~ p1 openrouter_key: missing from the provider" in text
+    assert "openrouter_key" in text and "convos-agent-x9: no desired instance" in text
+    assert text.endswith("Plan: 0 to add, 1 to change, 1 to destroy.")
+
+
+def _params(kind: ResourceKind) -> dict[str, Any]:
+    if kind is ResourceKind.OPENROUTER_KEY:
+        return {"limit": 5.0, "limit_reset": None}
+    return {"domain": None, "display_name": "Ghost"}

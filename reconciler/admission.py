@@ -171,7 +171,6 @@ class PostgresAdmission:
             self._failing.discard(provider)
             async with self.pool.connection() as conn:
                 await conn.execute(RECORD_SUCCESS, params)
-            self.metrics.circuit_open.labels(provider).set(0)
             return
         async with self.pool.connection() as conn:
             if isinstance(error, Throttled):
@@ -179,4 +178,5 @@ class PostgresAdmission:
                 return
             row = await (await conn.execute(RECORD_FAILURE, params)).fetchone()
         self._failing.add(provider)
-        self.metrics.circuit_open.labels(provider).set(1 if row and row[0] else 0)
+        if row and row[0]:
+            self.metrics.circuit_open.labels(provider).set(1)  # refresh_gauges resets it from the table

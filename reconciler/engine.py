@@ -175,7 +175,9 @@ class Reconciler:
         async with self._pool.connection() as conn, conn.cursor() as cur:
             await cur.execute(queries.CLAIM_DUE, params)
             rows = await cur.fetchall()
-        return [Claim(*row) for row in rows]
+        for *_, waited in rows:
+            self._metrics.claim_to_start_seconds.observe(float(waited))
+        return [Claim(*row[:4]) for row in rows]
 
     async def make_due(self, instance_ids: list[str] | None) -> list[str]:
         """Force the next pass now for these rows (all rows when None)."""

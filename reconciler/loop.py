@@ -27,10 +27,12 @@ import psycopg
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from psycopg_pool import AsyncConnectionPool
 
+from providers.base import ResourceKind
 from reconciler import queries
 from reconciler.engine import Outcome, Reconciler
-from reconciler.metrics import Metrics
+from reconciler.metrics import NOT_CONVERGED_REASONS, PROVIDERS, Metrics
 from reconciler.observe import Observer
+from reconciler.status import phase_counts
 
 log = logging.getLogger(__name__)
 
@@ -72,11 +74,23 @@ class Worker:
         claims = await self.reconciler.claim()
         if not claims:
             return []
-        outcomes = await asyncio.gather(*(self.reconciler.reconcile(claim) for claim in claims))
-        for outcome in outcomes:
-            if self._on_outcome is not None:
-                self._on_outcome(outcome)
-        return list(outcomes)
+        results = await asyncio.gather(
+            *(self.reconciler.reconcile(claim) for claim in claims), return_exceptions=True
+        )
+        outcomes: list[Outcome] = []
+        failures: list[BaseException] = []
+        for result in results:
+            if isinstance(result, Outcome):
+                outcomes.append(result)
+                if self._on_outcome is not None:
+                    self._on_outcome(result)
+            else:
+                failures.append(result)
+        if failures:
+            # Usually the database went away mid-pass. The claims simply expire; every write was
+            # fenced and every create had its intent committed first, so the next claim resumes.
+            raise failures[0]
+        return outcomes
 
     async def drain(self) -> list[Outcome]:
         """Reconcile until nothing is due right now."""
@@ -89,7 +103,6 @@ class Worker:
         self._idle.clear()
         try:
             await self.drain()
-            await self.refresh_gauges()
         except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
             log.error(
                 "database unavailable, will retry next tick: %s",
@@ -126,16 +139,26 @@ class Worker:
             self.wake()
 
     async def refresh_gauges(self) -> None:
-        async with self._pool.connection() as conn:
-            due, oldest = await (await conn.execute(queries.QUEUE_STATS)).fetchone() or (0, 0)
-            self._metrics.queue_due.set(due)
-            self._metrics.queue_oldest_due_seconds.set(float(oldest))
-            phases: dict[str, int] = {}
-            for phase, present, count in await (await conn.execute(queries.COUNT_BY_PHASE)).fetchall():
-                key = phase if present else "Deleting"
-                phases[key] = phases.get(key, 0) + count
+        """Database-wide gauges, read from the tables every replica shares (any replica may serve them)."""
+        try:
+            async with self._pool.connection() as conn:
+                due, oldest = await (await conn.execute(queries.QUEUE_STATS)).fetchone() or (0, 0)
+                phases = await phase_counts(conn)
+                reasons = dict(await (await conn.execute(queries.NOT_CONVERGED)).fetchall())
+                circuits = dict(await (await conn.execute(queries.OPEN_CIRCUITS)).fetchall())
+                orphans = dict(await (await conn.execute(queries.ORPHAN_CANDIDATES)).fetchall())
+        except (psycopg.OperationalError, psycopg.InterfaceError):
+            return  # the tick reports the outage
+        self._metrics.queue_due.set(due)
+        self._metrics.queue_oldest_due_seconds.set(float(oldest))
         for phase in ("Pending", "Provisioning", "Ready", "Deleting", "Failed"):
             self._metrics.instances.labels(phase).set(phases.get(phase, 0))
+        for reason in NOT_CONVERGED_REASONS:
+            self._metrics.not_converged.labels(reason).set(reasons.get(reason, 0))
+        for provider in PROVIDERS:
+            self._metrics.circuit_open.labels(provider).set(1 if circuits.get(provider) else 0)
+        for kind in ResourceKind:
+            self._metrics.orphans_seen.labels(kind.value).set(orphans.get(kind.value, 0))
 
     def wake(self) -> None:
         """Run the next tick now (safe to call from the event loop at any time)."""
@@ -156,6 +179,10 @@ class Worker:
             coalesce=True,
             next_run_time=datetime.now(UTC),
             misfire_grace_time=None,
+        )
+        scheduler.add_job(
+            self.refresh_gauges, "interval", seconds=5, id="gauges", max_instances=1, coalesce=True,
+            next_run_time=datetime.now(UTC),
         )
         if self._observer is not None:
             scheduler.add_job(

@@ -327,8 +327,6 @@ class Observer:
                 )
             if not dry_run:
                 await conn.execute(FORGET_CANDIDATES_NOT_SEEN, {"cycle_started": _timestamp(cycle_started)})
-        for kind in ResourceKind:
-            self._metrics.orphans_seen.labels(kind.value).set(sum(o.kind is kind for o in report.orphans))
         if dry_run:
             return report
         for orphan in report.orphans:

@@ -29,7 +29,8 @@ UPDATE desired_instances AS d
        fencing_token = d.fencing_token + 1
   FROM due
  WHERE d.instance_id = due.instance_id
-RETURNING d.instance_id, d.fencing_token, d.generation, d.attempts
+RETURNING d.instance_id, d.fencing_token, d.generation, d.attempts,
+          GREATEST(0, EXTRACT(EPOCH FROM now() - d.next_attempt_at)) AS waited_seconds
 """
 
 # Force a pass now (operator command): make the rows due; a held lease is left alone.
@@ -196,6 +197,22 @@ DELETE FROM desired_instances
 
 # -- status ---------------------------------------------------------------------------------------
 COUNT_BY_PHASE = "SELECT phase, present, count(*) FROM desired_instances GROUP BY phase, present"
+
+# Why rows are not converged, for the reconciler_not_converged gauge.
+NOT_CONVERGED = """
+SELECT CASE WHEN NOT present THEN 'deleting'
+            WHEN phase = 'Failed' THEN 'failed'
+            WHEN conditions -> 'Ready' ->> 'reason' = 'Throttled' THEN 'throttled'
+            WHEN attempts > 0 THEN 'retrying'
+            ELSE 'provisioning' END AS reason,
+       count(*)
+  FROM desired_instances
+ WHERE NOT present OR phase <> 'Ready' OR observed_generation IS DISTINCT FROM generation
+ GROUP BY 1
+"""
+
+OPEN_CIRCUITS = "SELECT provider, COALESCE(circuit_open_until > now(), FALSE) FROM provider_limits"
+ORPHAN_CANDIDATES = "SELECT kind, count(*) FROM gc_candidates GROUP BY kind"
 
 QUEUE_STATS = """
 SELECT count(*) FILTER (WHERE next_attempt_at <= now()) AS due,

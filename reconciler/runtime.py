@@ -36,7 +36,7 @@ from providers.railway import (
     railway_auth_headers,
 )
 from providers.telnyx import TelnyxNumberDriver
-from reconciler.admission import DEFAULT_LIMITS, Limit, PostgresAdmission
+from reconciler.admission import Limit, PostgresAdmission, parse_limits
 from reconciler.engine import EngineSettings, Reconciler
 from reconciler.loop import Worker
 from reconciler.metrics import Metrics, default_metrics
@@ -198,7 +198,9 @@ class Runtime:
             limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
         )
         limits = self.options.rate_limits
-        self.admission = PostgresAdmission(self.pool, self.metrics, limits=DEFAULT_LIMITS if limits is None else limits)
+        if limits is None:
+            limits = parse_limits(settings.rate_limits)
+        self.admission = PostgresAdmission(self.pool, self.metrics, limits=limits)
         self.drivers, self.railway = build_drivers(settings, self.http, self.metrics, self.admission)
         self.reconciler = Reconciler(
             self.pool,

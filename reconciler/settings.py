@@ -20,6 +20,8 @@ from typing import Final
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
+from reconciler.admission import parse_limits
+
 DEFAULT_RUNTIME_IMAGE: Final = "ghcr.io/xmtplabs/convos-runtime:latest"
 DEFAULT_PREFIX: Final = "convos-agent"
 
@@ -120,6 +122,9 @@ class Settings:
     """Instance variables of the seed's table, as set (secrets among them: never logged)."""
     name_prefix: str = DEFAULT_PREFIX
     """``RECONCILER_NAME_PREFIX``: derived names are ``<prefix>-<instance id>``."""
+    rate_limits: str | None = None
+    """``RECONCILER_RATE_LIMITS``: per-provider calls per second shared by all replicas, such as
+    ``railway=10,telnyx=5/10`` (rate, optional /burst); unset means the built-in defaults."""
 
     def require_railway(self) -> None:
         """Refuse to run the loop without the Railway settings every instance needs."""
@@ -202,6 +207,12 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     if not prefix.replace("-", "").isalnum() or len(prefix) > 20:
         raise SettingsError("RECONCILER_NAME_PREFIX must be up to 20 letters, digits or dashes")
 
+    rate_limits = _text(env, "RECONCILER_RATE_LIMITS")
+    try:
+        parse_limits(rate_limits)
+    except ValueError as exc:
+        raise SettingsError(str(exc)) from None
+
     return Settings(
         database_url=database_url,
         services_api_key=_secret(env, "SERVICES_API_KEY"),
@@ -222,4 +233,5 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         urls={name: _url(env, name) for name in DEFAULT_URLS},
         pass_through={name: env[name] for name in PASS_THROUGH_VARIABLES if name in env},
         name_prefix=prefix,
+        rate_limits=rate_limits,
     )

@@ -39,7 +39,7 @@ app = typer.Typer(
     add_completion=False,
 )
 console = Console()
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True)
 T = TypeVar("T")
 
 EXIT_BAD_INPUT = 2
@@ -322,7 +322,12 @@ def gc_command(
 def run_command(
     metrics_port: Annotated[int, typer.Option(help="Serve /metrics on this port; 0 disables.")] = 9464,
     tick: Annotated[float, typer.Option(help="Seconds between scheduled passes.")] = 1.0,
-    poll_interval: Annotated[float, typer.Option(help="Seconds between checks of a converged instance.")] = 60.0,
+    poll_interval: Annotated[float, typer.Option(help="Seconds between passes over a converged instance.")] = 300.0,
+    lease_seconds: Annotated[
+        float,
+        typer.Option(help="Seconds a claim stays exclusive without a write; a dead worker's rows wait this long."),
+    ] = 60.0,
+    observe_seconds: Annotated[float, typer.Option(help="Seconds between batched provider listings.")] = 30.0,
 ) -> None:
     """Run the reconcile loop until SIGTERM or SIGINT, then stop cleanly."""
     settings = settings_or_exit()
@@ -336,7 +341,11 @@ def run_command(
                 start_http_server(metrics_port)
             except OSError as exc:
                 fail(f"cannot serve metrics on port {metrics_port}: {exc.strerror}")
-        options = RuntimeOptions(engine=EngineSettings(poll_interval=poll_interval), tick_seconds=tick)
+        options = RuntimeOptions(
+            engine=EngineSettings(poll_interval=poll_interval, lease_seconds=lease_seconds),
+            tick_seconds=tick,
+            observe_seconds=observe_seconds,
+        )
 
         async def serve() -> None:
             stop = asyncio.Event()
@@ -356,20 +365,66 @@ def simulate_command(
     port: Annotated[int, typer.Option(help="Loopback port to serve the four simulated providers on.")] = 8090,
     host: Annotated[str, typer.Option(help="Address to bind (loopback by default).")] = "127.0.0.1",
     deploy_seconds: Annotated[float, typer.Option(help="How long a simulated Railway deploy takes.")] = 3.0,
-    seed: Annotated[int | None, typer.Option(help="Seed for reproducible ids.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed for reproducible ids and fault decisions.")] = None,
+    provider: Annotated[
+        str, typer.Option(help="Provider the fault flags below apply to when a value names none (default: all).")
+    ] = "*",
+    latency_ms: Annotated[
+        list[str] | None, typer.Option(help="Fault: delay, MS or MS+JITTER or lognormal:MEDIAN:P99.")
+    ] = None,
+    error_rate: Annotated[list[str] | None, typer.Option(help="Fault: share of calls failing, STATUS=RATE.")] = None,
+    graphql_error_rate: Annotated[
+        list[str] | None, typer.Option(help="Fault: share of Railway calls answered 200 with GraphQL errors.")
+    ] = None,
+    throttle_rate: Annotated[list[str] | None, typer.Option(help="Fault: share of calls answered 429.")] = None,
+    retry_after: Annotated[list[str] | None, typer.Option(help="Fault: Retry-After of those 429s, seconds.")] = None,
+    rate_limit: Annotated[list[str] | None, typer.Option(help="Fault: token bucket, CALLS/WINDOW (1/30s).")] = None,
+    timeout_rate: Annotated[list[str] | None, typer.Option(help="Fault: share of calls that hang.")] = None,
+    timeout_seconds: Annotated[list[str] | None, typer.Option(help="Fault: how long they hang (30).")] = None,
+    timeout_mode: Annotated[list[str] | None, typer.Option(help="Fault: then 504 or drop.")] = None,
+    list_lag: Annotated[
+        list[str] | None, typer.Option(help="Fault: seconds a new resource stays out of listings.")
+    ] = None,
 ) -> None:
-    """Serve simulated Railway, OpenRouter, AgentMail and Telnyx APIs for local testing."""
+    """Serve simulated Railway, OpenRouter, AgentMail and Telnyx APIs for local testing.
+
+    Fault flags repeat, and a value may start with PROVIDER[:OPERATION]= to aim it.
+    Example: --rate-limit railway:volumeCreate=1/30s. Grammar: docs/simulator.md.
+    """
     import uvicorn
 
     from providers.simulated.app import Simulator, SimulatorSettings, base_urls
+    from providers.simulated.faults import FaultFlagError, parse_fault_flags
 
-    simulator = Simulator(SimulatorSettings(deploy_seconds=deploy_seconds, seed=seed))
+    try:
+        faults = parse_fault_flags(
+            provider=provider,
+            latency_ms=latency_ms or (),
+            error_rate=error_rate or (),
+            graphql_error_rate=graphql_error_rate or (),
+            throttle_rate=throttle_rate or (),
+            retry_after=retry_after or (),
+            rate_limit=rate_limit or (),
+            timeout_rate=timeout_rate or (),
+            timeout_seconds=timeout_seconds or (),
+            timeout_mode=timeout_mode or (),
+            list_lag=list_lag or (),
+        )
+    except FaultFlagError as exc:
+        fail(str(exc), EXIT_BAD_INPUT)
+    simulator = Simulator(SimulatorSettings(deploy_seconds=deploy_seconds, seed=seed, faults=faults))
     root = f"http://{host}:{port}"
     urls = base_urls(root)
     console.print("Simulated providers; point the reconciler at them with:")
     for name, url in urls.items():
         console.print(f"  {name.upper()}_API_URL={url}")
+    console.print(f"  RAILWAY_PROJECT_ID={simulator.railway.project_id}", soft_wrap=True)
+    console.print("  RAILWAY_ENVIRONMENT_NAME=production")
     console.print(f"Every resource held: GET {root}/_admin/resources")
+    console.print(f"Fault knobs: GET or PUT {root}/_admin/faults", soft_wrap=True)
+    console.print(f"Requests served: GET {root}/_admin/requests", soft_wrap=True)
+    for line in faults.describe():
+        console.print(f"  fault {line}", markup=False, highlight=False, soft_wrap=True)
     uvicorn.run(simulator.app(), host=host, port=port, log_level="warning")
 
 

@@ -33,6 +33,15 @@ from providers.base import ConfigError, Conflict, DesiredResource, Observed, Res
 PROVIDER = "agentmail"
 PAGE_LIMIT = 100
 """Inboxes asked for per page; the provider may return fewer (the paging does not depend on it)."""
+OPERATIONS: tuple[str, ...] = (
+    "lookup_inbox",
+    "list_inboxes",
+    "create_inbox",
+    "get_inbox",
+    "update_inbox",
+    "delete_inbox",
+)
+"""Every operation name this module passes to ``ProviderHTTP.request`` (metric labels)."""
 
 
 class _UsernameTaken(Conflict):

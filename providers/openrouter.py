@@ -34,6 +34,8 @@ from providers.base import ConfigError, DesiredResource, Observed, ResourceKind,
 
 PROVIDER = "openrouter"
 LIMIT_RESETS = frozenset({"daily", "weekly", "monthly"})
+OPERATIONS: tuple[str, ...] = ("lookup_key", "list_keys", "create_key", "get_key", "update_key", "delete_key")
+"""Every operation name this module passes to ``ProviderHTTP.request`` (metric labels)."""
 
 
 class OpenRouterKeyDriver:

@@ -56,6 +56,26 @@ NO_DEPLOYMENT = "NO_DEPLOYMENT"
 """``Observed.status`` of a service instance that has never been deployed."""
 DEFAULT_MOUNT_PATH = "/data"
 
+OPERATIONS: tuple[str, ...] = (
+    "project.environments",
+    "project.services",
+    "environment.serviceInstances",
+    "environment.volumeInstances",
+    "service",
+    "serviceInstance",
+    "serviceCreate",
+    "serviceDelete",
+    "volumeCreate",
+    "volumeInstanceUpdate",
+    "volumeDelete",
+    "serviceDomainCreate",
+    "serviceDomainDelete",
+    "environmentPatchCommit",
+    "serviceInstanceRedeploy",
+)
+"""Every operation name this module passes to ``ProviderHTTP.request`` (metric labels): the root
+field of the document, or ``<root>.<connection>`` for the paged listings."""
+
 # ---------------------------------------------------------------------------------------------
 # GraphQL documents. Every one is validated against the full schema by the tests.
 

@@ -48,6 +48,22 @@ MAX_PURCHASE_ATTEMPTS = 5
 PAGE_SIZE = 250
 """The spec's largest ``page[size]``."""
 DEFAULT_COUNTRY = "US"
+OPERATIONS: tuple[str, ...] = (
+    "lookup_number",
+    "lookup_order",
+    "find_number",
+    "list_numbers",
+    "search_numbers",
+    "order_number",
+    "get_number",
+    "get_messaging",
+    "assign_profile",
+    "record_name",
+    "release_number",
+    "find_profile",
+    "create_profile",
+)
+"""Every operation name this module passes to ``ProviderHTTP.request`` (metric labels)."""
 
 
 def telnyx_http(

@@ -14,18 +14,15 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from openapi_core import Config, OpenAPI
-from openapi_core.datatypes import RequestParameters
 from openapi_core.exceptions import OpenAPIError
 from starlette.applications import Starlette
 from starlette.routing import Mount
-from werkzeug.datastructures import Headers, ImmutableMultiDict
 
 import providers.simulated
 from providers._http import ProviderHTTP
@@ -41,6 +38,7 @@ from providers.base import (
     Transient,
 )
 from providers.simulated.agentmail import FakeAgentMail
+from tests.openapi_contract import Recorder, SpecRequest, SpecResponse, add_default_error_response
 
 SERVER = "https://api.agentmail.to"
 BASE_URL = SERVER + "/v0"
@@ -57,75 +55,10 @@ def _load_spec() -> dict[str, Any]:
             {"$ref": "#/components/schemas/ValidationErrorResponse"},
         ]
     }
-    for operations in spec["paths"].values():
-        for operation in operations.values():
-            operation["responses"].setdefault(
-                "default", {"description": "error", "content": {"application/json": {"schema": envelope}}}
-            )
-    return spec
+    return add_default_error_response(spec, envelope)
 
 
 CONTRACT = OpenAPI.from_dict(_load_spec(), config=Config(additional_properties_default_policy="forbid"))
-
-
-@dataclass
-class SpecRequest:
-    """An httpx request as openapi-core reads it."""
-
-    host_url: str
-    path: str
-    method: str
-    body: bytes | None
-    content_type: str
-    parameters: RequestParameters
-
-    @classmethod
-    def of(cls, request: httpx.Request) -> SpecRequest:
-        url = request.url
-        return cls(
-            host_url=f"{url.scheme}://{url.netloc.decode()}",
-            path=url.path,
-            method=request.method.lower(),
-            body=request.content or None,
-            content_type=request.headers.get("content-type", "application/octet-stream"),
-            parameters=RequestParameters(
-                query=ImmutableMultiDict(list(url.params.multi_items())),
-                header=Headers(list(request.headers.items())),
-            ),
-        )
-
-
-@dataclass
-class SpecResponse:
-    """An httpx response as openapi-core reads it."""
-
-    status_code: int
-    content_type: str
-    headers: Headers
-    data: bytes
-
-    @classmethod
-    def of(cls, response: httpx.Response) -> SpecResponse:
-        content_type = response.headers.get("content-type", "").split(";")[0]
-        headers = Headers(list(response.headers.items()))
-        return cls(response.status_code, content_type, headers, response.content)
-
-
-class Recorder:
-    """Validates every exchange against the spec (raising on a breach) and keeps it for assertions."""
-
-    def __init__(self) -> None:
-        self.exchanges: list[tuple[httpx.Request, httpx.Response]] = []
-
-    async def __call__(self, response: httpx.Response) -> None:
-        await response.aread()
-        request = SpecRequest.of(response.request)
-        CONTRACT.validate_request(request)
-        CONTRACT.validate_response(request, SpecResponse.of(response))
-        self.exchanges.append((response.request, response))
-
-    def sent(self, method: str) -> list[httpx.Request]:
-        return [request for request, _ in self.exchanges if request.method == method]
 
 
 def _app(fake: FakeAgentMail) -> Starlette:
@@ -149,7 +82,7 @@ def fake() -> FakeAgentMail:
 
 @pytest.fixture
 def recorder() -> Recorder:
-    return Recorder()
+    return Recorder(CONTRACT)
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ import json
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import httpx
@@ -48,7 +48,8 @@ from providers.railway import (
     graphql_error,
     railway_auth_headers,
 )
-from providers.simulated.railway import FakeRailway, Fault, load_schema
+from providers.simulated.faults import Failure, FaultPlan, FaultRule, RateLimit
+from providers.simulated.railway import FakeRailway, load_schema
 
 TOKEN = "rw-test-token-7f3a9c"  # made up; the tests check that it never leaks
 BASE_URL = "http://railway.test/graphql/v2"
@@ -551,7 +552,11 @@ async def test_project_token_is_accepted(connect: Connect) -> None:
 
 async def test_volume_cooldown_is_throttled_for_thirty_seconds(connect: Connect) -> None:
     clock = ManualClock()
-    h = await connect(FakeRailway(seed=11, volume_cooldown=30, clock=clock))
+    fake = FakeRailway(seed=11, clock=clock)
+    thirty_seconds = RateLimit(calls=1, per_seconds=30)
+    cooldown = FaultRule(provider="railway", operation="volumeCreate", rate_limit=thirty_seconds)
+    fake.faults.plan = FaultPlan(rules=[cooldown])
+    h = await connect(fake)
     driver = h.drivers[ResourceKind.RAILWAY_VOLUME]
     first, second = await service_for(h, "convos-agent-one"), await service_for(h, "convos-agent-two")
     await driver.create(h.want(ResourceKind.RAILWAY_VOLUME, depends={"railway_service": first}))
@@ -569,22 +574,22 @@ async def test_volume_cooldown_is_throttled_for_thirty_seconds(connect: Connect)
 @pytest.mark.parametrize(
     ("fault", "error", "retry_after"),
     [
-        (Fault(message="You are creating volumes too quickly", retry_after=7), Throttled, 7.0),
-        (Fault(message="Only one project can be created per user"), Throttled, THROTTLE_SECONDS),
-        (Fault(status=429, message="Rate limit exceeded", retry_after=12), Throttled, 12.0),
-        (Fault(status=500, message="Internal Server Error"), Transient, None),
-        (Fault(status=503, message="upstream unavailable"), Transient, None),
-        (Fault(message="Problem processing request"), Transient, None),
-        (Fault(message="Not Authorized"), ConfigError, None),
-        (Fault(status=502, html=True, message="Bad Gateway"), Transient, None),
+        (Failure(200, "You are creating volumes too quickly", retry_after=7), Throttled, 7.0),
+        (Failure(200, "Only one project can be created per user"), Throttled, THROTTLE_SECONDS),
+        (Failure(429, "Rate limit exceeded", retry_after=12), Throttled, 12.0),
+        (Failure(500, "Internal Server Error"), Transient, None),
+        (Failure(503, "upstream unavailable"), Transient, None),
+        (Failure(200, "Problem processing request"), Transient, None),
+        (Failure(200, "Not Authorized"), ConfigError, None),
+        (Failure(502, raw="<html><body><h1>Bad Gateway</h1></body></html>"), Transient, None),
     ],
 )
 async def test_failures_map_to_the_error_classes(
-    connect: Connect, fault: Fault, error: type[ProviderError], retry_after: float | None
+    connect: Connect, fault: Failure, error: type[ProviderError], retry_after: float | None
 ) -> None:
     h = await connect(FakeRailway(seed=12))
     want = h.want(ResourceKind.RAILWAY_VOLUME, depends={"railway_service": await service_for(h)})
-    h.fake.inject(Fault(**{**fault.__dict__, "field": "volumeCreate"}))
+    h.fake.faults.inject(replace(fault, operation="volumeCreate"))
     with pytest.raises(error) as caught:
         await h.drivers[ResourceKind.RAILWAY_VOLUME].create(want)
     assert type(caught.value) is error
@@ -597,7 +602,7 @@ async def test_failures_map_to_the_error_classes(
 
 async def test_html_page_with_200_is_transient_naming_provider_and_operation(connect: Connect) -> None:
     h = await connect(FakeRailway(seed=13))
-    h.fake.inject(Fault(status=200, html=True, message="Cloudflare", field="serviceCreate"))
+    h.fake.faults.fail_next(200, raw="<html><body>Cloudflare</body></html>", operation="serviceCreate")
     with pytest.raises(Transient) as caught:
         await h.drivers[ResourceKind.RAILWAY_SERVICE].create(h.want(ResourceKind.RAILWAY_SERVICE))
     assert str(caught.value).startswith("railway serviceCreate:")
@@ -687,13 +692,13 @@ async def test_no_secret_in_error_texts(connect: Connect) -> None:
     secrets = [TOKEN, want.secrets["OPENROUTER_API_KEY"], want.secrets["POOL_SECRET"]]
     echo = "rejected: " + " ".join([TOKEN, *want.secrets.values()])
     faults = [
-        Fault(message=echo, field="environmentPatchCommit"),
-        Fault(status=400, message=echo, field="environmentPatchCommit"),
-        Fault(status=500, message=echo, field="environmentPatchCommit"),
-        Fault(status=429, message=echo, retry_after=1, field="environmentPatchCommit"),
+        Failure(200, echo, operation="environmentPatchCommit"),
+        Failure(400, echo, operation="environmentPatchCommit"),
+        Failure(500, echo, operation="environmentPatchCommit"),
+        Failure(429, echo, retry_after=1, operation="environmentPatchCommit"),
     ]
     for fault in faults:
-        h.fake.inject(fault)
+        h.fake.faults.inject(fault)
         with pytest.raises(ProviderError) as caught:
             await h.drivers[ResourceKind.RAILWAY_DEPLOYMENT].create(want)
         texts = (str(caught.value), repr(caught.value), caught.value.message)

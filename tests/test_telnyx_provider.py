@@ -1,13 +1,14 @@
 """Telnyx driver against the simulated Telnyx, with every exchange checked against the spec.
 
-All traffic goes through :class:`ContractTransport`: an ``httpx`` transport in front of the fake's
-ASGI app that validates each request the client sends and each answer the fake returns against
+All traffic goes through a :class:`~tests.openapi_contract.ContractTransport` (made by
+:func:`contract_transport`): an ``httpx`` transport in front of the fake's ASGI app that
+validates each request the client sends and each answer the fake returns against
 ``telnyx-numbers.openapi.yaml`` with openapi-core. Every object schema that lists its properties
 is closed first (``additionalProperties: false``), so a renamed optional field fails too, not only
-a missing required one; the spec also gets one addition, a
-``default`` error response in the Telnyx envelope for statuses an operation does not list (429,
-503). openapi-core 0.23 cannot parse an array inside a deepObject query parameter
-(``filter[features]=sms``), so that one value is checked against its schema here.
+a missing required one; the spec also gets one addition, a ``default`` error response in the
+Telnyx envelope for statuses an operation does not list (429, 503). openapi-core 0.23 cannot
+parse an array inside a deepObject query parameter (``filter[features]=sms``), so that one value
+is checked against its schema here.
 
 Tests assert outcomes: what the fake holds (``snapshot()`` and its public API), what the driver
 returns, and which error class it raises.
@@ -24,18 +25,15 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qsl
 
 import httpx
 import jsonschema
 import pytest
 from openapi_core import OpenAPI
-from openapi_core.datatypes import RequestParameters
 from openapi_core.exceptions import OpenAPIError
 from starlette.applications import Starlette
 from starlette.routing import Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
-from werkzeug.datastructures import Headers, ImmutableMultiDict
 
 from providers._http import ProviderHTTP
 from providers.base import (
@@ -50,6 +48,14 @@ from providers.base import (
 )
 from providers.simulated.telnyx import FakeTelnyx, load_spec
 from providers.telnyx import MAX_PURCHASE_ATTEMPTS, TelnyxNumberDriver, telnyx_http
+from tests.openapi_contract import (
+    ContractTransport,
+    ContractViolation,
+    SpecRequest,
+    SpecResponse,
+    add_default_error_response,
+    explain,
+)
 
 MOUNT = "/telnyx/v2"
 BASE_URL = "http://simulator.test" + MOUNT
@@ -85,13 +91,7 @@ def _contract_spec() -> dict[str, Any]:
     addition lets a 429 or a 503 be checked against the envelope too.
     """
     spec: dict[str, Any] = _closed(copy.deepcopy(load_spec()))
-    envelope = {"$ref": "#/components/schemas/numbers_Errors"}
-    for operations in spec["paths"].values():
-        for operation in operations.values():
-            operation["responses"].setdefault(
-                "default", {"description": "error", "content": {"application/json": {"schema": envelope}}}
-            )
-    return spec
+    return add_default_error_response(spec, {"$ref": "#/components/schemas/numbers_Errors"})
 
 
 SPEC = load_spec()
@@ -99,61 +99,36 @@ CONTRACT = OpenAPI.from_dict(_contract_spec())
 FEATURES_SCHEMA = SPEC["paths"]["/available_phone_numbers"]["get"]["parameters"][0]["schema"]["properties"][
     "features"
 ]
+SPEC_HOST = "https://api.telnyx.com"
+"""The spec's server is ``https://api.telnyx.com/v2``."""
+UNPARSED_QUERY = ("filter[features]",)
+"""Checked by :func:`check_request`: openapi-core cannot cast it."""
 
 
-class ContractViolation(AssertionError):
-    """A request or an answer does not match the Telnyx spec."""
+def spec_request(
+    method: str,
+    path: str,
+    query: list[tuple[str, str]],
+    body: bytes | None,
+    headers: dict[str, str],
+) -> SpecRequest:
+    """A request to the spec's server (``path`` starts with ``/v2``)."""
+    return SpecRequest.build(
+        method,
+        path,
+        host_url=SPEC_HOST,
+        query=query,
+        body=body,
+        headers=headers.items(),
+        skip_query=UNPARSED_QUERY,
+    )
 
 
-@dataclass
-class SpecRequest:
-    """An HTTP request as openapi-core reads it (the spec's server is ``https://api.telnyx.com/v2``)."""
-
-    method: str
-    path: str
-    query: list[tuple[str, str]]
-    body: bytes | None
-    headers: dict[str, str]
-    host_url: str = "https://api.telnyx.com"
-
-    @property
-    def content_type(self) -> str:
-        return self.headers.get("content-type", "")
-
-    def __post_init__(self) -> None:
-        # openapi-core writes the resolved path parameters into this object, so it must persist.
-        # filter[features] is checked by check_request: openapi-core cannot cast it.
-        query = [(k, v) for k, v in self.query if k != "filter[features]"]
-        self.parameters = RequestParameters(
-            query=ImmutableMultiDict(query), header=Headers(self.headers), cookie=ImmutableMultiDict()
-        )
-
-    @classmethod
-    def of(cls, request: httpx.Request) -> SpecRequest:
-        assert request.url.path.startswith(MOUNT)
-        return cls(
-            method=request.method.lower(),
-            path="/v2" + request.url.path[len(MOUNT) :],
-            query=parse_qsl(request.url.query.decode(), keep_blank_values=True),
-            body=request.content or None,
-            headers=dict(request.headers),
-        )
-
-
-@dataclass
-class SpecResponse:
-    status_code: int
-    data: bytes
-    headers: dict[str, str]
-
-    @property
-    def content_type(self) -> str:
-        return self.headers.get("content-type", "")
-
-
-def _explain(exc: BaseException) -> str:
-    """openapi-core wraps the useful text (which field, which rule) in ``__cause__``."""
-    return f"{exc} ({exc.__cause__})" if exc.__cause__ else str(exc)
+def to_spec(request: httpx.Request) -> SpecRequest:
+    """A request sent to the fake, as it would have gone to the real API."""
+    assert request.url.path.startswith(MOUNT)
+    path = "/v2" + request.url.path[len(MOUNT) :]
+    return SpecRequest.of(request, host_url=SPEC_HOST, path=path, skip_query=UNPARSED_QUERY)
 
 
 def check_request(request: SpecRequest) -> None:
@@ -163,45 +138,40 @@ def check_request(request: SpecRequest) -> None:
             if key == "filter[features]":
                 jsonschema.validate(value.split(","), FEATURES_SCHEMA)
     except (OpenAPIError, jsonschema.ValidationError) as exc:
-        raise ContractViolation(f"{request.method.upper()} {request.path}: {_explain(exc)}") from exc
+        raise ContractViolation(f"{request.method.upper()} {request.path}: {explain(exc)}") from exc
 
 
 def check_response(request: SpecRequest, status: int, body: Any) -> None:
-    response = SpecResponse(status, json.dumps(body).encode(), {"content-type": "application/json"})
     try:
-        CONTRACT.validate_response(request, response)
+        CONTRACT.validate_response(request, SpecResponse.json(status, body))
     except OpenAPIError as exc:
         raise ContractViolation(
-            f"{request.method.upper()} {request.path} -> {status}: {_explain(exc)}"
+            f"{request.method.upper()} {request.path} -> {status}: {explain(exc)}"
         ) from exc
 
 
-class ContractTransport(httpx.AsyncBaseTransport):
-    """Serves ``app`` in-process; checks every exchange against the spec and records it."""
+def check_answer(request: SpecRequest, response: SpecResponse) -> None:
+    """An answer on the wire: JSON, and what the spec says for its status."""
+    try:
+        body = json.loads(response.data)
+    except ValueError:
+        raise ContractViolation(f"{request.method.upper()} {request.path}: answer is not JSON") from None
+    check_response(request, response.status_code, body)
 
-    def __init__(self, app: ASGIApp, *, check_requests: bool = True, check_responses: bool = True) -> None:
-        self._inner = httpx.ASGITransport(app=app)
-        self.check_requests = check_requests
-        self.check_responses = check_responses
-        self.exchanges: list[tuple[str, str, int]] = []
 
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        spec_request = SpecRequest.of(request)
-        if self.check_requests:
-            check_request(spec_request)
-        response = await self._inner.handle_async_request(request)
-        content = await response.aread()
-        self.exchanges.append((request.method, request.url.path[len(MOUNT) :], response.status_code))
-        if self.check_responses:
-            try:
-                body = json.loads(content)
-            except ValueError:
-                raise ContractViolation(f"{request.method} {request.url.path}: answer is not JSON") from None
-            check_response(spec_request, response.status_code, body)
-        return httpx.Response(response.status_code, headers=response.headers, content=content)
-
-    def count(self, method: str, path: str, status: int | None = None) -> int:
-        return sum(1 for m, p, s in self.exchanges if m == method and p == path and status in (None, s))
+def contract_transport(
+    app: ASGIApp, *, check_requests: bool = True, check_responses: bool = True
+) -> ContractTransport:
+    """Serves ``app`` in-process; checks every exchange against the Telnyx spec and records it."""
+    return ContractTransport(
+        app,
+        to_spec=to_spec,
+        check_request=check_request,
+        check_response=check_answer,
+        check_requests=check_requests,
+        check_responses=check_responses,
+        mount=MOUNT,
+    )
 
 
 # -- fixtures --------------------------------------------------------------------------------------
@@ -249,7 +219,7 @@ async def telnyx_env(
 ) -> AsyncIterator[TelnyxEnv]:
     fake = fake or FakeTelnyx(seed=11)
     app: ASGIApp = Starlette(routes=[Mount(MOUNT, app=fake.asgi())])
-    transport = ContractTransport(
+    transport = contract_transport(
         wrap(app) if wrap else app, check_requests=check_requests, check_responses=check_responses
     )
     async with httpx.AsyncClient(transport=transport) as client:
@@ -316,7 +286,7 @@ async def test_life_cycle_follows_the_contract(env: TelnyxEnv) -> None:
 async def test_contract_check_fails_on_a_renamed_field(env: TelnyxEnv) -> None:
     made = await env.driver().create(want())
     answer = await env.call("GET", f"/phone_numbers/{made.external_id}")
-    request = SpecRequest(
+    request = spec_request(
         "get", f"/v2/phone_numbers/{made.external_id}", [], None, {"authorization": "Bearer x"}
     )
     check_response(request, 200, answer)  # the real answer passes
@@ -331,7 +301,7 @@ async def test_contract_check_fails_on_a_renamed_field(env: TelnyxEnv) -> None:
         check_response(request, 200, optional_renamed)
 
     order = {"phone_numbers": [{"phone_number": "+12125550100"}], "customer_ref": "convos-agent-x"}
-    bad_body = SpecRequest(
+    bad_body = spec_request(
         "post",
         "/v2/number_orders",
         [],
@@ -340,7 +310,7 @@ async def test_contract_check_fails_on_a_renamed_field(env: TelnyxEnv) -> None:
     )
     with pytest.raises(ContractViolation, match="customer_ref"):
         check_request(bad_body)
-    bad_feature = SpecRequest(
+    bad_feature = spec_request(
         "get",
         "/v2/available_phone_numbers",
         [("filter[features]", "sms,texting")],
@@ -633,7 +603,7 @@ async def raw_app() -> AsyncIterator[tuple[FakeTelnyx, httpx.AsyncClient]]:
     """The fake without contract checks on requests, to send it what a broken client would."""
     fake = FakeTelnyx(seed=8, inventory=30)
     app = Starlette(routes=[Mount(MOUNT, app=fake.asgi())])
-    transport = ContractTransport(app, check_requests=False)
+    transport = contract_transport(app, check_requests=False)
     async with httpx.AsyncClient(transport=transport, base_url=BASE_URL) as client:
         yield fake, client
 

@@ -14,12 +14,12 @@ Each fake speaks its own provider's error envelope, so nothing here builds one: 
   :class:`BodyError` listing every problem as ``(path, message)``.
 * :func:`envelope_handlers` - Starlette exception handlers so an unknown path (404), a wrong
   method (405) or a bug in a fake (500) still answers in the provider's envelope.
-* :class:`FaultInjector` - queued failures (a 429 with ``Retry-After``, a 503, an HTML page
-  from a proxy) served instead of the next matching requests: how the demo, the chaos runs and
-  the tests make a fake misbehave the way the real provider does.
 * :class:`FakeRandom` - seeded ids and secrets, so a run with ``seed=1`` produces the same ids
   every time (reproducible demos and benchmarks), and :func:`iso_timestamp` for the
   ``created_at``/``updated_at`` strings every provider returns.
+
+Making a fake misbehave (latency, error rates, 429s, rate limits, timeouts, list lag, queued
+failures) is :mod:`providers.simulated.faults`, shared by all four fakes.
 """
 
 from __future__ import annotations
@@ -27,9 +27,7 @@ from __future__ import annotations
 import json
 import random
 import string
-import threading
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -37,7 +35,6 @@ from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 ErrorBody = Callable[[int, str], dict[str, Any]]
 """``(status, message) -> body``: one provider's error envelope."""
@@ -116,85 +113,6 @@ def envelope_handlers(
         return error_response(status, envelope(status, str(detail)))
 
     return {HTTPException: http_error, Exception: http_error}
-
-
-@dataclass
-class _Fault:
-    status: int
-    body: dict[str, Any]
-    headers: dict[str, str]
-    raw: str | None
-    method: str | None
-    path_contains: str | None
-    remaining: int
-
-    def matches(self, scope: Scope) -> bool:
-        if self.method is not None and scope.get("method") != self.method.upper():
-            return False
-        return self.path_contains is None or self.path_contains in str(scope.get("path", ""))
-
-
-@dataclass
-class FaultInjector:
-    """Failures served instead of the next matching requests, in the order they were queued.
-
-    ``wrap(app)`` puts the injector in front of a fake's app; ``fail_next(...)`` queues a failure.
-    A fault answers ``message`` in the provider's envelope, or ``body`` as given (a provider's
-    specific error, such as AgentMail's ``resource_taken``), or ``raw`` as a literal ``text/html``
-    body (the error page of a proxy in front of the provider).
-    """
-
-    envelope: ErrorBody
-    _faults: list[_Fault] = field(default_factory=list)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def fail_next(
-        self,
-        status: int,
-        message: str = "Simulated failure",
-        *,
-        body: Mapping[str, Any] | None = None,
-        retry_after: float | None = None,
-        raw: str | None = None,
-        method: str | None = None,
-        path_contains: str | None = None,
-        times: int = 1,
-    ) -> None:
-        """Answer the next ``times`` matching requests with ``status`` instead of serving them."""
-        headers = {} if retry_after is None else {"Retry-After": f"{retry_after:g}"}
-        answer = dict(body) if body is not None else self.envelope(status, message)
-        with self._lock:
-            self._faults.append(_Fault(status, answer, headers, raw, method, path_contains, times))
-
-    def clear(self) -> None:
-        with self._lock:
-            self._faults.clear()
-
-    def _take(self, scope: Scope) -> Response | None:
-        with self._lock:
-            fault = next((f for f in self._faults if f.matches(scope)), None)
-            if fault is None:
-                return None
-            fault.remaining -= 1
-            if fault.remaining <= 0:
-                self._faults.remove(fault)
-        if fault.raw is not None:
-            return Response(
-                fault.raw, status_code=fault.status, headers=fault.headers, media_type="text/html"
-            )
-        return error_response(fault.status, fault.body, fault.headers)
-
-    def wrap(self, app: ASGIApp) -> ASGIApp:
-        """``app`` with this injector in front of it."""
-
-        async def faulty(scope: Scope, receive: Receive, send: Send) -> None:
-            response = self._take(scope) if scope["type"] == "http" else None
-            if response is None:
-                await app(scope, receive, send)
-            else:
-                await response(scope, receive, send)
-
-        return faulty
 
 
 def iso_timestamp(moment: datetime | None = None) -> str:

@@ -17,7 +17,12 @@ domain counts as verified (the fake has no domain setup); omitted ones are ``def
 
 Requests need a bearer token (any non-empty one). Bad bodies answer 400 ValidationErrorResponse
 ``{name, errors: [{path, message}], ...}``; other errors use ErrorResponse ``{name, message,
-code}``. Failures can be queued through :attr:`FakeAgentMail.faults`.
+code}``.
+
+:attr:`FakeAgentMail.faults` is the shared fault layer (:mod:`providers.simulated.faults`); its
+operation names are :data:`OPERATIONS`: ``list_inboxes``, ``create_inbox``, ``get_inbox``,
+``update_inbox``, ``delete_inbox``. With list lag, a new inbox is left out of ``GET /inboxes`` for
+a while (an idempotent create replay and ``GET /inboxes/{id}`` still find it).
 """
 
 from __future__ import annotations
@@ -38,13 +43,16 @@ from starlette.types import ASGIApp
 from providers.simulated._common import (
     BodyError,
     FakeRandom,
-    FaultInjector,
     envelope_handlers,
     error_response,
     iso_timestamp,
     missing_bearer,
     parse_body,
 )
+from providers.simulated.faults import Faults, route_operations
+
+OPERATIONS = ("list_inboxes", "create_inbox", "get_inbox", "update_inbox", "delete_inbox")
+"""The fault layer's names for this fake's routes, in route order."""
 
 CLIENT_ID_PATTERN = r"^[A-Za-z0-9._~-]{1,256}$"
 USERNAME_PATTERN = r"^[A-Za-z0-9._+-]{1,64}$"
@@ -108,7 +116,7 @@ class FakeAgentMail:
             raise ValueError("page_size must be at least 1")
         self.page_size = page_size
         self.default_domain = default_domain.lower()
-        self.faults = FaultInjector(error_body)
+        self.faults = Faults("agentmail", error_body, seed=seed)
         self._random = FakeRandom(seed)
         self._lock = threading.Lock()
         self._inboxes: dict[str, dict[str, Any]] = {}  # by inbox_id
@@ -117,17 +125,15 @@ class FakeAgentMail:
         self._pod_id = self._random.uuid()
 
     def asgi(self) -> ASGIApp:
-        app = Starlette(
-            routes=[
-                Route("/inboxes", self._list_inboxes, methods=["GET"]),
-                Route("/inboxes", self._create_inbox, methods=["POST"]),
-                Route("/inboxes/{inbox_id}", self._get_inbox, methods=["GET"]),
-                Route("/inboxes/{inbox_id}", self._update_inbox, methods=["PATCH"]),
-                Route("/inboxes/{inbox_id}", self._delete_inbox, methods=["DELETE"]),
-            ],
-            exception_handlers=envelope_handlers(error_body),
-        )
-        return self.faults.wrap(app)
+        routes = [
+            Route("/inboxes", self._list_inboxes, methods=["GET"], name="list_inboxes"),
+            Route("/inboxes", self._create_inbox, methods=["POST"], name="create_inbox"),
+            Route("/inboxes/{inbox_id}", self._get_inbox, methods=["GET"], name="get_inbox"),
+            Route("/inboxes/{inbox_id}", self._update_inbox, methods=["PATCH"], name="update_inbox"),
+            Route("/inboxes/{inbox_id}", self._delete_inbox, methods=["DELETE"], name="delete_inbox"),
+        ]
+        app = Starlette(routes=routes, exception_handlers=envelope_handlers(error_body))
+        return self.faults.wrap(app, route_operations(routes))
 
     def snapshot(self) -> dict[str, list[dict[str, Any]]]:
         """Every inbox held, with the fields an operator checks (never a secret)."""
@@ -144,11 +150,11 @@ class FakeAgentMail:
         return {"inboxes": inboxes}
 
     def reset(self) -> None:
-        """Forget every inbox and every queued fault."""
+        """Forget every inbox, queued failure and logged request (the fault plan stays)."""
         with self._lock:
             self._inboxes.clear()
             self._serial.clear()
-        self.faults.clear()
+        self.faults.reset()
 
     async def _list_inboxes(self, request: Request) -> Response:
         if denied := missing_bearer(request, error_body):
@@ -163,7 +169,8 @@ class FakeAgentMail:
         if limit < 1:
             return error_response(400, error_body(400, "limit must be at least 1"))
         with self._lock:
-            ordered = sorted(self._inboxes, key=self._serial.__getitem__, reverse=not ascending)
+            listed = [i for i in self._inboxes if self.faults.is_listed(i)]
+            ordered = sorted(listed, key=self._serial.__getitem__, reverse=not ascending)
             if after is not None:
                 ordered = [i for i in ordered if _beyond(self._serial[i], after, ascending)]
             page = [dict(self._inboxes[i]) for i in ordered[:limit]]
@@ -205,6 +212,7 @@ class FakeAgentMail:
             self._inboxes[email] = inbox
             self._serial[email] = self._next_serial
             self._next_serial += 1
+            self.faults.created("create_inbox", email)
             return JSONResponse(dict(inbox))
 
     async def _get_inbox(self, request: Request) -> Response:

@@ -10,22 +10,29 @@ state in memory and serves the real paths and payload shapes of the contracts in
     /agentmail/v0           AgentMail inboxes
     /telnyx/v2              Telnyx numbers and messaging profiles
     /_admin/resources       GET: every resource each fake holds, as JSON
-    /_admin/reset           POST: forget everything
+    /_admin/reset           POST: forget every resource, queued failure and logged request
+    /_admin/faults          GET: the fault knobs in force; PUT: replace them (JSON, see faults.py)
+    /_admin/faults/reset    POST: no fault knobs any more
+    /_admin/requests        GET: requests served, per provider and operation (see faults.py)
+    /_admin/requests/reset  POST: forget the logged requests
 
 so a client configured with ``<base>/railway/graphql/v2`` as its Railway URL cannot tell it from
-the real API (beyond the data being made up).
+the real API (beyond the data being made up). docs/simulator.md is the user's guide.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from fastapi import FastAPI
+from starlette.requests import Request
+from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp
 
 from providers.simulated.agentmail import FakeAgentMail
+from providers.simulated.faults import FaultPlan, Faults, known_operations
 from providers.simulated.openrouter import FakeOpenRouter
 from providers.simulated.railway import FakeRailway
 from providers.simulated.telnyx import FakeTelnyx
@@ -40,6 +47,9 @@ PREFIXES: dict[str, str] = {
 
 class FakeProvider(Protocol):
     """What each simulated provider offers to this app."""
+
+    faults: Faults
+    """Its fault layer (knobs, queued failures, request log)."""
 
     def asgi(self) -> ASGIApp:
         """The app serving the provider's API, mounted under its prefix."""
@@ -56,12 +66,16 @@ class FakeProvider(Protocol):
 
 @dataclass
 class SimulatorSettings:
-    """Knobs that shape the simulated world (fault injection lives with each provider)."""
+    """Knobs that shape the simulated world."""
 
     deploy_seconds: float = 3.0
     """How long a Railway deployment takes to go QUEUED -> BUILDING -> DEPLOYING -> SUCCESS."""
     seed: int | None = None
-    """Seed for the simulators' randomness (ids, number inventory); None for a random one."""
+    """Seed for the simulators' randomness (ids, number inventory, fault decisions); None for a
+    random one."""
+    faults: FaultPlan = field(default_factory=FaultPlan)
+    """Fault knobs in force from the start (``reconciler simulate`` flags); replaceable at run
+    time through ``PUT /_admin/faults``."""
 
 
 class Simulator:
@@ -73,6 +87,8 @@ class Simulator:
         self.openrouter = FakeOpenRouter(seed=self.settings.seed)
         self.agentmail = FakeAgentMail(seed=self.settings.seed)
         self.telnyx = FakeTelnyx(seed=self.settings.seed)
+        self._faults = FaultPlan()
+        self.set_faults(self.settings.faults)
 
     @property
     def providers(self) -> dict[str, FakeProvider]:
@@ -87,8 +103,25 @@ class Simulator:
         return {name: fake.snapshot() for name, fake in self.providers.items()}
 
     def reset(self) -> None:
+        """Forget every resource, queued failure and logged request (the fault knobs stay)."""
         for fake in self.providers.values():
             fake.reset()
+
+    @property
+    def faults(self) -> FaultPlan:
+        """The fault knobs in force."""
+        return self._faults
+
+    def set_faults(self, plan: FaultPlan) -> None:
+        """Put ``plan`` in force for all four fakes; ``ValueError`` if it names an unknown operation."""
+        plan.check_operations(known_operations())
+        self._faults = plan
+        for fake in self.providers.values():
+            fake.faults.plan = plan
+
+    def requests(self) -> dict[str, Any]:
+        """Requests served, per provider and operation (see :meth:`Faults.requests`)."""
+        return {name: fake.faults.requests() for name, fake in self.providers.items()}
 
     def app(self) -> FastAPI:
         app = FastAPI(title="Simulated providers", docs_url=None, redoc_url=None, openapi_url=None)
@@ -100,6 +133,38 @@ class Simulator:
         @app.post("/_admin/reset")
         def reset() -> dict[str, bool]:
             self.reset()
+            return {"ok": True}
+
+        @app.get("/_admin/faults")
+        async def faults() -> dict[str, Any]:
+            return self.faults.to_json()
+
+        @app.put("/_admin/faults")
+        async def replace_faults(request: Request) -> JSONResponse:
+            try:
+                data = await request.json()
+            except ValueError:
+                return JSONResponse({"error": "the request body is not valid JSON"}, status_code=400)
+            try:
+                plan = FaultPlan.from_json(data)
+                self.set_faults(plan)
+            except ValueError as exc:
+                return JSONResponse({"error": str(exc)}, status_code=400)
+            return JSONResponse(plan.to_json())
+
+        @app.post("/_admin/faults/reset")
+        async def reset_faults() -> dict[str, Any]:
+            self.set_faults(FaultPlan())
+            return self.faults.to_json()
+
+        @app.get("/_admin/requests")
+        async def requests() -> dict[str, Any]:
+            return self.requests()
+
+        @app.post("/_admin/requests/reset")
+        async def reset_requests() -> dict[str, bool]:
+            for fake in self.providers.values():
+                fake.faults.clear_requests()
             return {"ok": True}
 
         for name, fake in self.providers.items():

@@ -14,7 +14,10 @@ Every key object carries every field the spec marks required, plus ``external_us
 ``last_used_at`` as ``null``: the newer official SDK rejects key objects without them (specs
 README section 2). Requests need a bearer token (any non-empty one) and a valid body; every
 error answers in OpenRouter's envelope ``{"error": {"code": <status>, "message": ...}}``.
-Failures can be queued through :attr:`FakeOpenRouter.faults` (a 429 with ``Retry-After``...).
+
+:attr:`FakeOpenRouter.faults` is the shared fault layer (:mod:`providers.simulated.faults`); its
+operation names are :data:`OPERATIONS`: ``list_keys``, ``create_key``, ``get_key``,
+``update_key``, ``delete_key``. With list lag, a new key is left out of ``GET /keys`` for a while.
 """
 
 from __future__ import annotations
@@ -32,13 +35,16 @@ from starlette.types import ASGIApp
 from providers.simulated._common import (
     BodyError,
     FakeRandom,
-    FaultInjector,
     envelope_handlers,
     error_response,
     iso_timestamp,
     missing_bearer,
     parse_body,
 )
+from providers.simulated.faults import Faults, route_operations
+
+OPERATIONS = ("list_keys", "create_key", "get_key", "update_key", "delete_key")
+"""The fault layer's names for this fake's routes, in route order."""
 
 LimitReset = Literal["daily", "weekly", "monthly"]
 _NOT_NULLABLE = ("name", "disabled", "include_byok_in_limit")
@@ -78,7 +84,7 @@ class FakeOpenRouter:
         if page_size < 1:
             raise ValueError("page_size must be at least 1")
         self.page_size = page_size
-        self.faults = FaultInjector(error_body)
+        self.faults = Faults("openrouter", error_body, seed=seed)
         self._random = FakeRandom(seed)
         self._lock = threading.Lock()
         self._keys: dict[str, dict[str, Any]] = {}  # by hash, in creation order
@@ -86,17 +92,15 @@ class FakeOpenRouter:
         self._workspace_id = self._random.uuid()
 
     def asgi(self) -> ASGIApp:
-        app = Starlette(
-            routes=[
-                Route("/keys", self._list_keys, methods=["GET"]),
-                Route("/keys", self._create_key, methods=["POST"]),
-                Route("/keys/{hash}", self._get_key, methods=["GET"]),
-                Route("/keys/{hash}", self._update_key, methods=["PATCH"]),
-                Route("/keys/{hash}", self._delete_key, methods=["DELETE"]),
-            ],
-            exception_handlers=envelope_handlers(error_body),
-        )
-        return self.faults.wrap(app)
+        routes = [
+            Route("/keys", self._list_keys, methods=["GET"], name="list_keys"),
+            Route("/keys", self._create_key, methods=["POST"], name="create_key"),
+            Route("/keys/{hash}", self._get_key, methods=["GET"], name="get_key"),
+            Route("/keys/{hash}", self._update_key, methods=["PATCH"], name="update_key"),
+            Route("/keys/{hash}", self._delete_key, methods=["DELETE"], name="delete_key"),
+        ]
+        app = Starlette(routes=routes, exception_handlers=envelope_handlers(error_body))
+        return self.faults.wrap(app, route_operations(routes))
 
     def snapshot(self) -> dict[str, list[dict[str, Any]]]:
         """Every key held, with the fields an operator checks (never a secret)."""
@@ -106,10 +110,10 @@ class FakeOpenRouter:
         return {"keys": keys}
 
     def reset(self) -> None:
-        """Forget every key and every queued fault."""
+        """Forget every key, queued failure and logged request (the fault plan stays)."""
         with self._lock:
             self._keys.clear()
-        self.faults.clear()
+        self.faults.reset()
 
     async def _list_keys(self, request: Request) -> Response:
         if denied := missing_bearer(request, error_body):
@@ -126,7 +130,9 @@ class FakeOpenRouter:
             newest_first = [
                 dict(key)
                 for key in reversed(self._keys.values())
-                if key["workspace_id"] == workspace and (include_disabled or not key["disabled"])
+                if key["workspace_id"] == workspace
+                and (include_disabled or not key["disabled"])
+                and self.faults.is_listed(key["hash"])
             ]
         return JSONResponse({"data": newest_first[offset : offset + self.page_size]})
 
@@ -167,6 +173,7 @@ class FakeOpenRouter:
         with self._lock:
             self._keys[key_hash] = key
             data = dict(key)
+        self.faults.created("create_key", key_hash)
         return JSONResponse({"data": data, "key": secret}, status_code=201)
 
     async def _get_key(self, request: Request) -> Response:

@@ -19,24 +19,29 @@ DEPLOYING -> SUCCESS over ``deploy_seconds``), so no background task is needed; 
 makes one CRASHED.
 
 Errors follow what the study saw in production: a missing token is a 401, a malformed request
-or an invalid document a 400, and everything that fails while running (not found, "You are
-creating volumes too quickly", bad input values) an HTTP 200 with ``errors[]`` and an
-``extensions.code``. Knobs: ``page_size`` (Relay ``first`` is capped to it),
-``volume_cooldown`` (the per-token volume creation limit behind "too quickly") and
-:meth:`inject`, which queues :class:`Fault` answers (429 with ``Retry-After``, 5xx, HTML pages,
-GraphQL errors) for chaos runs and tests.
+or an invalid document a 400, and everything that fails while running (not found, bad input
+values) an HTTP 200 with ``errors[]`` and an ``extensions.code``. Knobs: ``page_size`` (Relay
+``first`` is capped to it) and :attr:`FakeRailway.faults`, the shared fault layer of
+:mod:`providers.simulated.faults`, which names each request by its GraphQL root field
+(``volumeCreate``, ``project``...). Through it: latency, error statuses and GraphQL errors in a
+200, 429s, timeouts, queued answers (``faults.fail_next``) and rate limits; a rate limit on
+``volumeCreate`` answers as production did, HTTP 200 with "You are creating volumes too quickly"
+and no ``Retry-After``. With list lag, new services and volumes (and their instances and
+deployments) are left out of every connection for a while; ``service``, ``serviceInstance`` and
+``volumeInstance`` by id still find them.
 """
 
 from __future__ import annotations
 
 import base64
+import json
 import re
 import string
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from functools import cache
+from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -56,11 +61,12 @@ from graphql import (
 )
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-from starlette.types import ASGIApp
+from starlette.types import ASGIApp, Scope
 
 from providers.simulated._common import FakeRandom, InvalidJSON, iso_timestamp, read_json
+from providers.simulated.faults import UNKNOWN, Faults
 
 SCHEMA_PATH = Path(__file__).parent / "specs" / "railway.schema.graphql"
 ENVIRONMENT_NAMES = ("production", "staging")
@@ -131,20 +137,57 @@ def _bad_input(message: str) -> RailwayAPIError:
     return RailwayAPIError(message, "BAD_USER_INPUT")
 
 
-@dataclass(frozen=True)
-class Fault:
-    """One injected failure, served instead of running a request.
+@cache
+def operations() -> frozenset[str]:
+    """Every root field of the schema: the operation names the fault layer can give a request."""
+    schema = load_schema()
+    roots = (schema.query_type, schema.mutation_type, schema.subscription_type)
+    return frozenset(name for root in roots if root is not None for name in root.fields)
 
-    ``status`` 200 means a GraphQL error in a 200 answer (how Railway reports rate limits);
-    any other status is an HTTP error with the ``errors[]`` envelope. ``html`` serves a proxy's
-    HTML error page instead. ``field`` limits the fault to requests whose root field it is.
-    """
 
-    status: int = 200
-    message: str = "Problem processing request"
-    retry_after: float | None = None
-    html: bool = False
-    field: str | None = None
+_FAULT_CODES = {
+    400: "BAD_REQUEST",
+    401: "UNAUTHENTICATED",
+    403: "FORBIDDEN",
+    404: "NOT_FOUND",
+    429: "RATE_LIMITED",
+}
+
+
+def error_body(status: int, message: str) -> dict[str, Any]:
+    """Railway's envelope for an injected failure; with status 200 it is a GraphQL error."""
+    code = _FAULT_CODES.get(status, "INTERNAL_SERVER_ERROR")
+    return {"data": None, "errors": [{"message": message, "extensions": {"code": code}}]}
+
+
+def operation_of(scope: Scope, body: bytes) -> str:
+    """The root field a request runs (the first one, if its document has several)."""
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        return UNKNOWN
+    if not isinstance(payload, dict) or not isinstance(payload.get("query"), str):
+        return UNKNOWN
+    name = payload.get("operationName")
+    return _document_operation(payload["query"], name if isinstance(name, str) else None)
+
+
+@lru_cache(maxsize=256)
+def _document_operation(query: str, operation_name: str | None) -> str:
+    try:
+        document = parse(query)
+    except GraphQLError:
+        return UNKNOWN
+    fields = _root_fields(document, operation_name)
+    return fields[0] if fields and fields[0] in operations() else UNKNOWN
+
+
+def _too_quickly(operation: str, retry_after: float) -> Response | None:
+    """Over a ``volumeCreate`` rate limit, Railway answered a 200 with this error and no Retry-After."""
+    if operation != "volumeCreate":
+        return None
+    error = {"message": TOO_QUICKLY, "path": [operation], "extensions": {"code": "INTERNAL_SERVER_ERROR"}}
+    return JSONResponse({"data": None, "errors": [error]})
 
 
 # --- state ------------------------------------------------------------------------------------
@@ -253,15 +296,16 @@ class FakeRailway:
         *,
         project_id: str | None = None,
         project_name: str = "convos-agents",
-        volume_cooldown: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if page_size < 1:
             raise ValueError("page_size must be at least 1")
         self.deploy_seconds = deploy_seconds
         self.page_size = page_size
-        self.volume_cooldown = volume_cooldown
         self._clock = clock
+        self.faults = Faults(
+            "railway", error_body, seed=seed, clock=clock, rate_limited=_too_quickly, graphql_errors=True
+        )
         self._random = FakeRandom(seed)
         self._lock = threading.RLock()
         self._schema = load_schema()
@@ -282,8 +326,6 @@ class FakeRailway:
         self._volume_instances: dict[str, _VolumeInstance] = {}
         self._domains: dict[str, _Domain] = {}
         self._deployments: dict[str, _Deployment] = {}
-        self._faults: list[Fault] = []
-        self._last_volume_create: dict[str, float] = {}
         self._queries: dict[str, Callable[[_Call, dict[str, Any]], Any]] = {
             "project": self._q_project,
             "service": self._q_service,
@@ -311,11 +353,6 @@ class FakeRailway:
     def environment_ids(self) -> dict[str, str]:
         """``{"production": <id>, "staging": <id>}``."""
         return {env.name: env.id for env in self._environments.values()}
-
-    def inject(self, fault: Fault, times: int = 1) -> None:
-        """Serve ``fault`` to the next ``times`` matching requests."""
-        with self._lock:
-            self._faults.extend([fault] * times)
 
     def crash(self, service_id: str, environment_id: str | None = None) -> str:
         """Make the latest deployment of the service (in ``environment_id`` if given) CRASHED.
@@ -366,7 +403,8 @@ class FakeRailway:
             }
 
     def reset(self) -> None:
-        """Forget every service, volume, domain, deployment and queued fault (the project stays)."""
+        """Forget every service, volume, domain, deployment, queued failure and logged request
+        (the project and the fault plan stay)."""
         with self._lock:
             for table in (
                 self._services,
@@ -375,15 +413,15 @@ class FakeRailway:
                 self._volume_instances,
                 self._domains,
                 self._deployments,
-                self._last_volume_create,
             ):
                 table.clear()
-            self._faults.clear()
+        self.faults.reset()
 
     def asgi(self) -> ASGIApp:
         """The GraphQL endpoint. It answers on any path, so it works mounted under a prefix and
         served at the exact ``/graphql/v2`` path alike."""
-        return Starlette(routes=[Route("/{path:path}", self._endpoint, methods=["GET", "POST"])])
+        app = Starlette(routes=[Route("/{path:path}", self._endpoint, methods=["GET", "POST"])])
+        return self.faults.wrap(app, operation_of)
 
     # --- HTTP -----------------------------------------------------------------------------------
 
@@ -414,17 +452,7 @@ class FakeRailway:
             return JSONResponse(
                 {"errors": [_formatted(e, "GRAPHQL_VALIDATION_FAILED") for e in invalid]}, 400
             )
-        fault = self._take_fault(_root_fields(document, operation_name))
-        if fault is not None:
-            return _fault_response(fault)
         return self._execute(document, variables, operation_name, _Call(token, self._clock()))
-
-    def _take_fault(self, fields: set[str]) -> Fault | None:
-        with self._lock:
-            for index, fault in enumerate(self._faults):
-                if fault.field is None or fault.field in fields:
-                    return self._faults.pop(index)
-        return None
 
     def _execute(
         self, document: DocumentNode, variables: dict[str, Any], operation_name: str | None, call: _Call
@@ -503,6 +531,12 @@ class FakeRailway:
         self._deployments[deployment.id] = deployment
         return deployment
 
+    def _listed(self, record: _Record) -> bool:
+        """Whether listings show ``record``: neither it nor the service or volume it belongs to is
+        hidden by list lag."""
+        refs = (record.id, getattr(record, "service_id", None), getattr(record, "volume_id", None))
+        return all(self.faults.is_listed(ref) for ref in refs if ref)
+
     def _latest_deployment(self, instance: _Instance) -> _Deployment | None:
         mine = [
             d
@@ -527,8 +561,9 @@ class FakeRailway:
         *,
         newest_first: bool = False,
     ) -> View:
-        """A Relay connection over ``records``: opaque cursors, ``first`` capped at the page size."""
-        ordered = sorted(records, key=lambda r: r.seq, reverse=newest_first)
+        """A Relay connection over ``records``: opaque cursors, ``first`` capped at the page size.
+        Records still hidden by list lag are left out."""
+        ordered = sorted((r for r in records if self._listed(r)), key=lambda r: r.seq, reverse=newest_first)
         after, before = _cursor_seq(args.get("after")), _cursor_seq(args.get("before"))
 
         def follows(seq: int, cursor: int) -> bool:
@@ -850,6 +885,7 @@ class FakeRailway:
         name = given.get("name") or f"service-{self._random.token(6, string.ascii_lowercase)}"
         service = _Service(*self._new_id(), name=name, home_environment_id=(home or self._production()).id)
         self._services[service.id] = service
+        self.faults.created("serviceCreate", service.id)
         # Documented: a service created in a non-fork environment gets an instance in all of them.
         for env in self._environments.values():
             instance = _Instance(
@@ -894,12 +930,12 @@ class FakeRailway:
         if service is not None:
             for env in environments:
                 self._check_no_volume(service.id, env.id)
-        self._throttle_volume_creation(call)
         name = (
             f"{service.name}-volume" if service else f"volume-{self._random.token(6, string.ascii_lowercase)}"
         )
         volume = _Volume(*self._new_id(), name=name)
         self._volumes[volume.id] = volume
+        self.faults.created("volumeCreate", volume.id)
         for env in environments:
             vi = _VolumeInstance(
                 *self._new_id(),
@@ -1005,14 +1041,6 @@ class FakeRailway:
             if (vi.service_id, vi.environment_id) == (service_id, environment_id):
                 raise RailwayAPIError("Service already has a volume mounted in this environment", "CONFLICT")
 
-    def _throttle_volume_creation(self, call: _Call) -> None:
-        if self.volume_cooldown <= 0:
-            return
-        last = self._last_volume_create.get(call.token)
-        if last is not None and call.now - last < self.volume_cooldown:
-            raise RailwayAPIError(TOO_QUICKLY)
-        self._last_volume_create[call.token] = call.now
-
     def _production(self) -> _Environment:
         return next(e for e in self._environments.values() if e.name == "production")
 
@@ -1082,26 +1110,14 @@ def _formatted(error: GraphQLError, default_code: str = "INTERNAL_SERVER_ERROR")
     return formatted
 
 
-def _fault_response(fault: Fault) -> Response:
-    headers = {"Retry-After": f"{fault.retry_after:g}"} if fault.retry_after is not None else {}
-    if fault.html:
-        page = f"<html><head><title>{fault.status}</title></head><body><h1>{fault.message}</h1></body></html>"
-        return HTMLResponse(page, fault.status, headers=headers)
-    body = {
-        "data": None,
-        "errors": [{"message": fault.message, "extensions": {"code": "INTERNAL_SERVER_ERROR"}}],
-    }
-    return JSONResponse(body, fault.status, headers=headers)
-
-
-def _root_fields(document: DocumentNode, operation_name: str | None) -> set[str]:
-    """Names of the root fields of the operation that will run (for matching faults)."""
+def _root_fields(document: DocumentNode, operation_name: str | None) -> list[str]:
+    """Names of the root fields of the operation that will run, in document order."""
     for definition in document.definitions:
         if isinstance(definition, OperationDefinitionNode) and (
             operation_name is None or (definition.name and definition.name.value == operation_name)
         ):
-            return {s.name.value for s in definition.selection_set.selections if isinstance(s, FieldNode)}
-    return set()
+            return [s.name.value for s in definition.selection_set.selections if isinstance(s, FieldNode)]
+    return []
 
 
 def _cursor(seq: int) -> str:

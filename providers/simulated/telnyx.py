@@ -19,8 +19,12 @@ Serves the paths and payload shapes of ``specs/telnyx-numbers.openapi.yaml`` (mo
 ``{id}`` in the number paths may be the numeric id or the E.164 number (the official SDK sends
 the number). Every request needs ``Authorization: Bearer <any token>``; request bodies are
 checked against the spec's schemas (400 when they do not match); every error uses the envelope
-``{"errors": [{code, title, detail, source?, meta?}]}``. :attr:`FakeTelnyx.faults` queues
-failures (429 with ``Retry-After``, 5xx, a proxy's HTML page) for the demo, chaos runs and tests.
+``{"errors": [{code, title, detail, source?, meta?}]}``.
+
+:attr:`FakeTelnyx.faults` is the shared fault layer (:mod:`providers.simulated.faults`); its
+operation names are :data:`OPERATIONS` (``search_numbers``, ``order_number``, ``list_numbers``,
+``update_messaging``...). With list lag, new orders, numbers and messaging profiles are left out
+of their listings for a while; GET by id still finds them.
 """
 
 from __future__ import annotations
@@ -50,7 +54,6 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from providers.simulated._common import (
     NO_BODY,
     FakeRandom,
-    FaultInjector,
     InvalidJSON,
     envelope_handlers,
     error_response,
@@ -58,6 +61,7 @@ from providers.simulated._common import (
     missing_bearer,
     read_json,
 )
+from providers.simulated.faults import Faults, route_operations
 
 SPEC_PATH = Path(__file__).parent / "specs" / "telnyx-numbers.openapi.yaml"
 _SPEC_URI = "urn:telnyx-numbers-openapi"
@@ -97,6 +101,23 @@ _TITLES = {
 }
 
 _T = TypeVar("_T")
+
+OPERATIONS = (
+    "search_numbers",
+    "list_orders",
+    "order_number",
+    "get_order",
+    "list_numbers",
+    "get_number",
+    "update_number",
+    "release_number",
+    "get_messaging",
+    "update_messaging",
+    "list_profiles",
+    "create_profile",
+    "get_profile",
+)
+"""The fault layer's names for this fake's routes, in route order."""
 
 
 class _ApiError(Exception):
@@ -248,11 +269,12 @@ class FakeTelnyx:
         """Ids of numbers still ``purchase-pending``."""
         self._profiles: dict[str, _Profile] = {}
         self._orders: dict[str, _Order] = {}
-        self.faults = FaultInjector(error_body)
-        """Queued failures (429 with ``Retry-After``, 5xx, an HTML page) served before the routes."""
+        self.faults = Faults("telnyx", error_body, seed=seed, clock=clock)
+        """The fault layer, in front of everything (the bearer-token check included)."""
         self._last_stamp = datetime.min.replace(tzinfo=UTC)
         self.reset()
-        self._app = self.faults.wrap(self._authenticated(self._build_app()))
+        routes = self._routes()
+        self._app = self.faults.wrap(self._authenticated(self._build_app(routes)), route_operations(routes))
 
     # -- the FakeProvider protocol -------------------------------------------------------------
 
@@ -278,18 +300,38 @@ class FakeTelnyx:
             }
 
     def reset(self) -> None:
-        """Forget every number, order, profile and fault; put the whole inventory back on sale."""
+        """Forget every number, order, profile, queued failure and logged request; put the whole
+        inventory back on sale (the fault plan stays)."""
         with self._lock:
             self._numbers.clear()
             self._pending.clear()
             self._profiles.clear()
             self._orders.clear()
-            self.faults.clear()
+            self.faults.reset()
             self._for_sale = _make_inventory(self._inventory_size, random.Random(self._seed))
 
     # -- plumbing --------------------------------------------------------------------------------
 
-    def _build_app(self) -> Starlette:
+    def _routes(self) -> list[Route]:
+        """The API's routes, each named by its operation (:data:`OPERATIONS`)."""
+        endpoints = [
+            ("/available_phone_numbers", "GET", self._search, "search_numbers"),
+            ("/number_orders", "GET", self._list_orders, "list_orders"),
+            ("/number_orders", "POST", self._create_order, "order_number"),
+            ("/number_orders/{order_id}", "GET", self._get_order, "get_order"),
+            ("/phone_numbers", "GET", self._list_numbers, "list_numbers"),
+            ("/phone_numbers/{ref}", "GET", self._get_number, "get_number"),
+            ("/phone_numbers/{ref}", "PATCH", self._update_number, "update_number"),
+            ("/phone_numbers/{ref}", "DELETE", self._delete_number, "release_number"),
+            ("/phone_numbers/{ref}/messaging", "GET", self._get_messaging, "get_messaging"),
+            ("/phone_numbers/{ref}/messaging", "PATCH", self._update_messaging, "update_messaging"),
+            ("/messaging_profiles", "GET", self._list_profiles, "list_profiles"),
+            ("/messaging_profiles", "POST", self._create_profile, "create_profile"),
+            ("/messaging_profiles/{profile_id}", "GET", self._get_profile, "get_profile"),
+        ]
+        return [Route(path, call, methods=[method], name=name) for path, method, call, name in endpoints]
+
+    def _build_app(self, routes: list[Route]) -> Starlette:
         async def api_error(_: Request, exc: Exception) -> Response:
             assert isinstance(exc, _ApiError)
             body = error_body(
@@ -297,21 +339,6 @@ class FakeTelnyx:
             )
             return error_response(exc.status, body)
 
-        routes = [
-            Route("/available_phone_numbers", self._search, methods=["GET"]),
-            Route("/number_orders", self._list_orders, methods=["GET"]),
-            Route("/number_orders", self._create_order, methods=["POST"]),
-            Route("/number_orders/{order_id}", self._get_order, methods=["GET"]),
-            Route("/phone_numbers", self._list_numbers, methods=["GET"]),
-            Route("/phone_numbers/{ref}", self._get_number, methods=["GET"]),
-            Route("/phone_numbers/{ref}", self._update_number, methods=["PATCH"]),
-            Route("/phone_numbers/{ref}", self._delete_number, methods=["DELETE"]),
-            Route("/phone_numbers/{ref}/messaging", self._get_messaging, methods=["GET"]),
-            Route("/phone_numbers/{ref}/messaging", self._update_messaging, methods=["PATCH"]),
-            Route("/messaging_profiles", self._list_profiles, methods=["GET"]),
-            Route("/messaging_profiles", self._create_profile, methods=["POST"]),
-            Route("/messaging_profiles/{profile_id}", self._get_profile, methods=["GET"]),
-        ]
         handlers = {**envelope_handlers(error_body), _ApiError: api_error}
         return Starlette(routes=routes, exception_handlers=handlers)
 
@@ -466,6 +493,8 @@ class FakeTelnyx:
                 )
                 self._numbers[number.id] = number
                 self._pending.add(number.id)
+                self.faults.created("order_number", number.id)
+            self.faults.created("order_number", order.id)
             self._settle()
             return JSONResponse({"data": _order_json(order, detailed=True)})
 
@@ -475,7 +504,7 @@ class FakeTelnyx:
             orders = [
                 o
                 for o in sorted(self._orders.values(), key=lambda o: o.created_at, reverse=True)
-                if reference is None or o.customer_reference == reference
+                if (reference is None or o.customer_reference == reference) and self.faults.is_listed(o.id)
             ]
             page, meta = self._page(request, orders)
             return JSONResponse({"data": [_order_json(o, detailed=False) for o in page], "meta": meta})
@@ -501,7 +530,11 @@ class FakeTelnyx:
         sort = query.get("sort")
         with self._lock:
             self._settle()
-            numbers = [n for n in self._numbers.values() if all(test(n, v) for test, v in given)]
+            numbers = [
+                n
+                for n in self._numbers.values()
+                if all(test(n, v) for test, v in given) and self.faults.is_listed(n.id)
+            ]
             if sort == "phone_number":
                 numbers.sort(key=lambda n: n.phone_number)
             else:
@@ -614,7 +647,9 @@ class FakeTelnyx:
             profiles = [
                 p
                 for p in sorted(self._profiles.values(), key=lambda p: p.created_at)
-                if (exact is None or p.name == exact) and (part is None or part in p.name)
+                if (exact is None or p.name == exact)
+                and (part is None or part in p.name)
+                and self.faults.is_listed(p.id)
             ]
             page, meta = self._page(request, profiles)
             return JSONResponse({"data": [_profile_json(p) for p in page], "meta": meta})
@@ -632,6 +667,7 @@ class FakeTelnyx:
                 updated_at=now,
             )
             self._profiles[profile.id] = profile
+            self.faults.created("create_profile", profile.id)
             return JSONResponse({"data": _profile_json(profile)})
 
     async def _get_profile(self, request: Request) -> Response:

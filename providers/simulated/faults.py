@@ -1,0 +1,982 @@
+"""Fault knobs for the simulated providers: one mechanism shared by all four fakes.
+
+Every fake puts a :class:`Faults` in front of its ASGI app (``faults.wrap(app, operation_of)``).
+The wrapper names each request's *operation* (for Railway the GraphQL root field, such as
+``volumeCreate`` or ``project``; for the REST fakes the name of the route, such as
+``create_key``), then, in this order:
+
+1. sleeps for the **latency** drawn for it (fixed, fixed + uniform jitter, and/or lognormal);
+2. serves a **queued failure** if one matches (:meth:`Faults.fail_next`: a scripted 429, 503,
+   HTML page or provider error body, for tests that need one exact answer);
+3. applies the **rate limit** (a token bucket of N calls per window; over it, a 429 with the
+   exact ``Retry-After``, or what the fake answers instead: Railway's ``volumeCreate`` says
+   "You are creating volumes too quickly" in an HTTP 200, as production did);
+4. draws one number from the operation's seeded RNG and, by the configured rates, makes the
+   call **time out** (hang, then 504 or a dropped connection), get **throttled** (429 with
+   ``Retry-After``), fail with an **error status** (in the provider's own error envelope), or,
+   Railway only, answer a **GraphQL error** in a 200;
+5. otherwise lets the fake serve it. A fake reports what it created (:meth:`Faults.created`) and
+   filters its listings (:meth:`Faults.is_listed`), which is how **list lag** (eventual
+   consistency: a new resource missing from LIST answers for a while, GET by id still working)
+   is modelled.
+
+Every request is counted per operation in a bounded log (:meth:`Faults.requests`), with the
+times of recent calls and of every throttle answer with its ``Retry-After``.
+
+The knobs are a :class:`FaultPlan`: a list of :class:`FaultRule`, each naming a provider and an
+operation (``"*"`` for all) and setting some knobs. For one call, every matching rule applies,
+knob by knob, the most specific one winning (an exact operation beats ``"*"``, then an exact
+provider beats ``"*"``, then the later rule wins); a knob a rule sets to ``null`` is switched off
+for what it matches. A plan is JSON (``GET``/``PUT /_admin/faults``) and can be written as
+command-line flags (:func:`parse_fault_flags`, used by ``reconciler simulate``).
+
+Random decisions come from one RNG per operation and purpose, seeded from the simulator's seed,
+the provider and the operation, so a run with the same seed and the same calls per operation
+fails the same calls, whatever the other operations do meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import http
+import json
+import math
+import random
+import re
+import statistics
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeFloat,
+    PositiveFloat,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Match, Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from providers.simulated._common import ErrorBody, error_response
+
+PROVIDERS = ("railway", "openrouter", "agentmail", "telnyx")
+ANY = "*"
+UNKNOWN = "unknown"
+"""The operation of a request that names none (no such route, a GraphQL document that does not
+parse or whose root field is not in the schema)."""
+HISTORY = 256
+"""Recent call times and throttle answers kept per operation (totals are always exact)."""
+
+DEFAULT_RETRY_AFTER = 1.0
+DEFAULT_TIMEOUT_SECONDS = 30.0
+"""Longer than a client's usual timeout (``ProviderHTTP`` waits 15 s)."""
+
+_Z99 = statistics.NormalDist().inv_cdf(0.99)
+_OPERATION = re.compile(r"^(\*|[A-Za-z_][A-Za-z0-9_.]*)$")
+
+Rate = Annotated[float, Field(ge=0.0, le=1.0)]
+OperationNamer = Callable[[Scope, bytes], str]
+"""``(scope, body) -> operation``: how a fake names a request."""
+RateLimitAnswer = Callable[[str, float], Response | None]
+"""``(operation, retry_after) -> response``: a fake's own answer to a call over its rate limit,
+or None for the default 429 with ``Retry-After``."""
+
+
+# --- the knobs --------------------------------------------------------------------------------
+
+
+class Latency(BaseModel):
+    """Delay before a call is answered: ``fixed_ms`` + uniform(0, ``jitter_ms``) + a lognormal
+    draw with median ``median_ms`` and 99th percentile ``p99_ms`` (all optional, in ms)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    fixed_ms: NonNegativeFloat = 0.0
+    jitter_ms: NonNegativeFloat = 0.0
+    median_ms: PositiveFloat | None = None
+    p99_ms: PositiveFloat | None = None
+
+    @model_validator(mode="after")
+    def _lognormal_needs_both(self) -> Latency:
+        if (self.median_ms is None) != (self.p99_ms is None):
+            raise ValueError("median_ms and p99_ms go together")
+        if self.median_ms is not None and self.p99_ms is not None and self.p99_ms < self.median_ms:
+            raise ValueError("p99_ms must be at least median_ms")
+        return self
+
+    def sample(self, rng: random.Random) -> float:
+        """One delay, in seconds."""
+        ms = self.fixed_ms
+        if self.jitter_ms:
+            ms += rng.uniform(0.0, self.jitter_ms)
+        if self.median_ms is not None and self.p99_ms is not None:
+            sigma = math.log(self.p99_ms / self.median_ms) / _Z99
+            ms += rng.lognormvariate(math.log(self.median_ms), sigma)
+        return ms / 1000.0
+
+
+class RateLimit(BaseModel):
+    """A token bucket: ``calls`` at once, refilled at ``calls`` per ``per_seconds``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    calls: int = Field(ge=1)
+    per_seconds: PositiveFloat
+
+
+KNOBS = (
+    "latency",
+    "error_rates",
+    "graphql_error_rate",
+    "throttle_rate",
+    "retry_after",
+    "rate_limit",
+    "timeout_rate",
+    "timeout_seconds",
+    "timeout_mode",
+    "list_lag",
+)
+_RATES = ("timeout_rate", "throttle_rate", "graphql_error_rate")
+
+
+class FaultRule(BaseModel):
+    """The knobs for the calls of ``provider`` (or ``"*"``) to ``operation`` (or ``"*"``).
+
+    Knobs left out are inherited from less specific rules; a knob set to ``null`` is off.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    provider: str = ANY
+    operation: str = ANY
+    latency: Latency | None = None
+    error_rates: dict[int, Rate] | None = None
+    """Share of calls answered with each HTTP status (``{503: 0.2}``), in the provider's envelope."""
+    graphql_error_rate: Rate | None = None
+    """Railway only: share of calls answered HTTP 200 with ``errors[]`` ("Problem processing request")."""
+    throttle_rate: Rate | None = None
+    """Share of calls answered 429 with ``Retry-After: retry_after``."""
+    retry_after: NonNegativeFloat | None = None
+    rate_limit: RateLimit | None = None
+    timeout_rate: Rate | None = None
+    """Share of calls that hang ``timeout_seconds``, then answer 504 or drop the connection."""
+    timeout_seconds: PositiveFloat | None = None
+    timeout_mode: Literal["504", "drop"] | None = None
+    list_lag: NonNegativeFloat | None = None
+    """Seconds a resource made by this operation stays out of LIST answers."""
+
+    @field_validator("provider")
+    @classmethod
+    def _known_provider(cls, value: str) -> str:
+        if value != ANY and value not in PROVIDERS:
+            raise ValueError(f"unknown provider {value!r} (expected {', '.join(PROVIDERS)} or *)")
+        return value
+
+    @field_validator("operation")
+    @classmethod
+    def _operation_name(cls, value: str) -> str:
+        if not _OPERATION.match(value):
+            raise ValueError(f"{value!r} is not an operation name")
+        return value
+
+    @field_validator("error_rates")
+    @classmethod
+    def _error_statuses(cls, value: dict[int, float] | None) -> dict[int, float] | None:
+        for status in value or {}:
+            if not 400 <= status <= 599:
+                raise ValueError(f"status {status} is not an HTTP error status (400-599)")
+        return value
+
+    @field_validator("timeout_mode", mode="before")
+    @classmethod
+    def _mode_as_text(cls, value: Any) -> Any:
+        return str(value) if value == 504 and not isinstance(value, bool) else value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> FaultRule:
+        total = sum(getattr(self, name) or 0.0 for name in _RATES) + sum((self.error_rates or {}).values())
+        if total > 1.0 + 1e-9:
+            raise ValueError(f"the rates add up to {total:g}, more than 1")
+        if self.graphql_error_rate and self.provider not in (ANY, "railway"):
+            raise ValueError("graphql_error_rate applies to railway only")
+        return self
+
+    @property
+    def target(self) -> str:
+        return f"{self.provider}:{self.operation}"
+
+    def specificity(self) -> int:
+        return 2 * (self.operation != ANY) + (self.provider != ANY)
+
+    def to_json(self) -> dict[str, Any]:
+        knobs = self.model_dump(mode="json", exclude_unset=True, exclude={"provider", "operation"})
+        return {"provider": self.provider, "operation": self.operation, **knobs}
+
+
+@dataclass(frozen=True)
+class Knobs:
+    """The knobs in force for one provider and operation, every rule applied."""
+
+    latency: Latency | None = None
+    error_rates: Mapping[int, float] = field(default_factory=dict)
+    graphql_error_rate: float = 0.0
+    throttle_rate: float = 0.0
+    retry_after: float = DEFAULT_RETRY_AFTER
+    rate_limit: RateLimit | None = None
+    rate_limit_scope: str = ANY
+    """The operation of the rule that set ``rate_limit``: ``"*"`` means one bucket shared by
+    every operation of the provider that the rule covers."""
+    timeout_rate: float = 0.0
+    timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS
+    timeout_mode: str = "504"
+    list_lag: float = 0.0
+
+
+_DEFAULTS = Knobs()
+
+
+class FaultPlan(BaseModel):
+    """Every fault knob of the simulator, as rules; see the module docstring for how they combine."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    rules: list[FaultRule] = Field(default_factory=list)
+
+    def knobs(self, provider: str, operation: str) -> Knobs:
+        matching = sorted(
+            (
+                (rule.specificity(), index, rule)
+                for index, rule in enumerate(self.rules)
+                if rule.provider in (ANY, provider) and rule.operation in (ANY, operation)
+            ),
+            key=lambda item: (item[0], item[1]),
+        )
+        values: dict[str, Any] = {}
+        for _, _, rule in matching:
+            for name in rule.model_fields_set & set(KNOBS):
+                values[name] = getattr(rule, name)
+                if name == "rate_limit":
+                    values["rate_limit_scope"] = rule.operation
+        settled = {name: value for name, value in values.items() if value is not None}
+        if values.get("rate_limit") is None:
+            settled.pop("rate_limit_scope", None)
+        for name in ("retry_after", "timeout_seconds", "timeout_mode"):
+            settled.setdefault(name, getattr(_DEFAULTS, name))
+        return Knobs(**settled)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"rules": [rule.to_json() for rule in self.rules]}
+
+    @classmethod
+    def from_json(cls, data: Any) -> FaultPlan:
+        """A plan from its JSON form; ``ValueError`` with one line naming the first problem."""
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise ValueError(_one_line(exc)) from None
+
+    def check_operations(self, known: Mapping[str, Collection[str]]) -> None:
+        """``ValueError`` if a rule names an operation its provider does not have."""
+        for index, rule in enumerate(self.rules):
+            if rule.operation == ANY:
+                continue
+            providers = PROVIDERS if rule.provider == ANY else (rule.provider,)
+            if not any(rule.operation in known.get(p, ()) for p in providers):
+                where = "any provider" if rule.provider == ANY else rule.provider
+                raise ValueError(
+                    f"rules.{index}: unknown operation {rule.operation!r} for {where} "
+                    "(see docs/simulator.md for the names)"
+                )
+
+    def describe(self) -> list[str]:
+        """One line per rule, for a start-up banner."""
+        lines = []
+        for rule in self.rules:
+            knobs = rule.to_json()
+            del knobs["provider"], knobs["operation"]
+            lines.append(f"{rule.target} {json.dumps(knobs, separators=(',', ':'))}")
+        return lines
+
+
+def _one_line(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    where = ".".join(str(part) for part in first["loc"])
+    message = str(first["msg"]).removeprefix("Value error, ")
+    more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+    return f"{where}: {message}{more}" if where else message + more
+
+
+def known_operations() -> dict[str, frozenset[str]]:
+    """Every operation name each fake gives its requests (Railway: every root field of its schema)."""
+    from providers.simulated import agentmail, openrouter, railway, telnyx
+
+    named = {
+        "railway": railway.operations(),
+        "openrouter": frozenset(openrouter.OPERATIONS),
+        "agentmail": frozenset(agentmail.OPERATIONS),
+        "telnyx": frozenset(telnyx.OPERATIONS),
+    }
+    return {provider: names | {UNKNOWN} for provider, names in named.items()}
+
+
+# --- queued failures --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Failure:
+    """One scripted answer, served instead of the next matching request.
+
+    It answers ``status`` with ``message`` in the provider's envelope (for Railway, status 200
+    is a GraphQL error in a 200), or ``body`` as given (a provider's specific error), or ``raw``
+    as a literal ``text/html`` page (a proxy's error page). ``retry_after`` adds that header.
+    It matches requests to ``operation`` (any if None), with ``method`` and a path containing
+    ``path_contains`` when those are given.
+    """
+
+    status: int
+    message: str = "Simulated failure"
+    body: Mapping[str, Any] | None = None
+    retry_after: float | None = None
+    raw: str | None = None
+    operation: str | None = None
+    method: str | None = None
+    path_contains: str | None = None
+
+    def matches(self, scope: Scope, operation: str) -> bool:
+        if self.operation is not None and self.operation != operation:
+            return False
+        if self.method is not None and scope.get("method") != self.method.upper():
+            return False
+        return self.path_contains is None or self.path_contains in str(scope.get("path", ""))
+
+    def response(self, envelope: ErrorBody) -> Response:
+        headers = {} if self.retry_after is None else {"Retry-After": _seconds(self.retry_after)}
+        if self.raw is not None:
+            return Response(self.raw, status_code=self.status, headers=headers, media_type="text/html")
+        body = dict(self.body) if self.body is not None else envelope(self.status, self.message)
+        return error_response(self.status, body, headers)
+
+
+# --- the per-provider engine ------------------------------------------------------------------
+
+
+@dataclass
+class _Bucket:
+    tokens: float
+    updated: float
+
+    def take(self, now: float, limit: RateLimit) -> float:
+        """0 if a token was taken, else the seconds until one will be there."""
+        elapsed = max(0.0, now - self.updated)
+        self.tokens = min(float(limit.calls), self.tokens + elapsed * limit.calls / limit.per_seconds)
+        self.updated = now
+        if self.tokens >= 1.0 - 1e-9:
+            self.tokens = max(0.0, self.tokens - 1.0)
+            return 0.0
+        return (1.0 - self.tokens) * limit.per_seconds / limit.calls
+
+
+@dataclass
+class _OperationLog:
+    count: int = 0
+    throttled: int = 0
+    statuses: Counter[str] = field(default_factory=Counter)
+    faults: Counter[str] = field(default_factory=Counter)
+    calls: deque[float] = field(default_factory=lambda: deque(maxlen=HISTORY))
+    throttles: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=HISTORY))
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "count": self.count,
+            "statuses": dict(sorted(self.statuses.items())),
+            "faults": dict(sorted(self.faults.items())),
+            "throttled": self.throttled,
+            "calls": list(self.calls),
+            "throttles": list(self.throttles),
+        }
+
+
+@dataclass(frozen=True)
+class _Decision:
+    at: float
+    fault: str | None = None
+    """What answered: None (the fake), queued, rate_limit, timeout, throttle_rate, error_rate,
+    graphql_error_rate."""
+    response: Response | None = None
+    retry_after: float | None = None
+
+
+class Faults:
+    """One provider's fault layer: the knobs in force, queued failures, buckets, list lag, log.
+
+    ``envelope`` builds the provider's error body; ``seed`` seeds the decisions (None: random);
+    ``clock`` (monotonic seconds) times rate limits, list lag and the log, so a test can move
+    time; ``rate_limited`` lets a fake answer a call over its rate limit its own way;
+    ``graphql_errors`` enables ``graphql_error_rate`` (Railway).
+    """
+
+    def __init__(
+        self,
+        provider: str,
+        envelope: ErrorBody,
+        *,
+        seed: int | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        rate_limited: RateLimitAnswer | None = None,
+        graphql_errors: bool = False,
+    ) -> None:
+        self.provider = provider
+        self.envelope = envelope
+        self.clock = clock
+        self._seed = seed
+        self._rate_limited = rate_limited
+        self._graphql_errors = graphql_errors
+        self._lock = threading.Lock()
+        self._plan = FaultPlan()
+        self._queued: list[tuple[Failure, int]] = []
+        self._buckets: dict[str, _Bucket] = {}
+        self._streams: dict[tuple[str, str], random.Random] = {}
+        self._hidden: dict[str, float] = {}
+        self._log: dict[str, _OperationLog] = {}
+
+    # -- configuration ---------------------------------------------------------------------------
+
+    @property
+    def plan(self) -> FaultPlan:
+        return self._plan
+
+    @plan.setter
+    def plan(self, plan: FaultPlan) -> None:
+        """Put ``plan`` in force; buckets and random streams start afresh (same seed, same run)."""
+        with self._lock:
+            self._plan = plan
+            self._buckets.clear()
+            self._streams.clear()
+
+    def knobs(self, operation: str) -> Knobs:
+        return self._plan.knobs(self.provider, operation)
+
+    def fail_next(
+        self,
+        status: int,
+        message: str = "Simulated failure",
+        *,
+        body: Mapping[str, Any] | None = None,
+        retry_after: float | None = None,
+        raw: str | None = None,
+        operation: str | None = None,
+        method: str | None = None,
+        path_contains: str | None = None,
+        times: int = 1,
+    ) -> None:
+        """Answer the next ``times`` matching requests with a :class:`Failure` built from these."""
+        failure = Failure(status, message, body, retry_after, raw, operation, method, path_contains)
+        self.inject(failure, times)
+
+    def inject(self, failure: Failure, times: int = 1) -> None:
+        """Serve ``failure`` to the next ``times`` matching requests (after those queued before)."""
+        if times >= 1:
+            with self._lock:
+                self._queued.append((failure, times))
+
+    def clear(self) -> None:
+        """Drop every queued failure."""
+        with self._lock:
+            self._queued.clear()
+
+    def reset(self) -> None:
+        """Forget queued failures, buckets, list lag and the request log (the plan stays)."""
+        with self._lock:
+            self._queued.clear()
+            self._buckets.clear()
+            self._streams.clear()
+            self._hidden.clear()
+            self._log.clear()
+
+    # -- list lag --------------------------------------------------------------------------------
+
+    def created(self, operation: str, resource_id: str) -> None:
+        """``operation`` made ``resource_id``: keep it out of listings for its ``list_lag``."""
+        lag = self.knobs(operation).list_lag
+        if lag <= 0:
+            return
+        now = self.clock()
+        with self._lock:
+            if len(self._hidden) >= HISTORY:
+                self._hidden = {rid: until for rid, until in self._hidden.items() if until > now}
+            self._hidden[resource_id] = now + lag
+
+    def is_listed(self, resource_id: str) -> bool:
+        """Whether a listing shows ``resource_id`` yet (GET by id always does)."""
+        with self._lock:
+            until = self._hidden.get(resource_id)
+            if until is None:
+                return True
+            if self.clock() >= until:
+                del self._hidden[resource_id]
+                return True
+            return False
+
+    # -- the request log -------------------------------------------------------------------------
+
+    def requests(self) -> dict[str, Any]:
+        """Calls per operation: counts by status and by fault, recent call times and throttles."""
+        with self._lock:
+            operations = {name: log.to_json() for name, log in sorted(self._log.items())}
+        return {"now": self.clock(), "operations": operations}
+
+    def clear_requests(self) -> None:
+        with self._lock:
+            self._log.clear()
+
+    def _record(
+        self, operation: str, at: float, status: int | None, fault: str | None, retry_after: float | None
+    ) -> None:
+        with self._lock:
+            log = self._log.setdefault(operation, _OperationLog())
+            log.count += 1
+            log.statuses["none" if status is None else str(status)] += 1
+            if fault is not None:
+                log.faults[fault] += 1
+            log.calls.append(at)
+            if status == 429 or fault == "rate_limit":
+                log.throttled += 1
+                log.throttles.append({"at": at, "status": status, "retry_after": retry_after})
+
+    # -- serving ---------------------------------------------------------------------------------
+
+    def wrap(self, app: ASGIApp, operation_of: OperationNamer) -> ASGIApp:
+        """``app`` behind this fault layer; ``operation_of`` names each request."""
+        return _Faulty(self, app, operation_of)
+
+    async def serve(
+        self, app: ASGIApp, operation_of: OperationNamer, scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        """Serve one ASGI call of ``app`` through this fault layer."""
+        if scope["type"] != "http":
+            await app(scope, receive, send)
+            return
+        body = await _read_body(receive)
+        if body is None:
+            return  # the client left before its request was complete
+        operation = operation_of(scope, body)
+        await self._serve(app, scope, _replay(body, receive), receive, send, operation)
+
+    async def _serve(
+        self, app: ASGIApp, scope: Scope, replayed: Receive, receive: Receive, send: Send, operation: str
+    ) -> None:
+        knobs = self.knobs(operation)
+        if knobs.latency is not None:
+            with self._lock:
+                delay = knobs.latency.sample(self._stream(operation, "latency"))
+            if delay > 0:
+                await asyncio.sleep(delay)
+        decision = self._decide(scope, operation, knobs)
+        tracker = _Tracker(send)
+        try:
+            if decision.fault == "timeout":
+                if not await _hang(knobs.timeout_seconds, receive):
+                    if knobs.timeout_mode == "drop":
+                        await _drop(send)
+                    else:
+                        timed_out = self.envelope(504, "Gateway Timeout (simulated)")
+                        await error_response(504, timed_out)(scope, replayed, tracker.send)
+            elif decision.response is not None:
+                await decision.response(scope, replayed, tracker.send)
+            else:
+                await app(scope, replayed, tracker.send)
+        finally:
+            retry_after = decision.retry_after if decision.retry_after is not None else tracker.retry_after
+            self._record(operation, decision.at, tracker.status, decision.fault, retry_after)
+
+    def _decide(self, scope: Scope, operation: str, knobs: Knobs) -> _Decision:
+        with self._lock:
+            at = self.clock()
+            draw = self._stream(operation, "outcome").random()  # drawn for every call: stable streams
+            for index, (failure, times) in enumerate(self._queued):
+                if failure.matches(scope, operation):
+                    if times > 1:
+                        self._queued[index] = (failure, times - 1)
+                    else:
+                        del self._queued[index]
+                    return _Decision(at, "queued", failure.response(self.envelope), failure.retry_after)
+            if knobs.rate_limit is not None:
+                bucket = self._buckets.setdefault(knobs.rate_limit_scope, _Bucket(float(knobs.rate_limit.calls), at))
+                wait = bucket.take(at, knobs.rate_limit)
+                if wait > 0:
+                    wait = math.ceil(wait * 1000 - 1e-6) / 1000  # exact, rounded up to the millisecond
+                    return _Decision(at, "rate_limit", self._over_limit(operation, wait, knobs), wait)
+        threshold = knobs.timeout_rate
+        if draw < threshold:
+            return _Decision(at, "timeout")
+        threshold += knobs.throttle_rate
+        if draw < threshold:
+            throttled = self.envelope(429, "Too many requests (simulated)")
+            headers = {"Retry-After": _seconds(knobs.retry_after)}
+            return _Decision(at, "throttle_rate", error_response(429, throttled, headers), knobs.retry_after)
+        for status, rate in sorted(knobs.error_rates.items()):
+            threshold += rate
+            if draw < threshold:
+                message = f"{_phrase(status)} (simulated)"
+                return _Decision(at, "error_rate", error_response(status, self.envelope(status, message)))
+        if self._graphql_errors:
+            threshold += knobs.graphql_error_rate
+            if draw < threshold:
+                answer = self.envelope(200, "Problem processing request")
+                return _Decision(at, "graphql_error_rate", error_response(200, answer))
+        return _Decision(at)
+
+    def _over_limit(self, operation: str, wait: float, knobs: Knobs) -> Response:
+        if self._rate_limited is not None:
+            answer = self._rate_limited(operation, wait)
+            if answer is not None:
+                return answer
+        assert knobs.rate_limit is not None
+        limit = knobs.rate_limit
+        message = f"Rate limit exceeded: {limit.calls} per {limit.per_seconds:g}s (simulated)"
+        return error_response(429, self.envelope(429, message), {"Retry-After": _seconds(wait)})
+
+    def _stream(self, operation: str, purpose: str) -> random.Random:
+        key = (operation, purpose)
+        stream = self._streams.get(key)
+        if stream is None:
+            seed = None if self._seed is None else f"{self._seed}/{self.provider}/{operation}/{purpose}"
+            stream = self._streams[key] = random.Random(seed)
+        return stream
+
+
+def early_calls(requests: Mapping[str, Any]) -> list[str]:
+    """Calls made to an operation before the ``Retry-After`` of an earlier throttle had elapsed.
+
+    ``requests`` is the answer of ``GET /_admin/requests`` (``Simulator.requests()``). Checked
+    per operation, over the recent calls and throttles the log keeps; for Railway's "too
+    quickly" (sent without ``Retry-After``) the wait checked is the exact one the bucket needed.
+    An empty list means every throttled client waited as asked.
+    """
+    found = []
+    for provider, served in requests.items():
+        for operation, log in served["operations"].items():
+            for throttle in log["throttles"]:
+                start, wait = throttle["at"], throttle["retry_after"] or 0.0
+                for called in log["calls"]:
+                    if start < called < start + wait - 1e-6:
+                        found.append(
+                            f"{provider} {operation}: called {called - start:.3f}s after a throttle "
+                            f"that asked for {wait:g}s"
+                        )
+    return found
+
+
+def route_operations(routes: Iterable[BaseRoute]) -> OperationNamer:
+    """Names requests by the ``name`` of the Starlette route that serves them (else ``unknown``)."""
+    named = [route for route in routes if isinstance(route, Route)]
+
+    def operation_of(scope: Scope, body: bytes) -> str:
+        for route in named:
+            match, _ = route.matches(scope)
+            if match is Match.FULL:
+                return route.name
+        return UNKNOWN
+
+    return operation_of
+
+
+# --- ASGI helpers -----------------------------------------------------------------------------
+
+
+class _Faulty:
+    """An ASGI app behind a fault layer (an object, not a function: Starlette's ``Route`` would
+    take a plain function for a request handler)."""
+
+    def __init__(self, faults: Faults, app: ASGIApp, operation_of: OperationNamer) -> None:
+        self._faults = faults
+        self._app = app
+        self._operation_of = operation_of
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._faults.serve(self._app, self._operation_of, scope, receive, send)
+
+
+class _Tracker:
+    """Passes messages on, noting the status and ``Retry-After`` of the answer."""
+
+    def __init__(self, send: Send) -> None:
+        self._send = send
+        self.status: int | None = None
+        self.retry_after: float | None = None
+
+    async def send(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.status = int(message["status"])
+            for name, value in message.get("headers", []):
+                if name.lower() == b"retry-after":
+                    with contextlib.suppress(ValueError):
+                        self.retry_after = float(value.decode("latin-1"))
+        await self._send(message)
+
+
+async def _read_body(receive: Receive) -> bytes | None:
+    chunks: list[bytes] = []
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A ``receive`` that hands over the already read ``body`` first."""
+    pending = True
+
+    async def replayed() -> Message:
+        nonlocal pending
+        if pending:
+            pending = False
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replayed
+
+
+async def _hang(seconds: float, receive: Receive) -> bool:
+    """Wait ``seconds``, or less if the client goes away; True if it did."""
+
+    async def disconnected() -> bool:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        return True
+
+    waiter = asyncio.ensure_future(disconnected())
+    try:
+        done, _ = await asyncio.wait({waiter}, timeout=seconds)
+        return bool(done) and waiter.result()
+    finally:
+        if not waiter.done():
+            waiter.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await waiter
+
+
+async def _drop(send: Send) -> None:
+    """Start an answer that never comes: the server closes the connection mid-response.
+
+    Under a real server (uvicorn) the client sees the connection closed before the body
+    arrived; an in-process ``httpx.ASGITransport`` cannot show that and fails an assertion.
+    """
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"1024")]
+    await send({"type": "http.response.start", "status": 504, "headers": headers})
+
+
+def _seconds(value: float) -> str:
+    """A ``Retry-After`` value: delta-seconds, with a fraction only when there is one."""
+    return f"{value:.3f}".rstrip("0").rstrip(".") if value != int(value) else str(int(value))
+
+
+def _phrase(status: int) -> str:
+    try:
+        return http.HTTPStatus(status).phrase
+    except ValueError:
+        return f"HTTP {status}"
+
+
+# --- command-line flags -----------------------------------------------------------------------
+
+
+class FaultFlagError(ValueError):
+    """A fault flag that does not parse; the message is one line naming the flag."""
+
+
+_TARGET = re.compile(r"^(?P<provider>[a-z]+|\*)(?::(?P<operation>[A-Za-z_*][A-Za-z0-9_.]*))?=(?P<value>.*)$")
+_DURATION = re.compile(r"^(?P<number>\d+(?:\.\d+)?|\.\d+)?\s*(?P<unit>ms|s|m|h)?$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+
+def parse_fault_flags(
+    *,
+    provider: str = ANY,
+    latency_ms: Sequence[str] = (),
+    error_rate: Sequence[str] = (),
+    graphql_error_rate: Sequence[str] = (),
+    throttle_rate: Sequence[str] = (),
+    retry_after: Sequence[str] = (),
+    rate_limit: Sequence[str] = (),
+    timeout_rate: Sequence[str] = (),
+    timeout_seconds: Sequence[str] = (),
+    timeout_mode: Sequence[str] = (),
+    list_lag: Sequence[str] = (),
+    check_operations: bool = True,
+) -> FaultPlan:
+    """The plan the ``reconciler simulate`` fault flags describe (grammar: docs/simulator.md).
+
+    Every value may start with a target, ``PROVIDER[:OPERATION]=`` (``railway:volumeCreate=``,
+    ``openrouter=``, ``*:create_key=``); without one it applies to every operation of
+    ``provider`` (``--provider``, default every provider). Raises :class:`FaultFlagError`.
+    """
+    if provider != ANY and provider not in PROVIDERS:
+        raise FaultFlagError(f"--provider {provider!r}: unknown provider (use {_provider_list()})")
+    parsers: list[tuple[str, Sequence[str], Callable[[str], tuple[str, Any]]]] = [
+        ("--latency-ms", latency_ms, lambda v: ("latency", _latency(v))),
+        ("--error-rate", error_rate, lambda v: ("error_rates", _error_rates(v))),
+        ("--graphql-error-rate", graphql_error_rate, lambda v: ("graphql_error_rate", _rate(v))),
+        ("--throttle-rate", throttle_rate, lambda v: ("throttle_rate", _rate(v))),
+        ("--retry-after", retry_after, lambda v: ("retry_after", _duration(v))),
+        ("--rate-limit", rate_limit, lambda v: ("rate_limit", _rate_limit(v))),
+        ("--timeout-rate", timeout_rate, lambda v: ("timeout_rate", _rate(v))),
+        ("--timeout-seconds", timeout_seconds, lambda v: ("timeout_seconds", _positive(_duration(v)))),
+        ("--timeout-mode", timeout_mode, lambda v: ("timeout_mode", _timeout_mode(v))),
+        ("--list-lag", list_lag, lambda v: ("list_lag", _duration(v))),
+    ]
+    known = known_operations() if check_operations else None
+    targets: dict[tuple[str, str], dict[str, Any]] = {}
+    given_by: dict[tuple[str, str], list[str]] = {}
+    for flag, values, parse in parsers:
+        for raw in values:
+            target, text = _split_target(flag, raw, provider, known)
+            try:
+                knob, value = parse(text.strip())
+            except ValueError as exc:
+                raise FaultFlagError(f"{flag} {raw!r}: {exc}") from None
+            knobs = targets.setdefault(target, {})
+            given_by.setdefault(target, []).append(flag)
+            if knob == "error_rates":
+                clash = set(value) & set(knobs.get(knob, {}))
+                if clash:
+                    message = f"status {min(clash)} given twice for {_show(target)}"
+                    raise FaultFlagError(f"{flag} {raw!r}: {message}")
+                knobs[knob] = {**knobs.get(knob, {}), **value}
+            elif knob in knobs:
+                raise FaultFlagError(f"{flag} {raw!r}: given twice for {_show(target)}")
+            else:
+                knobs[knob] = value
+    rules = []
+    for (rule_provider, operation), knobs in targets.items():
+        try:
+            rules.append(FaultRule(provider=rule_provider, operation=operation, **knobs))
+        except ValidationError as exc:
+            flags = "/".join(dict.fromkeys(given_by[(rule_provider, operation)]))
+            where = _show((rule_provider, operation))
+            raise FaultFlagError(f"{flags} for {where}: {_one_line(exc)}") from None
+    return FaultPlan(rules=rules)
+
+
+def _split_target(
+    flag: str, raw: str, default_provider: str, known: Mapping[str, Collection[str]] | None
+) -> tuple[tuple[str, str], str]:
+    match = _TARGET.match(raw.strip())
+    if match is None:
+        return (default_provider, ANY), raw
+    provider, operation = match["provider"], match["operation"] or ANY
+    if provider != ANY and provider not in PROVIDERS:
+        raise FaultFlagError(f"{flag} {raw!r}: unknown provider {provider!r} (use {_provider_list()})")
+    if known is not None and operation != ANY:
+        providers = PROVIDERS if provider == ANY else (provider,)
+        if not any(operation in known[p] for p in providers):
+            where = "any provider" if provider == ANY else provider
+            raise FaultFlagError(f"{flag} {raw!r}: no operation {operation!r} at {where} (docs/simulator.md)")
+    return (provider, operation), match["value"]
+
+
+def _show(target: tuple[str, str]) -> str:
+    return f"{target[0]}:{target[1]}"
+
+
+def _provider_list() -> str:
+    return ", ".join(PROVIDERS) + " or *"
+
+
+def _number(text: str, what: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a number ({what})") from None
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{text!r} must be a non-negative number ({what})")
+    return value
+
+
+def _rate(text: str) -> float:
+    percent = text.endswith("%")
+    try:
+        value = float(text.removesuffix("%"))
+    except ValueError:
+        value = math.nan
+    value = value / 100 if percent else value
+    if not 0 <= value <= 1:  # NaN fails too
+        raise ValueError("not a rate: use a fraction from 0 to 1 (0.2) or a percentage (20%)")
+    return value
+
+
+def _duration(text: str) -> float:
+    match = _DURATION.match(text)
+    if not text or match is None or (match["number"] is None and match["unit"] is None):
+        raise ValueError(f"{text!r} is not a duration (seconds, or a number with ms, s, m or h)")
+    number = float(match["number"]) if match["number"] is not None else 1.0
+    return number * _UNITS[match["unit"]]
+
+
+def _positive(value: float) -> float:
+    if value <= 0:
+        raise ValueError("must be more than 0")
+    return value
+
+
+def _latency(text: str) -> Latency:
+    """``MS``, ``MS+JITTER`` or ``lognormal:MEDIAN:P99`` (milliseconds)."""
+    if text.startswith("lognormal:"):
+        parts = text.split(":")
+        if len(parts) != 3:
+            raise ValueError("expected lognormal:MEDIAN:P99 (milliseconds), such as lognormal:40:400")
+        median, p99 = (_number(part, "milliseconds") for part in parts[1:])
+        if median <= 0 or p99 < median:
+            raise ValueError("lognormal needs 0 < MEDIAN <= P99")
+        return Latency(median_ms=median, p99_ms=p99)
+    fixed, plus, jitter = text.partition("+")
+    if plus and not jitter:
+        raise ValueError("expected MS, MS+JITTER or lognormal:MEDIAN:P99 (milliseconds)")
+    if plus:
+        return Latency(fixed_ms=_number(fixed, "milliseconds"), jitter_ms=_number(jitter, "milliseconds"))
+    return Latency(fixed_ms=_number(fixed, "milliseconds"))
+
+
+def _error_rates(text: str) -> dict[int, float]:
+    """``STATUS=RATE[,STATUS=RATE...]``."""
+    rates: dict[int, float] = {}
+    for item in text.split(","):
+        status_text, equals, rate_text = item.strip().partition("=")
+        if not equals or not status_text.strip().isdigit():
+            raise ValueError("expected STATUS=RATE, such as 503=0.2")
+        status = int(status_text)
+        if not 400 <= status <= 599:
+            raise ValueError(f"status {status} is not an HTTP error status (400-599)")
+        if status in rates:
+            raise ValueError(f"status {status} given twice")
+        rates[status] = _rate(rate_text.strip())
+    return rates
+
+
+def _rate_limit(text: str) -> RateLimit:
+    """``CALLS/WINDOW``: ``1/30s``, ``10/m``, ``5/1.5``."""
+    calls_text, slash, window_text = text.partition("/")
+    if not slash or not calls_text.strip().isdigit() or int(calls_text) < 1:
+        raise ValueError("expected CALLS/WINDOW, such as 1/30s or 100/m")
+    window = _duration(window_text.strip())
+    if window <= 0:
+        raise ValueError("the window must be longer than 0")
+    return RateLimit(calls=int(calls_text), per_seconds=window)
+
+
+def _timeout_mode(text: str) -> str:
+    if text not in ("504", "drop"):
+        raise ValueError("expected 504 (answer Gateway Timeout) or drop (close the connection)")
+    return text

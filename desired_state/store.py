@@ -9,12 +9,22 @@ or through plain SQL wakes the loop the same way.
 ``put`` is idempotent: writing the same spec again changes nothing (no new generation, no
 wake-up). ``mark_absent`` does not delete: the row stays, marked for teardown, until the
 reconciler has confirmed every provider resource gone (the finalizer of ARCHITECTURE.md 3.4).
+
+Two writes serve the HTTP API, which must never lose a concurrent caller's change:
+
+* ``create`` inserts only when the id is new; an existing row is compared, never overwritten, so
+  a repeated create is idempotent and a different spec under the same id is a conflict.
+* ``modify`` is a read-modify-write in one short transaction: lock the row, read the spec and its
+  generation, apply a pure change, and write it with compare-and-set on the generation. The row
+  lock serialises concurrent API writers (no retry storms: eight concurrent ``configure`` calls
+  setting different variables all land, in some order); the generation check would also catch a
+  writer that did not lock, and the change is then retried on the fresh row.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -22,8 +32,9 @@ from typing import Any
 from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
+from pydantic import ValidationError
 
-from desired_state.models import InstanceSpec
+from desired_state.models import InstanceSpec, describe_validation_error
 
 UPSERT_DESIRED = """
 INSERT INTO desired_instances (instance_id, name, spec, present)
@@ -33,6 +44,31 @@ ON CONFLICT (instance_id) DO UPDATE
  WHERE (desired_instances.name, desired_instances.spec, desired_instances.present)
        IS DISTINCT FROM (EXCLUDED.name, EXCLUDED.spec, TRUE)
 RETURNING (xmax = 0) AS inserted, generation
+"""
+
+# Create-if-absent: an existing row is left alone (compared by ``create``, never overwritten).
+INSERT_IF_ABSENT = """
+INSERT INTO desired_instances (instance_id, name, spec, present)
+VALUES (%(instance_id)s, %(name)s, %(spec)s, TRUE)
+ON CONFLICT (instance_id) DO NOTHING
+RETURNING generation
+"""
+
+COMPARE_EXISTING = """
+SELECT generation, present, (name = %(name)s AND spec = %(spec)s) AS same
+  FROM desired_instances WHERE instance_id = %(instance_id)s
+"""
+
+SELECT_SPEC_FOR_CHANGE = """
+SELECT name, spec, present, generation FROM desired_instances WHERE instance_id = %(instance_id)s
+FOR NO KEY UPDATE
+"""
+
+# Compare-and-set: lands only if nobody changed the row since it was read.
+UPDATE_IF_GENERATION = """
+UPDATE desired_instances SET name = %(name)s, spec = %(spec)s
+ WHERE instance_id = %(instance_id)s AND generation = %(generation)s AND present
+RETURNING generation
 """
 
 MARK_ABSENT = """
@@ -62,6 +98,48 @@ class PutResult:
     instance_id: str
     outcome: PutOutcome
     generation: int | None
+
+
+class CreateOutcome(enum.StrEnum):
+    CREATED = "created"
+    EXISTS = "exists"
+    """The same instance id with the same name and spec: nothing written."""
+    CONFLICT = "conflict"
+    """The instance id exists with a different name or spec: nothing written."""
+    DELETING = "deleting"
+    """The instance id exists and is marked absent (teardown in progress): nothing written."""
+
+
+@dataclass(frozen=True)
+class CreateResult:
+    instance_id: str
+    outcome: CreateOutcome
+    generation: int
+
+
+@dataclass(frozen=True)
+class ModifyResult:
+    spec: InstanceSpec
+    """The spec as stored after the change."""
+    generation: int
+    """The generation that holds the change (unchanged when the change was a no-op)."""
+    changed: bool
+
+
+class InstanceNotFound(LookupError):
+    """No desired row with this instance id."""
+
+
+class InstanceDeleting(Exception):
+    """The row is marked absent; its spec can no longer be changed."""
+
+
+class ConcurrentUpdate(Exception):
+    """Other writers kept changing the row; the change was not written."""
+
+
+class StoredSpecInvalid(Exception):
+    """The stored spec (written over plain SQL) is not valid, so it cannot be changed by merging."""
 
 
 @dataclass(frozen=True)
@@ -142,3 +220,74 @@ async def list_instances(
         else:
             await cur.execute(SELECT_SOME, {"ids": list(instance_ids)})
         return [DesiredInstance.from_row(row) for row in await cur.fetchall()]
+
+
+async def create(conn: AsyncConnection[Any], spec: InstanceSpec) -> CreateResult:
+    """Insert a new desired instance, or report how the existing one compares (never overwrites)."""
+    params = {"instance_id": spec.instance_id, "name": spec.name, "spec": Jsonb(spec.spec_document())}
+    for _ in range(3):  # the row may vanish between the insert and the compare (teardown finished)
+        async with conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(INSERT_IF_ABSENT, params)
+            inserted = await cur.fetchone()
+            if inserted is not None:
+                return CreateResult(spec.instance_id, CreateOutcome.CREATED, inserted["generation"])
+            await cur.execute(COMPARE_EXISTING, params)
+            row = await cur.fetchone()
+        if row is None:
+            continue
+        if not row["present"]:
+            outcome = CreateOutcome.DELETING
+        else:
+            outcome = CreateOutcome.EXISTS if row["same"] else CreateOutcome.CONFLICT
+        return CreateResult(spec.instance_id, outcome, row["generation"])
+    raise ConcurrentUpdate(spec.instance_id)
+
+
+async def put_if_generation(conn: AsyncConnection[Any], spec: InstanceSpec, generation: int) -> int | None:
+    """Write ``spec`` only if the row is present and still at ``generation``; the new generation or None."""
+    params = {
+        "instance_id": spec.instance_id,
+        "name": spec.name,
+        "spec": Jsonb(spec.spec_document()),
+        "generation": generation,
+    }
+    async with conn.cursor() as cur:
+        await cur.execute(UPDATE_IF_GENERATION, params)
+        row = await cur.fetchone()
+    return None if row is None else int(row[0])
+
+
+async def modify(
+    conn: AsyncConnection[Any],
+    instance_id: str,
+    change: Callable[[InstanceSpec], InstanceSpec],
+    *,
+    attempts: int = 5,
+) -> ModifyResult:
+    """Read-modify-write one spec: row lock, then compare-and-set on its generation.
+
+    ``change`` gets the stored spec and returns the wanted one (or raises, which aborts with
+    nothing written). Raises :class:`InstanceNotFound`, :class:`InstanceDeleting`,
+    :class:`StoredSpecInvalid`, or :class:`ConcurrentUpdate` after ``attempts`` lost races.
+    """
+    for _ in range(attempts):
+        async with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(SELECT_SPEC_FOR_CHANGE, {"instance_id": instance_id})
+            row = await cur.fetchone()
+            if row is None:
+                raise InstanceNotFound(instance_id)
+            if not row["present"]:
+                raise InstanceDeleting(instance_id)
+            try:
+                current = InstanceSpec.from_row(instance_id, row["name"], row["spec"])
+            except ValidationError as exc:
+                raise StoredSpecInvalid("; ".join(describe_validation_error(exc, "spec."))) from None
+            wanted = change(current)
+            if wanted.instance_id != instance_id:
+                raise ValueError("a change must not alter the instance id")
+            if wanted == current:
+                return ModifyResult(current, row["generation"], changed=False)
+            generation = await put_if_generation(conn, wanted, row["generation"])
+            if generation is not None:
+                return ModifyResult(wanted, generation, changed=True)
+    raise ConcurrentUpdate(instance_id)

@@ -34,6 +34,8 @@ from providers.base import ConfigError, DesiredResource, Observed, ResourceKind,
 
 PROVIDER = "openrouter"
 LIMIT_RESETS = frozenset({"daily", "weekly", "monthly"})
+MAX_PAGES = 10_000
+STALE_PAGES_LIMIT = 3
 OPERATIONS: tuple[str, ...] = ("lookup_key", "list_keys", "create_key", "get_key", "update_key", "delete_key")
 """Every operation name this module passes to ``ProviderHTTP.request`` (metric labels)."""
 
@@ -92,10 +94,17 @@ class OpenRouterKeyDriver:
         require(PROVIDER, "delete_key", answer, "deleted")
 
     async def _list_keys(self, operation: str) -> AsyncIterator[Mapping[str, Any]]:
-        """Every key, page by page, until an empty page."""
+        """Every key once, page by page, until an empty page.
+
+        The listing is newest first, so a key created while we page pushes older ones to later
+        offsets and we see some twice: duplicates are skipped, not an error, unless several pages
+        in a row bring nothing new (a server ignoring ``offset``). A key deleted while we page can
+        shift one past us unseen; a lookup that misses is safe, because the garbage collector
+        removes a second key under a live instance's name. ``MAX_PAGES`` bounds the listing.
+        """
         seen: set[str] = set()
-        offset = 0
-        while True:
+        offset = stale_pages = 0
+        for _ in range(MAX_PAGES):
             answer = await self._http.request(
                 operation, "GET", "/keys", params={"offset": offset, "include_disabled": "true"}
             )
@@ -104,13 +113,19 @@ class OpenRouterKeyDriver:
                 raise Transient(PROVIDER, operation, "answer data is not a list (contract mismatch)")
             if not page:
                 return
-            hashes = {str(require(PROVIDER, operation, key, "hash")) for key in page}
-            if hashes <= seen:
-                raise Transient(PROVIDER, operation, f"listing did not advance at offset {offset}")
-            seen |= hashes
+            fresh = 0
             for key in page:
-                yield key
+                key_hash = str(require(PROVIDER, operation, key, "hash"))
+                if key_hash not in seen:
+                    seen.add(key_hash)
+                    fresh += 1
+                    yield key
+            # One page of nothing new can be a burst of creates; several mean offset is ignored.
+            stale_pages = 0 if fresh else stale_pages + 1
+            if stale_pages >= STALE_PAGES_LIMIT:
+                raise Transient(PROVIDER, operation, f"listing did not advance at offset {offset}")
             offset += len(page)
+        raise Transient(PROVIDER, operation, f"listing did not end after {MAX_PAGES} pages")
 
 
 def _key_path(key_hash: str) -> str:

@@ -11,6 +11,7 @@ same store, loop, drivers and HTTP; only the providers are simulated.
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import string
 import time
@@ -24,6 +25,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from desired_state import store
 from desired_state.models import InstanceSpec, Tool
 from providers.simulated.app import Simulator, SimulatorSettings, base_urls
+from providers.simulated.faults import FaultPlan, FaultRule
 from providers.simulated.server import serve_in_background
 from reconciler.db import create_database, migrate
 from reconciler.engine import EngineSettings
@@ -94,11 +96,28 @@ async def _wait(
 
 
 async def run_demo(
-    server_url: str, console: Console, *, instances: int, deploy_seconds: float, time_limit: float
+    server_url: str,
+    console: Console,
+    *,
+    instances: int,
+    deploy_seconds: float,
+    time_limit: float,
+    error_rate: float = 0.0,
+    throttle_rate: float = 0.0,
 ) -> bool:
+    # Deferrals are expected here (and shown by `reconciler why`); keep the progress bars readable.
+    logging.getLogger("reconciler.engine").setLevel(logging.ERROR)
     url = create_database(server_url, DEMO_DATABASE)
     migrate(url)
     simulator = Simulator(SimulatorSettings(deploy_seconds=deploy_seconds, seed=7))
+    if error_rate or throttle_rate:
+        half = error_rate / 2
+        rule = FaultRule(error_rates={500: half, 503: half}, throttle_rate=throttle_rate, retry_after=1.0)
+        simulator.set_faults(FaultPlan(rules=[rule]))
+        console.print(
+            f"Injecting faults: {error_rate:.0%} of provider calls fail with 500/503, "
+            f"{throttle_rate:.0%} answer 429 with Retry-After: 1"
+        )
     metrics = Metrics(CollectorRegistry())
     options = RuntimeOptions(
         engine=EngineSettings(poll_interval=300.0, not_ready_interval=0.5, batch_size=16), tick_seconds=0.5

@@ -141,6 +141,7 @@ class _State:
     observed: dict[ResourceKind, ObservedRow] = field(default_factory=dict)
     secrets: dict[ResourceKind, str] = field(default_factory=dict)
     actions: list[Action] = field(default_factory=list)
+    progress: int = 0  # provider-side changes this pass completed (and recorded)
 
 
 class Reconciler:
@@ -436,6 +437,7 @@ class Reconciler:
                 await self._event(conn, claim, want.kind, action, "ok", {"external_id": found.external_id})
         if action is not None:
             self._metrics.resource_mutations.labels(want.kind.value, action).inc()
+            state.progress += 1
         if found.secret is not None:
             state.secrets[want.kind] = found.secret
         previous = state.observed.get(want.kind)
@@ -458,6 +460,7 @@ class Reconciler:
                 await self._event(conn, claim, kind, action, outcome, {"external_id": row.external_id})
         if row is not None and row.external_id is not None:
             self._metrics.resource_mutations.labels(kind.value, action).inc()
+            state.progress += 1
         state.observed.pop(kind, None)
         state.secrets.pop(kind, None)
 
@@ -619,7 +622,9 @@ class Reconciler:
             error_class = type(retry.error).__name__.lower().replace("notfound", "not_found")
         self._metrics.retried.labels(retry.error.provider, error_class).inc()
         throttled = retry.result == "throttled"
-        attempts = claim.attempts if throttled else claim.attempts + 1
+        # Backoff grows with failures in a row *without progress*: a pass that created two
+        # resources before failing on the third starts the count again.
+        attempts = claim.attempts if throttled else (1 if state.progress else claim.attempts + 1)
         delay = retry.delay if retry.delay >= 0 else self.backoff(attempts)
         message = f"{retry.kind.value}: {retry.error}"
         phase = "Failed" if retry.result == "terminal" else ("Provisioning" if present else "Deleting")

@@ -10,9 +10,16 @@ from __future__ import annotations
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
+from providers import agentmail, openrouter, railway, telnyx
 from providers.base import ResourceKind
 
 PROVIDERS = ("railway", "openrouter", "agentmail", "telnyx")
+PROVIDER_OPERATIONS: dict[str, tuple[str, ...]] = {
+    "railway": railway.OPERATIONS,
+    "openrouter": openrouter.OPERATIONS,
+    "agentmail": agentmail.OPERATIONS,
+    "telnyx": telnyx.OPERATIONS,
+}
 CALL_OUTCOMES = ("ok", "transient", "throttled", "not_found", "conflict", "config_error")
 RECONCILE_KINDS = ("converge", "teardown")
 RECONCILE_RESULTS = ("done", "requeue", "retry", "throttled", "terminal", "lease_lost", "gone")
@@ -138,6 +145,9 @@ class Metrics:
         for provider in PROVIDERS:
             self.provider_seconds.labels(provider)
             self.throttled.labels(provider)
+            for operation in PROVIDER_OPERATIONS[provider]:
+                for outcome in CALL_OUTCOMES:
+                    self.provider_calls.labels(provider, operation, outcome)
         for resource in ResourceKind:
             for action in ("create", "adopt", "update", "delete", "drift"):
                 self.resource_mutations.labels(resource.value, action)

@@ -132,7 +132,8 @@ async def test_run_serves_metrics_converges_and_stops_cleanly_on_sigterm(
 ) -> None:
     spec = tmp_path / "one.yaml"
     spec.write_text("- instanceId: run1\n  tools: [openrouter]\n")
-    env = cli_env(db_url, sim)
+    api_port = free_port()
+    env = cli_env(db_url, sim) | {"SERVICES_API_KEY": "test-api-key", "PORT": str(api_port)}
     assert (await run_cli("apply", str(spec), env=env))[0] == 0
     port = free_port()
     process = await asyncio.create_subprocess_exec(
@@ -157,6 +158,14 @@ async def test_run_serves_metrics_converges_and_stops_cleanly_on_sigterm(
                 await asyncio.sleep(0.1)
             assert phase == ("Ready",)
             metrics = (await client.get(f"http://127.0.0.1:{port}/metrics")).text
+            # The HTTP API runs in the same process, and answers from our tables.
+            api = f"http://127.0.0.1:{api_port}"
+            assert (await client.get(f"{api}/healthz")).status_code == 200
+            assert (await client.post(f"{api}/status/batch", json={})).status_code == 401
+            batch = await client.post(
+                f"{api}/status/batch", json={}, headers={"Authorization": "Bearer test-api-key"}
+            )
+            assert [s["instanceId"] for s in batch.json()["services"]] == ["run1"]
         assert 'reconciler_reconcile_total{kind="converge",result="done"}' in metrics
         assert "reconciler_provider_calls_total{operation=" in metrics
         assert "simulated" not in metrics and "sk-or-v1" not in metrics
@@ -165,6 +174,12 @@ async def test_run_serves_metrics_converges_and_stops_cleanly_on_sigterm(
         _, err = await asyncio.wait_for(process.communicate(), 20)
     assert process.returncode == 0, err.decode()
     assert "reconciler stopped" in err.decode()
+
+
+async def test_run_refuses_to_open_an_unauthenticated_api(db_url: str, sim: Sim) -> None:
+    code, _, err = await run_cli("run", "--metrics-port", "0", env=cli_env(db_url, sim))
+    assert code == 2
+    assert "SERVICES_API_KEY is not set: refusing to serve an unauthenticated API (or run with --no-api)" in err
 
 
 async def test_simulate_prints_base_urls_and_serves_the_admin_route() -> None:

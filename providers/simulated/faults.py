@@ -654,13 +654,15 @@ class Faults:
         return stream
 
 
-def early_calls(requests: Mapping[str, Any]) -> list[str]:
+def early_calls(requests: Mapping[str, Any], in_flight: float = 0.0) -> list[str]:
     """Calls made to an operation before the ``Retry-After`` of an earlier throttle had elapsed.
 
     ``requests`` is the answer of ``GET /_admin/requests`` (``Simulator.requests()``). Checked
     per operation, over the recent calls and throttles the log keeps; for Railway's "too
     quickly" (sent without ``Retry-After``) the wait checked is the exact one the bucket needed.
-    An empty list means every throttled client waited as asked.
+    ``in_flight`` excuses calls arriving within that many seconds of the throttle: a concurrent
+    client's request already on its way when the 429 left cannot be recalled, so only calls sent
+    after the client could have read the 429 count. An empty list means every client waited.
     """
     found = []
     for provider, served in requests.items():
@@ -668,7 +670,7 @@ def early_calls(requests: Mapping[str, Any]) -> list[str]:
             for throttle in log["throttles"]:
                 start, wait = throttle["at"], throttle["retry_after"] or 0.0
                 for called in log["calls"]:
-                    if start < called < start + wait - 1e-6:
+                    if start + in_flight < called < start + wait - 1e-6:
                         found.append(
                             f"{provider} {operation}: called {called - start:.3f}s after a throttle "
                             f"that asked for {wait:g}s"

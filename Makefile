@@ -22,6 +22,9 @@ demo: $(STAMP)  ## converge 25 instances on simulated providers, then tear them 
 test: $(STAMP)  ## the test suite (slow chaos/benchmark tests run in their short form)
 	$(BIN)/python -m pytest -q
 
+chaos: $(STAMP)  ## the long chaos run: 500 instances, three replicas killed at random
+	CHAOS_INSTANCES=500 $(BIN)/python -m pytest -q -p no:cacheprovider tests/test_chaos.py -k three_replicas
+
 lint: $(STAMP)  ## ruff and mypy --strict
 	$(BIN)/ruff check .
 	$(BIN)/mypy

@@ -61,6 +61,7 @@ OPERATIONS: tuple[str, ...] = (
     "project.services",
     "environment.serviceInstances",
     "environment.volumeInstances",
+    "environment.config",
     "service",
     "serviceInstance",
     "serviceCreate",
@@ -143,6 +144,13 @@ query EnvironmentServiceInstances($environmentId: String!, $first: Int!, $after:
   }}
 }}"""
 
+# The whole environment's config (every service's source, deploy and variables) in one call:
+# the batched read drift detection diffs against what we applied.
+ENVIRONMENT_CONFIG = """
+query EnvironmentConfig($environmentId: String!) {
+  environment(id: $environmentId) { config(decryptVariables: true) }
+}"""
+
 ENVIRONMENT_VOLUME_INSTANCES = f"""
 query EnvironmentVolumeInstances($environmentId: String!, $first: Int!, $after: String) {{
   environment(id: $environmentId) {{
@@ -199,6 +207,7 @@ ALL_DOCUMENTS: tuple[str, ...] = (
     SERVICE_INSTANCE,
     ENVIRONMENT_SERVICE_INSTANCES,
     ENVIRONMENT_VOLUME_INSTANCES,
+    ENVIRONMENT_CONFIG,
     VOLUME_CREATE,
     VOLUME_INSTANCE_UPDATE,
     VOLUME_DELETE,
@@ -399,6 +408,38 @@ class RailwayClient:
         instance: dict[str, Any] = require(PROVIDER, "serviceInstance", data, "serviceInstance")
         return instance
 
+    async def service_configs(self) -> dict[str, dict[str, Any]]:
+        """Every service's config in our environment, by service id, from one call.
+
+        Each value: ``variables`` (name to value, decrypted), ``image`` and ``start_command``
+        (None when unset). Values are secrets: callers compare them, never log them.
+        """
+        operation = "environment.config"
+        data = await self.execute(operation, ENVIRONMENT_CONFIG, {"environmentId": await self.environment_id()})
+        config = require(PROVIDER, operation, data, "environment", "config")
+        services = config.get("services") if isinstance(config, Mapping) else None
+        if services is None:
+            return {}
+        if not isinstance(services, Mapping):
+            raise Transient(PROVIDER, operation, "config.services is not an object (contract mismatch)")
+        configs: dict[str, dict[str, Any]] = {}
+        for service_id, entry in services.items():
+            entry = entry if isinstance(entry, Mapping) else {}
+            raw = entry.get("variables") or {}
+            variables = {
+                str(name): str(value["value"])
+                for name, value in (raw.items() if isinstance(raw, Mapping) else ())
+                if isinstance(value, Mapping) and isinstance(value.get("value"), str)
+            }
+            source = entry.get("source") or {}
+            deploy = entry.get("deploy") or {}
+            configs[str(service_id)] = {
+                "variables": variables,
+                "image": source.get("image") if isinstance(source, Mapping) else None,
+                "start_command": deploy.get("startCommand") if isinstance(deploy, Mapping) else None,
+            }
+        return configs
+
     async def list_services(self) -> list[dict[str, Any]]:
         """Every service of the project, with its state in our environment, in two paged listings.
 
@@ -577,9 +618,7 @@ class RailwayVolumeDriver:
     async def observe(self, external_id: str, want: DesiredResource) -> Observed:
         node = await self._find("volumeId", external_id)
         if node is None:
-            raise NotFound(
-                PROVIDER, self._LISTING, f"volume {external_id} has no instance in the environment"
-            )
+            raise NotFound(PROVIDER, self._LISTING, f"volume {external_id} has no instance in the environment")
         return self._observed(want, node)
 
     async def create(self, want: DesiredResource) -> Observed:
@@ -624,9 +663,7 @@ class RailwayDomainDriver:
 
     async def _service_domains(self, want: DesiredResource) -> list[dict[str, Any]]:
         instance = await self.client.service_instance(_service_id(want))
-        domains: list[dict[str, Any]] = require(
-            PROVIDER, "serviceInstance", instance, "domains", "serviceDomains"
-        )
+        domains: list[dict[str, Any]] = require(PROVIDER, "serviceInstance", instance, "domains", "serviceDomains")
         return domains
 
     @staticmethod

@@ -69,6 +69,7 @@ from reconciler.plan import (
     ResourceDefaults,
     Verb,
     decide,
+    deployment_fingerprint,
     desired_resource,
     params_hash,
     wanted_kinds,
@@ -418,6 +419,8 @@ class Reconciler:
         status = "ready" if ready else "creating"
         attributes = dict(found.attributes)
         attributes.setdefault("provider_status", found.status)
+        if want.kind is ResourceKind.RAILWAY_DEPLOYMENT:
+            attributes.update(deployment_fingerprint(want))
         async with self._fenced(claim) as conn:
             await conn.execute(
                 queries.RECORD_OBSERVED,

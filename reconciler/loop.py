@@ -74,9 +74,7 @@ class Worker:
         claims = await self.reconciler.claim()
         if not claims:
             return []
-        results = await asyncio.gather(
-            *(self.reconciler.reconcile(claim) for claim in claims), return_exceptions=True
-        )
+        results = await asyncio.gather(*(self.reconciler.reconcile(claim) for claim in claims), return_exceptions=True)
         outcomes: list[Outcome] = []
         failures: list[BaseException] = []
         for result in results:
@@ -181,7 +179,12 @@ class Worker:
             misfire_grace_time=None,
         )
         scheduler.add_job(
-            self.refresh_gauges, "interval", seconds=5, id="gauges", max_instances=1, coalesce=True,
+            self.refresh_gauges,
+            "interval",
+            seconds=5,
+            id="gauges",
+            max_instances=1,
+            coalesce=True,
             next_run_time=datetime.now(UTC),
         )
         if self._observer is not None:

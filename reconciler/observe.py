@@ -42,6 +42,7 @@ from providers.base import DesiredResource, NotFound, Observed, ProviderError, R
 from providers.railway import RailwayClient
 from reconciler.conditions import DEPLOY_READY
 from reconciler.metrics import Metrics
+from reconciler.plan import variables_digest
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +118,8 @@ class Inventory:
 
     resources: dict[ResourceKind, dict[str, Observed]] = field(default_factory=dict)
     failed: dict[ResourceKind, str] = field(default_factory=dict)
+    service_configs: dict[str, dict[str, Any]] | None = None
+    """Railway service id to its live config (variables, image), when it could be read."""
 
     def listed(self, kind: ResourceKind) -> bool:
         return kind in self.resources
@@ -198,6 +201,10 @@ class Observer:
                     for s in services
                     if str(s["name"]).startswith(self._prefix)
                 }
+            try:
+                inventory.service_configs = await self._railway.service_configs()
+            except ProviderError as exc:
+                inventory.failed[ResourceKind.RAILWAY_DEPLOYMENT] = str(exc)
         return inventory
 
     # -- observation ------------------------------------------------------------------------------
@@ -219,20 +226,25 @@ class Observer:
             for row in rows:
                 kind = ResourceKind(row["kind"])
                 if kind is ResourceKind.RAILWAY_DEPLOYMENT and ResourceKind.RAILWAY_SERVICE in inventory.resources:
-                    service = services.get(service_of.get(row["instance_id"], ""))
+                    service_id = service_of.get(row["instance_id"], "")
+                    service = services.get(service_id)
                     if service is not None:
                         report.status_changes += await self._refresh_deployment(conn, row, service)
-                    continue
                 drift = self.drift_of(kind, row, inventory)
                 if drift is not None:
-                    flagged = await self._flag(conn, row, kind, drift)
-                    if flagged:
-                        report.drift.append((row["instance_id"], kind.value, drift))
+                    await self._flag_and_report(conn, row, kind, drift, report)
         self._metrics.observation_seconds.observe(time.monotonic() - started)
         return report
 
     def drift_of(self, kind: ResourceKind, row: Mapping[str, Any], inventory: Inventory) -> str | None:
-        if not inventory.listed(kind) or row["drift"] is not None:
+        """What the listing says about one recorded resource: 'gone', 'config' or None."""
+        if row["drift"] is not None:
+            return None
+        if kind is ResourceKind.RAILWAY_DEPLOYMENT:
+            # The deployment's id is its service's; its live config came in the batched read.
+            live = (inventory.service_configs or {}).get(row["external_id"])
+            return "config" if live is not None and _config_drifted(row["attributes"] or {}, live) else None
+        if not inventory.listed(kind):
             return None
         listed = inventory.resources[kind].get(row["external_id"])
         if listed is None:
@@ -246,6 +258,12 @@ class Observer:
         else:
             changed = False
         return "config" if changed else None
+
+    async def _flag_and_report(
+        self, conn: AsyncConnection[Any], row: Mapping[str, Any], kind: ResourceKind, drift: str, report: CycleReport
+    ) -> None:
+        if await self._flag(conn, row, kind, drift):
+            report.drift.append((row["instance_id"], kind.value, drift))
 
     async def _flag(self, conn: AsyncConnection[Any], row: Mapping[str, Any], kind: ResourceKind, drift: str) -> bool:
         cur = await conn.execute(
@@ -383,6 +401,20 @@ class Observer:
                 return report
             finally:
                 await conn.execute("SELECT pg_advisory_unlock(%s)", (OBSERVER_LOCK_KEY,))
+
+
+def _config_drifted(applied: Mapping[str, Any], live: Mapping[str, Any]) -> bool:
+    """Do the variables we own (names and values) or the image differ from what we applied?
+
+    Only our own variables count: Railway's and anything added by hand are not ours to remove.
+    """
+    names = applied.get("variable_names")
+    if not isinstance(names, list) or "variables_digest" not in applied:
+        return False  # applied before fingerprints were recorded: nothing to compare with
+    variables = live.get("variables") or {}
+    if variables_digest({name: variables.get(name) for name in names}) != applied["variables_digest"]:
+        return True
+    return bool(applied.get("image")) and live.get("image") not in (None, applied["image"])
 
 
 def _differs(applied: Mapping[str, Any], listed: Mapping[str, Any], key: str) -> bool:

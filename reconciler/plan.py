@@ -200,6 +200,22 @@ def params_hash(want: DesiredResource) -> str:
     return hashlib.sha256(encoded.encode()).hexdigest()
 
 
+def variables_digest(variables: Mapping[str, str | None]) -> str:
+    """A digest of variable values (secrets among them), safe to store and compare."""
+    encoded = json.dumps(dict(variables), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(encoded.encode()).hexdigest()
+
+
+def deployment_fingerprint(want: DesiredResource) -> dict[str, Any]:
+    """What the observer compares a service's live config against: the variable names we own, a
+    digest of their values, and the image. Never the values themselves."""
+    return {
+        "variable_names": sorted(want.secrets),
+        "variables_digest": variables_digest(want.secrets),
+        "image": want.params.get("image"),
+    }
+
+
 class Verb(enum.StrEnum):
     NOOP = "noop"
     CREATE = "create"  # nothing was ever created

@@ -111,6 +111,9 @@ async def test_railway_calls_use_exactly_its_operations() -> None:
         await deployments.create(deploy_want)
         await deployments.lookup(deploy_want)
         await rw.list_services()
+        configs = await rw.service_configs()
+        assert configs[service.external_id]["variables"] == {"A": "b"}
+        assert configs[service.external_id]["image"] == "ghcr.io/x/y:1"
         await rw.redeploy(service.external_id)
 
         await domains.delete(domain.external_id, domain_want)

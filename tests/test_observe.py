@@ -151,3 +151,31 @@ def _params(kind: ResourceKind) -> dict[str, Any]:
     if kind is ResourceKind.OPENROUTER_KEY:
         return {"limit": 5.0, "limit_reset": None}
     return {"domain": None, "display_name": "Ghost"}
+
+
+async def test_a_variable_changed_out_of_band_is_detected_and_corrected(
+    runtime: Runtime, sim: Sim, conn: psycopg.AsyncConnection[Any]
+) -> None:
+    await converged(runtime, conn, InstanceSpec(instance_id="v1", tools=(Tool.AGENTMAIL,), env={"MODE": "calm"}))
+    [service] = sim.simulator.snapshot()["railway"]["services"]
+    railway = runtime.railway
+    assert railway is not None
+    # Someone edits two variables by hand in the Railway dashboard; one of them is not ours.
+    patch = {"services": {service["id"]: {"variables": {"MODE": {"value": "wild"}, "EXTRA": {"value": "1"}}}}}
+    await railway.execute(
+        "environmentPatchCommit",
+        "mutation P($e: String!, $p: EnvironmentConfig) { environmentPatchCommit(environmentId: $e, patch: $p) }",
+        {"e": await railway.environment_id(), "p": patch},
+    )
+
+    plan = await build_plan(conn, runtime.observer, runtime.reconciler.defaults)
+    assert "~ v1 railway_deployment: fields we own differ" in "\n".join(render_plan(plan))
+    report = await runtime.observer.observe()
+    assert report.drift == [("v1", "railway_deployment", "config")]
+    assert runtime.metrics.drift_detected.labels("railway_deployment", "config")._value.get() == 1
+
+    await settle(runtime, lambda: all_ready(conn, 1))
+    [service] = sim.simulator.snapshot()["railway"]["services"]
+    assert service["variables"]["MODE"] == "calm"  # ours, put back
+    assert service["variables"]["EXTRA"] == "1"  # not ours, left alone
+    assert (await runtime.observer.observe()).drift == []

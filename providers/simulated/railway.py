@@ -79,9 +79,7 @@ TOO_QUICKLY = "You are creating volumes too quickly. Please wait a moment and tr
 _PHASES = (("QUEUED", 0.15), ("BUILDING", 0.70), ("DEPLOYING", 1.0))
 _STOPPED = frozenset({"CRASHED", "FAILED", "REMOVED", "SKIPPED"})
 _VARIABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_SERVICE_KEYS = frozenset(
-    {"source", "deploy", "build", "variables", "networking", "volumeMounts", "isDeleted"}
-)
+_SERVICE_KEYS = frozenset({"source", "deploy", "build", "variables", "networking", "volumeMounts", "isDeleted"})
 _DEPLOY_KEYS = frozenset(
     {
         "startCommand",
@@ -316,8 +314,7 @@ class FakeRailway:
         self._environments = {
             env.id: env
             for env in (
-                _Environment(self._random.uuid(), self._next_seq(), iso_timestamp(), name)
-                for name in ENVIRONMENT_NAMES
+                _Environment(self._random.uuid(), self._next_seq(), iso_timestamp(), name) for name in ENVIRONMENT_NAMES
             )
         }
         self._services: dict[str, _Service] = {}
@@ -449,9 +446,7 @@ class FakeRailway:
             return _errors(400, exc.message, "GRAPHQL_PARSE_FAILED")
         invalid = validate(self._schema, document)
         if invalid:
-            return JSONResponse(
-                {"errors": [_formatted(e, "GRAPHQL_VALIDATION_FAILED") for e in invalid]}, 400
-            )
+            return JSONResponse({"errors": [_formatted(e, "GRAPHQL_VALIDATION_FAILED") for e in invalid]}, 400)
         return self._execute(document, variables, operation_name, _Call(token, self._clock()))
 
     def _execute(
@@ -621,9 +616,7 @@ class FakeRailway:
             "featureFlags": [],
             "members": [],
             "services": lambda _info, **page: self._page(self._services.values(), page, self._service_view),
-            "environments": lambda _info, **page: self._page(
-                self._environments.values(), page, self._environment_view
-            ),
+            "environments": lambda _info, **page: self._page(self._environments.values(), page, self._environment_view),
             "volumes": lambda _info, **page: self._page(self._volumes.values(), page, self._volume_view),
         }
 
@@ -655,7 +648,29 @@ class FakeRailway:
                 self._deployment_view,
                 newest_first=True,
             ),
+            "config": lambda _info, decryptVariables=None: self._environment_config(env, bool(decryptVariables)),
         }
+
+    def _environment_config(self, env: _Environment, decrypt: bool) -> dict[str, Any]:
+        """The environment's serialized config, in the shape ``environmentPatchCommit`` accepts."""
+        services: dict[str, Any] = {}
+        for instance in self._instances.values():
+            if instance.environment_id != env.id:
+                continue
+            entry: dict[str, Any] = {
+                "source": {"image": instance.image},
+                "deploy": {"startCommand": instance.start_command},
+            }
+            if instance.cpu is not None or instance.memory_bytes is not None:
+                entry["deploy"]["limitOverride"] = {
+                    "containers": {"cpu": instance.cpu, "memoryBytes": instance.memory_bytes}
+                }
+            # Without decryption Railway does not reveal values; names only.
+            entry["variables"] = {
+                name: ({"value": value} if decrypt else {}) for name, value in instance.variables.items()
+            }
+            services[instance.service_id] = entry
+        return {"services": services}
 
     def _service_view(self, service: _Service) -> View:
         return {
@@ -736,11 +751,7 @@ class FakeRailway:
 
     def _domains_view(self, service_id: str, environment_id: str) -> View:
         mine = sorted(
-            (
-                d
-                for d in self._domains.values()
-                if (d.service_id, d.environment_id) == (service_id, environment_id)
-            ),
+            (d for d in self._domains.values() if (d.service_id, d.environment_id) == (service_id, environment_id)),
             key=lambda d: d.seq,
         )
         return {"serviceDomains": [self._domain_view(d) for d in mine], "customDomains": []}
@@ -824,9 +835,7 @@ class FakeRailway:
             "creator": None,
             "diagnosis": None,
             "service": lambda _info: self._service_view(self._services[deployment.service_id]),
-            "environment": lambda _info: self._environment_view(
-                self._environments[deployment.environment_id]
-            ),
+            "environment": lambda _info: self._environment_view(self._environments[deployment.environment_id]),
         }
 
     # --- queries ------------------------------------------------------------------------------
@@ -911,9 +920,7 @@ class FakeRailway:
         for table in (self._domains, self._deployments):
             for record_id in [k for k, v in table.items() if v.service_id == service.id]:
                 del table[record_id]
-        self._drop_volume_instances(
-            vi for vi in self._volume_instances.values() if vi.service_id == service.id
-        )
+        self._drop_volume_instances(vi for vi in self._volume_instances.values() if vi.service_id == service.id)
         return True
 
     def _m_volume_create(self, call: _Call, args: dict[str, Any]) -> View:
@@ -930,9 +937,7 @@ class FakeRailway:
         if service is not None:
             for env in environments:
                 self._check_no_volume(service.id, env.id)
-        name = (
-            f"{service.name}-volume" if service else f"volume-{self._random.token(6, string.ascii_lowercase)}"
-        )
+        name = f"{service.name}-volume" if service else f"volume-{self._random.token(6, string.ascii_lowercase)}"
         volume = _Volume(*self._new_id(), name=name)
         self._volumes[volume.id] = volume
         self.faults.created("volumeCreate", volume.id)
@@ -1078,9 +1083,7 @@ class FakeRailway:
         attached = next((vi for vi in instances if vi.service_id in self._services), None)
         return {
             "id": volume.id,
-            "name": self._services[attached.service_id].name
-            if attached and attached.service_id
-            else volume.name,
+            "name": self._services[attached.service_id].name if attached and attached.service_id else volume.name,
             "volume_name": volume.name,
             "service_id": attached.service_id if attached else None,
             "mount_path": attached.mount_path if attached else None,

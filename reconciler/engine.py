@@ -294,9 +294,7 @@ class Reconciler:
                 try:
                     found = await driver.observe(row.external_id, want)
                 except NotFound:
-                    # Gone behind our back: record the drift and create it again.
-                    await self._forget(claim, kind, state, action="drift", outcome="gone")
-                    await self._create(claim, driver, want, state)
+                    await self._recreate(claim, driver, want, state)
                     return
                 await self._record(claim, want, found, state, applied_hash=row.applied_hash, action=None)
                 return
@@ -305,9 +303,7 @@ class Reconciler:
                 try:
                     found = await driver.update(row.external_id, want)
                 except NotFound:
-                    # Gone behind our back (or with a parent that was): create it again.
-                    await self._forget(claim, kind, state, action="drift", outcome="gone")
-                    await self._create(claim, driver, want, state)
+                    await self._recreate(claim, driver, want, state)
                     return
                 await self._record(claim, want, found, state, applied_hash=params_hash(want), action="update")
                 return
@@ -327,6 +323,11 @@ class Reconciler:
             await self._create(claim, driver, want, state)
         except ProviderError as error:
             raise self._retry_for(error, kind) from None
+
+    async def _recreate(self, claim: Claim, driver: ResourceDriver, want: DesiredResource, state: _State) -> None:
+        """The resource is gone behind our back (or with a parent that was): record it, create anew."""
+        await self._forget(claim, want.kind, state, action="drift", outcome="gone")
+        await self._create(claim, driver, want, state)
 
     async def _create(self, claim: Claim, driver: ResourceDriver, want: DesiredResource, state: _State) -> None:
         async with self._fenced(claim) as conn:

@@ -672,19 +672,7 @@ class Reconciler:
                 kind = ResourceKind(row["kind"])
                 if row["secret"] is not None:
                     state.secrets[kind] = row["secret"]
-                state.observed[kind] = ObservedRow(
-                    kind=kind,
-                    derived_name=row["derived_name"],
-                    external_id=row["external_id"],
-                    status=row["status"],
-                    attributes=row["attributes"] or {},
-                    has_secret=row["secret"] is not None,
-                    applied_hash=row["applied_hash"],
-                    intent_at=row["intent_at"],
-                    attempts=row["attempts"],
-                    last_error=row["last_error"],
-                    drift=row["drift"],
-                )
+                state.observed[kind] = ObservedRow.from_row(row)
         return state
 
 

@@ -120,18 +120,7 @@ def _observed_with_drift(
         found = row["drift"]
         if found is None and row["external_id"] is not None:
             found = observer.drift_of(kind, row, inventory)  # what the next cycle would flag
-        observed[kind] = ObservedRow(
-            kind=kind,
-            derived_name=row["derived_name"],
-            external_id=row["external_id"],
-            status=row["status"],
-            attributes=row["attributes"] or {},
-            has_secret=row["has_secret"],
-            applied_hash=row["applied_hash"],
-            intent_at=row["intent_at"],
-            attempts=row["attempts"],
-            last_error=row["last_error"],
-        )
+        observed[kind] = ObservedRow.from_row(row)
         if found is not None:
             observed[kind] = replace(observed[kind], drift=found)
             drift.append((kind, found))

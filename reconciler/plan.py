@@ -91,6 +91,24 @@ class ObservedRow:
     drift: str | None = None
     """Set by the batched observer: 'gone' (missing from the listing) or 'config' (fields differ)."""
 
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> ObservedRow:
+        """From an ``observed_resources`` row (with ``secret`` or ``has_secret``; never keeps the value)."""
+        has_secret = row["has_secret"] if "has_secret" in row else row.get("secret") is not None
+        return cls(
+            kind=ResourceKind(row["kind"]),
+            derived_name=row["derived_name"],
+            external_id=row["external_id"],
+            status=row["status"],
+            attributes=row["attributes"] or {},
+            has_secret=bool(has_secret),
+            applied_hash=row["applied_hash"],
+            intent_at=row["intent_at"],
+            attempts=row["attempts"],
+            last_error=row["last_error"],
+            drift=row.get("drift"),
+        )
+
 
 class Blocked(Exception):
     """A resource cannot be described yet: something it depends on does not exist."""

@@ -705,8 +705,9 @@ class RailwayDomainDriver:
 class RailwayDeploymentDriver:
     """The service's deploy config and the deployment it starts; external id = the service id.
 
-    ``want.params``: ``image``, ``start_command`` (default from the config), ``cpu`` and
-    ``memory_bytes``. ``want.secrets``: every variable. Create and update are the same single
+    ``want.params``: ``image``, ``start_command`` (default from the config), ``cpu``,
+    ``memory_bytes`` and ``remove_variables`` (names we set before and no longer want: sent as
+    null, which deletes them). ``want.secrets``: every variable. Create and update are the same single
     ``environmentPatchCommit``, so a deploy always sees the complete configuration.
     """
 
@@ -736,7 +737,11 @@ class RailwayDeploymentDriver:
             containers["memoryBytes"] = memory
         if containers:
             deploy["limitOverride"] = {"containers": containers}
-        variables = {name: {"value": value} for name, value in want.secrets.items()}
+        variables: dict[str, Any] = {name: {"value": value} for name, value in want.secrets.items()}
+        # A null entry deletes a variable: the ones we set before and no longer want.
+        for name in want.params.get("remove_variables") or ():
+            if name not in variables:
+                variables[str(name)] = None
         service = {"source": {"image": image}, "deploy": deploy, "variables": variables}
         return {"services": {_service_id(want): service}}
 

@@ -196,6 +196,10 @@ def desired_resource(
             "memory_bytes": defaults.memory_bytes,
         }
         resource_secrets = runtime_variables(spec, defaults, observed, secrets)
+        applied = observed.get(ResourceKind.RAILWAY_DEPLOYMENT)
+        previous = applied.attributes.get("variable_names") if applied else None
+        if isinstance(previous, list):
+            params["remove_variables"] = sorted(set(previous) - set(resource_secrets))
     return DesiredResource(
         kind=kind,
         instance_id=spec.instance_id,
@@ -208,9 +212,10 @@ def desired_resource(
 
 def params_hash(want: DesiredResource) -> str:
     """A digest of every field we own (secrets included, as a digest only)."""
+    # What to remove follows from what was applied before; it is not part of what we want.
     document = {
         "name": want.name,
-        "params": dict(want.params),
+        "params": {key: value for key, value in want.params.items() if key != "remove_variables"},
         "depends": dict(want.depends),
         "secrets": dict(want.secrets),
     }

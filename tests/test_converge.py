@@ -144,7 +144,7 @@ async def test_a_changed_spec_converges_to_the_new_one(
     first_key = held(sim)["openrouter.keys"]
 
     await store.put(
-        conn, InstanceSpec(instance_id="chg", tools=(Tool.OPENROUTER, Tool.TELNYX), env={"A": "2"})
+        conn, InstanceSpec(instance_id="chg", tools=(Tool.OPENROUTER, Tool.TELNYX), env={"B": "2"})
     )
 
     async def converged() -> bool:
@@ -157,8 +157,10 @@ async def test_a_changed_spec_converges_to_the_new_one(
     assert names["telnyx.phone_numbers"] == ["convos-agent-chg"]
     assert names["openrouter.keys"] == first_key  # unchanged resources are left alone
     service = sim.simulator.snapshot()["railway"]["services"][0]
-    assert service["variables"]["A"] == "2"
-    assert "AGENTMAIL_INBOX_ID" not in service["variables"] or service["variables"]["TELNYX_PHONE_NUMBER"]
+    assert service["variables"]["B"] == "2"
+    # Variables we set and no longer want are removed: a dropped env var, the dropped tool's.
+    assert "A" not in service["variables"] and "AGENTMAIL_INBOX_ID" not in service["variables"]
+    assert service["variables"]["TELNYX_PHONE_NUMBER"].startswith("+1")
     tools = await (
         await conn.execute("SELECT array_agg(tool_id ORDER BY tool_id) FROM instance_services")
     ).fetchone()

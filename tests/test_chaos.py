@@ -106,7 +106,7 @@ async def test_three_replicas_converge_and_tear_down_while_being_killed(
     rng = random.Random(7)
     processes = [await start(env) for _ in range(3)]
     kills = 0
-    next_kill = time.monotonic() + rng.uniform(0.3, 1.0)
+    next_kill = time.monotonic() + rng.uniform(0.2, 0.6)
 
     async def chaos() -> None:
         nonlocal kills, next_kill
@@ -117,13 +117,13 @@ async def test_three_replicas_converge_and_tear_down_while_being_killed(
         await processes[victim].wait()
         processes[victim] = await start(env)
         kills += 1
-        next_kill = time.monotonic() + rng.uniform(0.3, 1.5)
+        next_kill = time.monotonic() + rng.uniform(0.2, 0.8)
 
     try:
         await store.put_many(conn, specs(CHAOS_INSTANCES))
         ready = f"SELECT count(*) = {CHAOS_INSTANCES} FROM desired_instances WHERE phase = 'Ready'"
         await until(lambda: count(conn, ready), timeout=60 + CHAOS_INSTANCES, during=chaos)
-        assert kills >= 3, "the run ended before the chaos did anything"
+        converge_kills = kills
         assert held_names(sim.simulator) == expected_names(CHAOS_INSTANCES)
 
         await store.mark_absent(conn, [s.instance_id for s in specs(CHAOS_INSTANCES)])
@@ -131,6 +131,7 @@ async def test_three_replicas_converge_and_tear_down_while_being_killed(
         await until(lambda: count(conn, gone), timeout=60 + CHAOS_INSTANCES, during=chaos)
         assert all(not names for names in held_names(sim.simulator).values()), held_names(sim.simulator)
         assert await count(conn, FENCING_VIOLATIONS) == 0
+        assert converge_kills >= 1 and kills >= 3, f"too little chaos to prove anything ({kills} kills)"
     finally:
         for process in processes:
             if process.returncode is None:

@@ -29,5 +29,8 @@ lint: $(STAMP)  ## ruff and mypy --strict
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
+bench: $(STAMP)  ## every benchmark at full size (about 25 minutes); rewrites docs/benchmarks.md
+	$(BIN)/python -m tests.benchmarks
+
 clean:
 	rm -rf $(VENV) .reconciler .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -94,10 +94,11 @@ class EngineSettings:
     """Longest retry delay after transient errors."""
     config_error_interval: float = 300.0
     """A configuration error (bad credentials) is retried only this often."""
-    changed_head_start: float = 300.0
-    """How far ahead of polls and retries a new or changed row is scheduled (aging beyond it)."""
+    changed_share: float = 0.75
+    """Share of each claim reserved for new and changed rows; the rest goes to the longest-waiting
+    polls and drift corrections, so neither can starve the other."""
     batch_size: int = 32
-    """Rows one worker claims per pass (and reconciles concurrently)."""
+    """Rows one worker reconciles at once (claimed as slots free up)."""
 
 
 @dataclass(frozen=True)
@@ -172,7 +173,7 @@ class Reconciler:
             "limit": limit or self.settings.batch_size,
             "owner": self._owner,
             "lease_seconds": self.settings.lease_seconds,
-            "changed_head_start": self.settings.changed_head_start,
+            "changed_share": self.settings.changed_share,
         }
         async with self._pool.connection() as conn, conn.cursor() as cur:
             await cur.execute(queries.CLAIM_DUE, params)

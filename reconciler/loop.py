@@ -69,33 +69,46 @@ class Worker:
         self._idle = asyncio.Event()
         self._idle.set()
 
-    async def run_batch(self) -> list[Outcome]:
-        """Claim one batch of due rows and reconcile them concurrently."""
-        claims = await self.reconciler.claim()
-        if not claims:
-            return []
-        results = await asyncio.gather(*(self.reconciler.reconcile(claim) for claim in claims), return_exceptions=True)
+    async def drain(self) -> list[Outcome]:
+        """Reconcile until nothing is due right now.
+
+        A pipeline, not batches: up to ``batch_size`` instances are reconciled at once and more
+        are claimed as soon as a quarter of the slots free up, so one slow instance never holds
+        back the claim that would start a new one.
+        """
+        limit = max(1, self.reconciler.settings.batch_size)
+        refill = max(1, limit // 4)
+        in_flight: set[asyncio.Task[Outcome]] = set()
         outcomes: list[Outcome] = []
         failures: list[BaseException] = []
-        for result in results:
-            if isinstance(result, Outcome):
-                outcomes.append(result)
-                if self._on_outcome is not None:
-                    self._on_outcome(result)
-            else:
-                failures.append(result)
+        nothing_due = False
+        try:
+            while True:
+                free = limit - len(in_flight)
+                if not nothing_due and free >= (refill if in_flight else 1):
+                    claims = await self.reconciler.claim(free)
+                    nothing_due = not claims
+                    in_flight.update(asyncio.create_task(self.reconciler.reconcile(c)) for c in claims)
+                if not in_flight:
+                    break
+                finished, in_flight = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+                nothing_due = False  # a finished pass may have made room, or work may have arrived
+                for task in finished:
+                    error = task.exception()
+                    if error is not None:
+                        failures.append(error)
+                        continue
+                    outcomes.append(task.result())
+                    if self._on_outcome is not None:
+                        self._on_outcome(task.result())
+        finally:
+            if in_flight:  # a claim failed (the database went away): let the passes in flight end
+                await asyncio.wait(in_flight)
         if failures:
             # Usually the database went away mid-pass. The claims simply expire; every write was
             # fenced and every create had its intent committed first, so the next claim resumes.
             raise failures[0]
         return outcomes
-
-    async def drain(self) -> list[Outcome]:
-        """Reconcile until nothing is due right now."""
-        done: list[Outcome] = []
-        while batch := await self.run_batch():
-            done.extend(batch)
-        return done
 
     async def tick(self) -> None:
         self._idle.clear()

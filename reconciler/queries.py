@@ -7,28 +7,48 @@ claim due rows, check the fencing token, record observed state, publish the seed
 from __future__ import annotations
 
 # -- claiming -------------------------------------------------------------------------------------
-# Due rows, changed ones first: a row whose generation is not yet observed gets a head start of
-# CHANGED_HEAD_START over periodic polls and retries, so new work goes first, yet a poll that has
-# waited longer than that still wins (aging: nothing starves). SKIP LOCKED lets replicas claim
+# Due rows in two classes: changed (a generation not yet observed: new rows, spec changes and
+# their retries) and the rest (periodic polls, drift corrections). Changed rows take up to
+# %(changed_share)s of each claim, so new work starts at the next claim however long the backlog
+# of polls; the rest of the claim goes to the longest-waiting other rows, so polls never starve
+# either. Within a class, the longest-waiting row goes first. SKIP LOCKED lets replicas claim
 # disjoint sets; each claim bumps the fencing token every later write is checked against.
 CLAIM_DUE = """
-WITH due AS (
-    SELECT instance_id
+WITH changed AS (
+    SELECT instance_id, 0 AS class, next_attempt_at
       FROM desired_instances
      WHERE next_attempt_at <= now()
        AND (lease_expires_at IS NULL OR lease_expires_at < now())
+       AND observed_generation IS DISTINCT FROM generation
      ORDER BY next_attempt_at
-              - CASE WHEN observed_generation IS DISTINCT FROM generation
-                     THEN %(changed_head_start)s * interval '1 second' ELSE interval '0' END
      LIMIT %(limit)s
        FOR UPDATE SKIP LOCKED
+), others AS (
+    SELECT instance_id, 1 AS class, next_attempt_at
+      FROM desired_instances
+     WHERE next_attempt_at <= now()
+       AND (lease_expires_at IS NULL OR lease_expires_at < now())
+       AND observed_generation IS NOT DISTINCT FROM generation
+     ORDER BY next_attempt_at
+     LIMIT %(limit)s
+       FOR UPDATE SKIP LOCKED
+), picked AS (
+    SELECT instance_id FROM (
+        SELECT instance_id, class, next_attempt_at,
+               row_number() OVER (PARTITION BY class ORDER BY next_attempt_at) AS nth
+          FROM (SELECT * FROM changed UNION ALL SELECT * FROM others) due
+    ) ranked
+     -- changed rows fill up to their share first; any share they leave goes to the others
+     ORDER BY CASE WHEN class = 0 AND nth <= ceil(%(limit)s * %(changed_share)s) THEN 0 ELSE 1 END,
+              next_attempt_at
+     LIMIT %(limit)s
 )
 UPDATE desired_instances AS d
    SET lease_owner = %(owner)s,
        lease_expires_at = now() + %(lease_seconds)s * interval '1 second',
        fencing_token = d.fencing_token + 1
-  FROM due
- WHERE d.instance_id = due.instance_id
+  FROM picked
+ WHERE d.instance_id = picked.instance_id
 RETURNING d.instance_id, d.fencing_token, d.generation, d.attempts,
           GREATEST(0, EXTRACT(EPOCH FROM now() - d.next_attempt_at)) AS waited_seconds
 """

@@ -270,3 +270,23 @@ async def test_claims_are_disjoint_across_workers(
     ids = [c.instance_id for c in first + second]
     assert sorted(ids) == sorted(f"c{i}" for i in range(10))  # every row once, none twice
     assert all(isinstance(c, Claim) for c in first + second)
+
+
+async def test_new_work_is_claimed_first_even_behind_an_old_backlog_and_polls_never_starve(
+    runtime: Runtime, conn: psycopg.AsyncConnection[Any]
+) -> None:
+    # 200 converged rows whose periodic poll has been due for an hour (a backlogged loop).
+    await conn.execute(
+        "INSERT INTO desired_instances (instance_id, spec, generation, observed_generation, phase, next_attempt_at)"
+        " SELECT 'poll' || i, '{}'::jsonb, 1, 1, 'Ready', now() - interval '1 hour'"
+        " FROM generate_series(1, 200) AS i"
+    )
+    await store.put(conn, InstanceSpec(instance_id="brandnew"))
+    first = await runtime.reconciler.claim(8)
+    assert "brandnew" in [c.instance_id for c in first]
+
+    # A flood of changed rows still leaves a quarter of every claim to the oldest polls.
+    await store.put_many(conn, [InstanceSpec(instance_id=f"flood{i}") for i in range(100)])
+    second = await runtime.reconciler.claim(8)
+    polls = [c for c in second if c.instance_id.startswith("poll")]
+    assert len(polls) == 2 and len(second) == 8

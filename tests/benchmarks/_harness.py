@@ -42,12 +42,13 @@ from prometheus_client import CollectorRegistry
 
 from desired_state import store
 from desired_state.models import InstanceSpec, Tool
+from providers.simulated.app import base_urls
 from reconciler.admission import Limit
 from reconciler.db import EmbeddedPostgres, create_database, migrate
-from reconciler.demo import simulated_settings
 from reconciler.engine import EngineSettings
 from reconciler.metrics import Metrics
 from reconciler.runtime import Runtime, RuntimeOptions
+from reconciler.settings import load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 ALL_TOOLS: tuple[Tool, ...] = (Tool.OPENROUTER, Tool.AGENTMAIL, Tool.TELNYX)
@@ -174,13 +175,27 @@ def fleet_specs(count: int, prefix: str, tools: tuple[Tool, ...] = ALL_TOOLS) ->
     return [InstanceSpec(instance_id=f"{prefix}{n:06d}", tools=tools) for n in range(count)]
 
 
-def runtime_for(
-    sim: SimulatorHandle,
-    database_url: str,
-    options: RuntimeOptions,
-) -> Runtime:
+def simulated_env(sim: SimulatorHandle) -> dict[str, str]:
+    """The settings environment pointing every provider at ``sim`` (as ``reconciler demo`` does)."""
+    urls = base_urls(sim.root)
+    return {
+        "RAILWAY_API_TOKEN": "simulated-railway-token",
+        "RAILWAY_PROJECT_ID": sim.project_id,
+        "RAILWAY_ENVIRONMENT_NAME": "production",
+        "OPENROUTER_MANAGEMENT_KEY": "simulated-openrouter-key",
+        "AGENTMAIL_API_KEY": "simulated-agentmail-key",
+        "TELNYX_API_KEY": "simulated-telnyx-key",
+        "RAILWAY_API_URL": urls["railway"],
+        "OPENROUTER_API_URL": urls["openrouter"],
+        "AGENTMAIL_API_URL": urls["agentmail"],
+        "TELNYX_API_URL": urls["telnyx"],
+        "XMTP_ENV": "dev",
+    }
+
+
+def runtime_for(sim: SimulatorHandle, database_url: str, options: RuntimeOptions) -> Runtime:
     """A Runtime wired to the simulator, with metrics of its own (not the process default)."""
-    settings = simulated_settings(sim.root, sim.project_id)
+    settings = load_settings(simulated_env(sim))
     return Runtime(settings, database_url, options, Metrics(CollectorRegistry()))
 
 

@@ -70,11 +70,14 @@ async def run(
     pool_size: int = 10,
     tick: float = 1.0,
     warmup: float = 5.0,
+    observe_seconds: float = 30.0,
     fleet: Fleet | None = None,
 ) -> dict[str, object]:
     """Build the fleet (unless one is given), run the loop over it, write new instances."""
     quiet_logs()
-    new_ids = [spec.instance_id for spec in fleet_specs(writes, "fresh")]
+    prefix = f"new{int(time.time()) % 1_000_000:06d}x"  # a fleet may serve several runs
+    new_specs = fleet_specs(writes, prefix)
+    new_ids = [spec.instance_id for spec in new_specs]
     async with fleet_or_build(database_url, instances, fleet, BENCH_DATABASE) as built:
         instances, sim, url = built.instances, built.sim, built.database_url
         seed_seconds = built.build_seconds
@@ -84,6 +87,7 @@ async def run(
             tick_seconds=tick,
             pool_size=pool_size,
             rate_limits=limits_for(50.0, 100.0, 100.0, 50.0),
+            observe_seconds=observe_seconds,
         )
         async with (
             runtime_for(sim, url, options) as runtime,
@@ -97,7 +101,7 @@ async def run(
                 await asyncio.sleep(warmup)
                 claims_before = _claims(runtime.metrics)
                 started = time.monotonic()
-                for spec in fleet_specs(writes, "fresh"):
+                for spec in new_specs:
                     await store.put(conn, spec)
                     row = await (await conn.execute(DUE_NOW, {"ids": new_ids})).fetchone()
                     due_during.append(int(row[0]) if row else 0)
@@ -129,6 +133,7 @@ async def run(
         "batch_size": batch_size,
         "pool_size": pool_size,
         "tick_seconds": tick,
+        "observe_seconds": observe_seconds,
         "fleet_build_seconds": round(seed_seconds, 1),
         "writing_seconds": round(writing, 1),
         "due_backlog_median": int(statistics.median(due_during)) if due_during else 0,
@@ -155,7 +160,8 @@ def markdown(results: dict[str, object]) -> str:
     r: Any = results
     rows = [
         ("converged instances being polled", r["instances"]),
-        ("poll interval / tick (s)", f"{r['poll_interval']} / {r['tick_seconds']}"),
+        ("poll interval / tick / observation cycle every (s)",
+         f"{r['poll_interval']} / {r['tick_seconds']} / {r['observe_seconds']}"),
         ("due backlog while writing (median rows)", r["due_backlog_median"]),
         ("passes per second while writing (all rows)", r["passes_per_second_while_writing"]),
         ("knobs", f"batch_size {r['batch_size']}, pool_size {r['pool_size']}"),
@@ -182,6 +188,7 @@ KNOBS = {
     "batch_size": (int, 32, "EngineSettings.batch_size"),
     "pool_size": (int, 10, "RuntimeOptions.pool_size"),
     "tick": (float, 1.0, "RuntimeOptions.tick_seconds"),
+    "observe_seconds": (float, 30.0, "RuntimeOptions.observe_seconds (the batched observer's interval)"),
 }
 
 if __name__ == "__main__":

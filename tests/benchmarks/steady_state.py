@@ -9,8 +9,8 @@ row (every row made due and reconciled). The benchmark:
    with no rate limits, so the starting state is exactly what the reconciler writes (or takes a
    fleet built already: ``run_all`` builds one for this and the latency benchmark);
 3. puts the measured latency on every provider call (25 ms by default) and, in a **fresh child
-   process** that imports what ``reconciler run`` imports and holds only a :class:`Runtime`
-   (the rate limits of the cold-convergence benchmark in force), runs
+   process** (``tests.benchmarks._steady_child``) that imports what ``reconciler run`` imports
+   and holds only a :class:`Runtime` (the rate limits of the cold-convergence benchmark), runs
    ``Observer.cycle(collect_garbage=False)`` and then ``make_due(all)`` + ``Worker.drain()``,
    counting the provider calls of each part at the simulator;
 4. reports both wall times, the calls by provider and operation, and the child's peak RSS
@@ -25,21 +25,12 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import resource
 import subprocess
 import sys
-import time
 from typing import Any
 
-from tests.benchmarks._harness import (
-    ROOT,
-    Fleet,
-    SimulatorHandle,
-    calls_table,
-    cli,
-    fleet_or_build,
-    total,
-)
+from tests.benchmarks._harness import ROOT, Fleet, calls_table, cli, fleet_or_build, simulated_env, total
+from tests.benchmarks.cold_convergence import limits_for
 
 BENCH_DATABASE = "reconciler_bench_steady"
 TARGET_RSS_MB = 200.0
@@ -56,114 +47,27 @@ LIST_OPERATIONS = frozenset(
     }
 )
 
-# The child: only the reconciler, measured from its first line.
-CHILD_SCRIPT = """
-import asyncio, json, os
-from tests.benchmarks.steady_state import measure
-print(json.dumps(asyncio.run(measure(
-    os.environ["BENCH_DATABASE_URL"], os.environ["BENCH_SIM_ROOT"], os.environ["BENCH_SIM_PROJECT"],
-    batch_size=int(os.environ["BENCH_BATCH_SIZE"]), pool_size=int(os.environ["BENCH_POOL_SIZE"]),
-))))
-"""
 
-
-def _rss_mb() -> float:
-    # ru_maxrss is in KiB on Linux (bytes on macOS).
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
-
-
-def _current_rss_mb() -> float | None:
-    try:
-        with open("/proc/self/statm") as statm:
-            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / (1024 * 1024)
-    except OSError:
-        return None
-
-
-async def measure(
-    database_url: str, sim_root: str, project_id: str, *, batch_size: int, pool_size: int
-) -> dict[str, Any]:
-    """Runs in the child process: one observation cycle, one full periodic pass."""
-    import cli  # noqa: F401  what `reconciler run` has loaded
-    import desired_state.api  # noqa: F401
-    from reconciler.engine import EngineSettings
-    from reconciler.runtime import RuntimeOptions
-    from tests.benchmarks._harness import quiet_logs, runtime_for
-    from tests.benchmarks.cold_convergence import limits_for
-
-    quiet_logs()
-    sim = SimulatorHandle(sim_root, project_id, 0)
-    options = RuntimeOptions(
-        engine=EngineSettings(poll_interval=3600.0, batch_size=batch_size),
-        pool_size=pool_size,
-        rate_limits=limits_for(50.0, 100.0, 100.0, 50.0),
-    )
-    result: dict[str, Any] = {"rss_at_start_mb": round(_rss_mb(), 1)}
-    async with runtime_for(sim, database_url, options) as runtime:
-        await sim.reset_requests()
-        started, cpu = time.monotonic(), _cpu()
-        report = await runtime.observer.cycle(collect_garbage=False)
-        result["cycle_seconds"] = round(time.monotonic() - started, 2)
-        result["cycle_cpu_seconds"] = round(_cpu() - cpu, 2)
-        result["cycle_provider_seconds"] = round(_provider_seconds(runtime.metrics), 2)
-        assert report is not None
-        result["cycle_listed"] = report.listed
-        result["cycle_drift"] = len(report.drift)
-        result["cycle_status_changes"] = report.status_changes
-        result["cycle_failed"] = report.failed
-        result["cycle_calls"] = await sim.requests()
-        result["rss_after_cycle_mb"] = round(_rss_mb(), 1)
-
-        await sim.reset_requests()
-        due = await runtime.reconciler.make_due(None)
-        started, cpu = time.monotonic(), _cpu()
-        outcomes = await runtime.worker.drain()
-        result["pass_seconds"] = round(time.monotonic() - started, 2)
-        result["pass_cpu_seconds"] = round(_cpu() - cpu, 2)
-        result["pass_rows"] = len(due)
-        result["pass_outcomes"] = _tally(f"{o.result}/{o.phase}" for o in outcomes)
-        result["pass_actions"] = sum(len(o.actions) for o in outcomes)
-        result["pass_calls"] = await sim.requests()
-    result["peak_rss_mb"] = round(_rss_mb(), 1)
-    result["rss_at_end_mb"] = _current_rss_mb()
-    return result
-
-
-def _cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-def _provider_seconds(metrics: Any) -> float:
-    """Time spent in provider calls so far (the call-duration histogram's sum, all providers)."""
-    spent = 0.0
-    for family in metrics.provider_seconds.collect():
-        for sample in family.samples:
-            if sample.name.endswith("_sum"):
-                spent += sample.value
-    return spent
-
-
-def _tally(items: Any) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for item in items:
-        counts[item] = counts.get(item, 0) + 1
-    return counts
-
-
-def _in_child(url: str, sim: SimulatorHandle, batch_size: int, pool_size: int) -> dict[str, Any]:
+def _in_child(fleet: Fleet, batch_size: int, pool_size: int) -> dict[str, Any]:
+    """Run ``tests.benchmarks._steady_child`` against the fleet; its one JSON line."""
+    limits = limits_for(50.0, 100.0, 100.0, 50.0)
     env = {
         **os.environ,
         "PYTHONPATH": str(ROOT),
-        "BENCH_DATABASE_URL": url,
-        "BENCH_SIM_ROOT": sim.root,
-        "BENCH_SIM_PROJECT": sim.project_id,
+        "BENCH_DATABASE_URL": fleet.database_url,
+        "BENCH_SETTINGS": json.dumps(simulated_env(fleet.sim)),
+        "BENCH_RATE_LIMITS": json.dumps({p: [limit.rate, limit.burst] for p, limit in limits.items()}),
+        "BENCH_SIM_ROOT": fleet.sim.root,
         "BENCH_BATCH_SIZE": str(batch_size),
         "BENCH_POOL_SIZE": str(pool_size),
     }
     done = subprocess.run(
-        [sys.executable, "-c", CHILD_SCRIPT], env=env, cwd=ROOT, capture_output=True, text=True, check=False
+        [sys.executable, "-m", "tests.benchmarks._steady_child"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     if done.returncode != 0:
         raise RuntimeError(f"the measuring process failed ({done.returncode}):\n{done.stderr[-3000:]}")
@@ -184,7 +88,7 @@ async def run(
     async with fleet_or_build(database_url, instances, fleet, BENCH_DATABASE) as built:
         instances = built.instances
         await built.sim.set_latency(latency_ms)
-        measured = await asyncio.to_thread(_in_child, built.database_url, built.sim, batch_size, pool_size)
+        measured = await asyncio.to_thread(_in_child, built, batch_size, pool_size)
         build_seconds = built.build_seconds
 
     cycle_calls: dict[str, dict[str, int]] = measured["cycle_calls"]
@@ -207,7 +111,8 @@ async def run(
         "fleet_build_seconds": round(build_seconds, 1),
         "cycle_seconds": measured["cycle_seconds"],
         "cycle_cpu_seconds": measured["cycle_cpu_seconds"],
-        "cycle_provider_seconds": measured["cycle_provider_seconds"],
+        "cycle_provider_seconds": round(sum(measured["cycle_provider_seconds"].values()), 2),
+        "cycle_provider_seconds_by_provider": measured["cycle_provider_seconds"],
         "cycle_listed": measured["cycle_listed"],
         "cycle_drift": measured["cycle_drift"],
         "cycle_status_changes": measured["cycle_status_changes"],
@@ -245,6 +150,8 @@ def markdown(results: dict[str, object]) -> str:
         ("observation cycle: wall time (s)", r["cycle_seconds"]),
         ("observation cycle: reconciler CPU / waiting on provider calls (s)",
          f"{r['cycle_cpu_seconds']} / {r['cycle_provider_seconds']}"),
+        ("observation cycle: waiting on provider calls, by provider (s)",
+         ", ".join(f"{p} {n}" for p, n in r["cycle_provider_seconds_by_provider"].items())),
         ("observation cycle: calls", ", ".join(f"{p} {n}" for p, n in by_provider.items())),
         ("observation cycle: calls other than list pages", r["cycle_non_list_calls"] or "none"),
         ("observation cycle: drift flagged / status changes", f"{r['cycle_drift']} / {r['cycle_status_changes']}"),

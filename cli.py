@@ -13,6 +13,7 @@ import json
 import logging
 import signal
 import sys
+import warnings
 from collections.abc import Awaitable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -509,6 +510,8 @@ def demo_command(
 
 
 def main() -> None:
+    # pgserver's platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI): harmless noise.
+    warnings.filterwarnings("ignore", category=UserWarning, module="platformdirs")
     configure_logging()
     try:
         app()

@@ -42,9 +42,12 @@ async def test_every_benchmark_runs_at_a_tiny_size(pg_server_url: str) -> None:
     assert 30 < steady["peak_rss_mb"] < 1000
     assert steady["meets_calls_target"] is True
 
-    latency = results["new_work_latency"]
-    assert latency["started"] == latency["writes"] == 5
-    assert 0 < latency["p50_seconds"] <= latency["p99_seconds"] < 30
+    for name in ("new_work_latency", "new_work_latency_observer_paused"):
+        latency = results[name]
+        assert latency["started"] == latency["writes"] == latency["ready"] == 5, name
+        assert 0 < latency["p50_seconds"] <= latency["p99_seconds"] < 30, name
+    paused, running = results["new_work_latency_observer_paused"], results["new_work_latency"]
+    assert paused["observe_seconds"] > running["observe_seconds"]
 
     status = results["status_batch"]
     assert status["instances"] == 20 and status["p50_ms"] > 0
@@ -54,4 +57,4 @@ async def test_every_benchmark_runs_at_a_tiny_size(pg_server_url: str) -> None:
     assert document.startswith("# Benchmarks")
     for outcome in outcomes:
         assert outcome.benchmark.title in document
-    assert document.count("| PASS |") + document.count("| MISS |") >= 5
+    assert document.count("| PASS |") + document.count("| MISS |") >= 6

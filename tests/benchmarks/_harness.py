@@ -10,10 +10,10 @@
 * :func:`converged_fleet` converges ``count`` instances through the real reconciler, with no rate
   limits and no simulated latency: how the steady-state and latency benchmarks reach a converged
   fleet of 10,000, so their starting state is exactly what the reconciler itself writes. It takes
-  about 13 minutes for 10,000 on 2 cores, bound by the simulator (its fakes scan every resource
+  10 to 11 minutes for 10,000 on 2 cores, bound by the simulator (its fakes scan every resource
   they hold on many requests, so building N costs O(N^2) there; creating the same resources
-  directly through the fakes' own APIs is no faster), which is why ``run_all`` builds one fleet
-  and hands it to both benchmarks.
+  directly through the fakes' own APIs is not much faster), which is why
+  ``python -m tests.benchmarks`` builds one fleet and hands it to both benchmarks.
 * :func:`cli` is the ``__main__`` of every benchmark: a database URL (argument,
   ``SERVICE_DATABASE_URL``, or an embedded Postgres in a temporary directory) and knobs.
 """
@@ -118,12 +118,6 @@ class SimulatorHandle:
         rules = [{"latency": {"fixed_ms": latency_ms}}] if latency_ms > 0 else []
         async with httpx.AsyncClient(timeout=120) as client:
             (await client.put(f"{self.root}/_admin/faults", json={"rules": rules})).raise_for_status()
-
-    async def held(self) -> dict[str, dict[str, int]]:
-        """How many resources each fake holds, by provider and resource type."""
-        async with httpx.AsyncClient(timeout=300) as client:
-            answer = (await client.get(f"{self.root}/_admin/resources")).json()
-        return {provider: {kind: len(items) for kind, items in kinds.items()} for provider, kinds in answer.items()}
 
 
 @contextlib.asynccontextmanager

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import statistics
 import time
 from typing import Any
@@ -55,6 +56,7 @@ SELECT d.instance_id, EXTRACT(EPOCH FROM min(o.intent_at) - d.created_at)
  GROUP BY d.instance_id, d.created_at
 """
 
+READY = "SELECT count(*) FROM desired_instances WHERE instance_id = ANY(%(ids)s) AND phase = 'Ready'"
 DUE_NOW = "SELECT count(*) FROM desired_instances WHERE next_attempt_at <= now() AND NOT (instance_id = ANY(%(ids)s))"
 
 
@@ -71,6 +73,7 @@ async def run(
     tick: float = 1.0,
     warmup: float = 5.0,
     observe_seconds: float = 30.0,
+    settle: float = 120.0,
     fleet: Fleet | None = None,
 ) -> dict[str, object]:
     """Build the fleet (unless one is given), run the loop over it, write new instances."""
@@ -108,21 +111,29 @@ async def run(
                     await asyncio.sleep(spacing)
                 writing = time.monotonic() - started
                 claims_during = _claims(runtime.metrics) - claims_before
-                deadline = time.monotonic() + 120
+                rows: list[Any] = []
+                deadline = time.monotonic() + settle
                 while time.monotonic() < deadline:
                     rows = await (await conn.execute(LATENCIES, {"ids": new_ids})).fetchall()
                     if len(rows) >= writes:
                         break
                     await asyncio.sleep(0.2)
+                # Let the new instances finish too, so a fleet shared with a later run is at rest.
+                while time.monotonic() < deadline and await _count(conn, READY, new_ids) < writes:
+                    await asyncio.sleep(0.2)
+                ready = await _count(conn, READY, new_ids)
             finally:
                 stop.set()
                 with contextlib.suppress(Exception):
                     await loop_task
 
-    latencies = [float(row[1]) for row in rows]
-    started_count = len(latencies)
-    latencies += [float("inf")] * (writes - started_count)  # never started: counted as misses
+    started_count = len(rows)
+    # An instance that never started is counted as a latency longer than any measured.
+    latencies = [float(row[1]) for row in rows] + [math.inf] * (writes - started_count)
     p99 = percentile(latencies, 0.99)
+
+    def seconds(value: float) -> float | None:
+        return round(value, 3) if math.isfinite(value) else None  # None: not started in time
     return {
         "instances": instances,
         "writes": writes,
@@ -138,13 +149,19 @@ async def run(
         "writing_seconds": round(writing, 1),
         "due_backlog_median": int(statistics.median(due_during)) if due_during else 0,
         "passes_per_second_while_writing": round(claims_during / writing, 1) if writing else None,
-        "p50_seconds": round(percentile(latencies, 0.5), 3),
-        "p90_seconds": round(percentile(latencies, 0.9), 3),
-        "p99_seconds": round(p99, 3),
-        "max_seconds": round(max(latencies), 3),
+        "p50_seconds": seconds(percentile(latencies, 0.5)),
+        "p90_seconds": seconds(percentile(latencies, 0.9)),
+        "p99_seconds": seconds(p99),
+        "max_seconds": seconds(max(latencies)),
+        "ready": ready,
         "target_p99_seconds": TARGET_P99_SECONDS,
         "meets_target": p99 <= TARGET_P99_SECONDS,
     }
+
+
+async def _count(conn: psycopg.AsyncConnection[Any], query: str, ids: list[str]) -> int:
+    row = await (await conn.execute(query, {"ids": ids})).fetchone()
+    return int(row[0]) if row else 0
 
 
 def _claims(metrics: Any) -> int:
@@ -157,7 +174,7 @@ def _claims(metrics: Any) -> int:
 
 
 def markdown(results: dict[str, object]) -> str:
-    r: Any = results
+    r: Any = {k: ("not reached (instances never started)" if v is None else v) for k, v in results.items()}
     rows = [
         ("converged instances being polled", r["instances"]),
         ("poll interval / tick / observation cycle every (s)",
@@ -165,7 +182,7 @@ def markdown(results: dict[str, object]) -> str:
         ("due backlog while writing (median rows)", r["due_backlog_median"]),
         ("passes per second while writing (all rows)", r["passes_per_second_while_writing"]),
         ("knobs", f"batch_size {r['batch_size']}, pool_size {r['pool_size']}"),
-        ("new instances written (started)", f"{r['writes']} ({r['started']})"),
+        ("new instances written / started / Ready at the end", f"{r['writes']} / {r['started']} / {r['ready']}"),
         ("spacing between writes (s)", r["spacing_seconds"]),
         ("simulated latency per call (ms)", r["latency_ms"]),
         ("write -> first provider call, p50 (s)", r["p50_seconds"]),

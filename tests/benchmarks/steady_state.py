@@ -14,8 +14,8 @@ row (every row made due and reconciled). The benchmark:
    ``Observer.cycle(collect_garbage=False)`` and then ``make_due(all)`` + ``Worker.drain()``,
    counting the provider calls of each part at the simulator;
 4. reports both wall times, the calls by provider and operation, and the child's peak RSS
-   (``getrusage(RUSAGE_SELF).ru_maxrss``: the reconciler alone, the simulator and the fleet
-   building are other processes).
+   (``VmHWM``; ``ru_maxrss`` too, which on Linux also counts the parent's peak: see
+   ``_steady_child.peak_rss_mb``). The simulator and the fleet build are other processes.
 
 Run it with ``python -m tests.benchmarks.steady_state [DATABASE_URL] [--instances N]``.
 """
@@ -110,6 +110,9 @@ async def run(
         "pool_size": pool_size,
         "fleet_build_seconds": round(build_seconds, 1),
         "cycle_seconds": measured["cycle_seconds"],
+        "cycle_inventory_seconds": measured["cycle_inventory_seconds"],
+        "cycle_diff_seconds": measured["cycle_diff_seconds"],
+        "cycle_longest_stall_seconds": measured["cycle_longest_stall_seconds"],
         "cycle_cpu_seconds": measured["cycle_cpu_seconds"],
         "cycle_provider_seconds": round(sum(measured["cycle_provider_seconds"].values()), 2),
         "cycle_provider_seconds_by_provider": measured["cycle_provider_seconds"],
@@ -123,6 +126,7 @@ async def run(
         "pass_rows": measured["pass_rows"],
         "pass_seconds": measured["pass_seconds"],
         "pass_cpu_seconds": measured["pass_cpu_seconds"],
+        "pass_longest_stall_seconds": measured["pass_longest_stall_seconds"],
         "pass_rows_per_second": round(measured["pass_rows"] / measured["pass_seconds"], 1)
         if measured["pass_seconds"]
         else None,
@@ -131,8 +135,10 @@ async def run(
         "pass_calls": pass_calls,
         "pass_provider_calls": pass_total,
         "rss_at_start_mb": measured["rss_at_start_mb"],
+        "rss_after_inventory_mb": measured["rss_after_inventory_mb"],
         "rss_after_cycle_mb": measured["rss_after_cycle_mb"],
         "peak_rss_mb": measured["peak_rss_mb"],
+        "ru_maxrss_mb": measured["ru_maxrss_mb"],
         "target_rss_mb": TARGET_RSS_MB,
         "meets_calls_target": lists_only,
         "meets_rss_target": rss_ok,
@@ -148,6 +154,8 @@ def markdown(results: dict[str, object]) -> str:
         ("simulated latency per call (ms)", r["latency_ms"]),
         ("fleet build through the reconciler, no limits (s)", r["fleet_build_seconds"]),
         ("observation cycle: wall time (s)", r["cycle_seconds"]),
+        ("  of which listing the providers / diffing our rows (s)",
+         f"{r['cycle_inventory_seconds']} / {r['cycle_diff_seconds']}"),
         ("observation cycle: reconciler CPU / waiting on provider calls (s)",
          f"{r['cycle_cpu_seconds']} / {r['cycle_provider_seconds']}"),
         ("observation cycle: waiting on provider calls, by provider (s)",
@@ -160,8 +168,12 @@ def markdown(results: dict[str, object]) -> str:
         ("periodic pass: rows/s", r["pass_rows_per_second"]),
         ("periodic pass: outcomes", ", ".join(f"{k} {v}" for k, v in r["pass_outcomes"].items())),
         ("periodic pass: provider calls / actions", f"{r['pass_provider_calls']} / {r['pass_actions']}"),
-        ("RSS after start-up / after the cycle (MB)", f"{r['rss_at_start_mb']} / {r['rss_after_cycle_mb']}"),
-        ("**peak RSS of the reconciler process (MB)**", f"**{r['peak_rss_mb']}**"),
+        ("longest event-loop stall: cycle / pass (s)",
+         f"{r['cycle_longest_stall_seconds']} / {r['pass_longest_stall_seconds']}"),
+        ("RSS: peak at start-up / current after listing / peak after the cycle (MB)",
+         f"{r['rss_at_start_mb']} / {r['rss_after_inventory_mb']} / {r['rss_after_cycle_mb']}"),
+        ("**peak RSS of the reconciler process, VmHWM (MB)**", f"**{r['peak_rss_mb']}**"),
+        ("the same by getrusage ru_maxrss (MB; includes the parent's peak, see the method)", r["ru_maxrss_mb"]),
         ("list pages only, zero mutations", "PASS" if r["meets_calls_target"] else "MISS"),
         (f"peak RSS <= {r['target_rss_mb']:g} MB", "PASS" if r["meets_rss_target"] else "MISS"),
     ]

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol, runtime_checkable
@@ -48,11 +48,20 @@ log = logging.getLogger(__name__)
 
 OBSERVER_LOCK_KEY = 7_266_524_502
 
-SELECT_RECORDED = """
+RECORDED_PAGE_ROWS = 1000
+"""Recorded rows diffed per query: bounds the observer's memory whatever the fleet's size."""
+
+SELECT_RECORDED_PAGE = """
 SELECT o.instance_id, o.kind, o.external_id, o.attributes, o.status, o.drift,
-       EXTRACT(EPOCH FROM now() - o.updated_at) AS age_seconds
-  FROM observed_resources o JOIN desired_instances d USING (instance_id)
+       EXTRACT(EPOCH FROM now() - o.updated_at) AS age_seconds,
+       s.external_id AS service_id
+  FROM observed_resources o
+  JOIN desired_instances d USING (instance_id)
+  LEFT JOIN observed_resources s ON s.instance_id = o.instance_id AND s.kind = 'railway_service'
  WHERE o.external_id IS NOT NULL AND d.present
+   AND (o.instance_id, o.kind) > (%(after_instance)s, %(after_kind)s)
+ ORDER BY o.instance_id, o.kind
+ LIMIT %(limit)s
 """
 
 FLAG_DRIFT = """
@@ -112,11 +121,36 @@ class Lister(Protocol):
     async def list_managed(self, prefix: str) -> list[Observed]: ...
 
 
+@dataclass(frozen=True, slots=True)
+class Listed:
+    """One listed resource, cut down to what the diff and the garbage collector read.
+
+    A cycle holds one per resource each provider lists (40,000 for 10,000 instances with every
+    tool), so only the compared fields (``COMPARED``) are kept, not the whole listed object.
+    """
+
+    name: str
+    attributes: Mapping[str, Any]
+
+    @classmethod
+    def of(cls, kind: ResourceKind, observed: Observed) -> Listed:
+        fields = COMPARED.get(kind, ())
+        return cls(observed.name, {f: observed.attributes[f] for f in fields if f in observed.attributes})
+
+
+COMPARED: dict[ResourceKind, tuple[str, ...]] = {
+    ResourceKind.OPENROUTER_KEY: ("limit", "disabled"),
+    ResourceKind.AGENTMAIL_INBOX: ("display_name",),
+    ResourceKind.RAILWAY_SERVICE: ("deploy_status",),
+}
+"""The listed fields the observer reads, by kind (see ``Observer.drift_of``)."""
+
+
 @dataclass
 class Inventory:
     """What each provider holds under our prefix, by kind and external id."""
 
-    resources: dict[ResourceKind, dict[str, Observed]] = field(default_factory=dict)
+    resources: dict[ResourceKind, dict[str, Listed]] = field(default_factory=dict)
     failed: dict[ResourceKind, str] = field(default_factory=dict)
     service_configs: dict[str, dict[str, Any]] | None = None
     """Railway service id to its live config (variables, image), when it could be read."""
@@ -177,30 +211,20 @@ class Observer:
             if not isinstance(driver, Lister):
                 continue  # not configured: nothing of ours can exist there
             try:
-                listed = await driver.list_managed(self._prefix)
+                inventory.resources[kind] = {
+                    item.external_id: Listed.of(kind, item) for item in await driver.list_managed(self._prefix)
+                }
             except ProviderError as exc:
                 inventory.failed[kind] = str(exc)
-                continue
-            inventory.resources[kind] = {item.external_id: item for item in listed}
         if self._railway is not None:
             try:
-                services = await self._railway.list_services()
-            except ProviderError as exc:
-                inventory.failed[ResourceKind.RAILWAY_SERVICE] = str(exc)
-            else:
                 inventory.resources[ResourceKind.RAILWAY_SERVICE] = {
-                    str(s["id"]): Observed(
-                        external_id=str(s["id"]),
-                        name=str(s["name"]),
-                        attributes={
-                            "deploy_status": s.get("deploy_status"),
-                            "image": s.get("image"),
-                            "domain": s.get("domain"),
-                        },
-                    )
-                    for s in services
+                    str(s["id"]): Listed(str(s["name"]), {"deploy_status": s.get("deploy_status")})
+                    for s in await self._railway.list_services()
                     if str(s["name"]).startswith(self._prefix)
                 }
+            except ProviderError as exc:
+                inventory.failed[ResourceKind.RAILWAY_SERVICE] = str(exc)
             try:
                 inventory.service_configs = await self._railway.service_configs()
             except ProviderError as exc:
@@ -217,17 +241,12 @@ class Observer:
             listed={k.value: len(v) for k, v in inventory.resources.items()},
             failed={k.value: v for k, v in inventory.failed.items()},
         )
+        services = inventory.resources.get(ResourceKind.RAILWAY_SERVICE)
         async with self._pool.connection() as conn:
-            async with conn.cursor(row_factory=dict_row) as cur:
-                await cur.execute(SELECT_RECORDED)
-                rows = await cur.fetchall()
-            services = inventory.resources.get(ResourceKind.RAILWAY_SERVICE, {})
-            service_of = {r["instance_id"]: r["external_id"] for r in rows if r["kind"] == "railway_service"}
-            for row in rows:
+            async for row in self._recorded(conn):
                 kind = ResourceKind(row["kind"])
-                if kind is ResourceKind.RAILWAY_DEPLOYMENT and ResourceKind.RAILWAY_SERVICE in inventory.resources:
-                    service_id = service_of.get(row["instance_id"], "")
-                    service = services.get(service_id)
+                if kind is ResourceKind.RAILWAY_DEPLOYMENT and services is not None:
+                    service = services.get(row["service_id"] or "")
                     if service is not None:
                         report.status_changes += await self._refresh_deployment(conn, row, service)
                 drift = self.drift_of(kind, row, inventory)
@@ -235,6 +254,22 @@ class Observer:
                     await self._flag_and_report(conn, row, kind, drift, report)
         self._metrics.observation_seconds.observe(time.monotonic() - started)
         return report
+
+    async def _recorded(self, conn: AsyncConnection[Any]) -> AsyncIterator[dict[str, Any]]:
+        """Every recorded resource of a live instance, a page at a time (keyset order)."""
+        after = ("", "")
+        while True:
+            async with conn.cursor(row_factory=dict_row) as cur:
+                await cur.execute(
+                    SELECT_RECORDED_PAGE,
+                    {"after_instance": after[0], "after_kind": after[1], "limit": RECORDED_PAGE_ROWS},
+                )
+                page = await cur.fetchall()
+            for row in page:
+                yield row
+            if len(page) < RECORDED_PAGE_ROWS:
+                return
+            after = (page[-1]["instance_id"], page[-1]["kind"])
 
     def drift_of(self, kind: ResourceKind, row: Mapping[str, Any], inventory: Inventory) -> str | None:
         """What the listing says about one recorded resource: 'gone', 'config' or None."""
@@ -283,7 +318,7 @@ class Observer:
         log.info("drift detected", extra={"instance_id": row["instance_id"], "kind": kind.value, "drift": drift})
         return True
 
-    async def _refresh_deployment(self, conn: AsyncConnection[Any], row: Mapping[str, Any], service: Observed) -> int:
+    async def _refresh_deployment(self, conn: AsyncConnection[Any], row: Mapping[str, Any], service: Listed) -> int:
         status = service.attributes.get("deploy_status")
         recorded = (row["attributes"] or {}).get("deploy_status")
         if status is None or status == recorded:

@@ -5,10 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 import psycopg
+import pytest
 
 from desired_state import store
 from desired_state.models import InstanceSpec, Tool
 from providers.base import DesiredResource, ResourceKind
+from reconciler import observe
 from reconciler.operator import build_plan, render_plan, why
 from reconciler.runtime import Runtime
 from tests.conftest import Sim
@@ -90,6 +92,26 @@ async def test_a_crashed_deploy_shows_in_status_and_conditions(
     assert row is not None and row.phase == "Failed"
     lines = await why(conn, "d4")
     assert lines is not None and any("Ready=False (DeployFailed)" in line for line in lines)
+
+
+async def test_a_fleet_larger_than_one_page_of_recorded_rows_is_diffed_whole(
+    runtime: Runtime, sim: Sim, conn: psycopg.AsyncConnection[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Recorded rows are read a page at a time; two rows a page splits every instance's five.
+    monkeypatch.setattr(observe, "RECORDED_PAGE_ROWS", 2)
+    ids = ["p1", "p2", "p3"]
+    await converged(runtime, conn, *(InstanceSpec(instance_id=i, tools=(Tool.OPENROUTER,)) for i in ids))
+    http = runtime.drivers[ResourceKind.OPENROUTER_KEY]._http  # type: ignore[attr-defined]
+    for key in sim.simulator.snapshot()["openrouter"]["keys"]:
+        await http.request("update_key", "PATCH", f"/keys/{key['id']}", json={"limit": 999.0})
+    services = {s["name"]: s["id"] for s in sim.simulator.snapshot()["railway"]["services"]}
+    sim.simulator.railway.crash(services["convos-agent-p3"])
+
+    report = await runtime.observer.observe()
+    assert sorted(report.drift) == [(i, "openrouter_key", "config") for i in ids]
+    assert report.status_changes == 1
+    crashed = "SELECT i.instance_id FROM instance_infra i WHERE deploy_status = 'CRASHED'"
+    assert await (await conn.execute(crashed)).fetchall() == [("p3",)]
 
 
 async def test_gc_deletes_orphans_after_the_grace_period_and_never_live_resources(

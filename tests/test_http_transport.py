@@ -1,0 +1,55 @@
+"""ProviderHTTP frees each answer as soon as it is decoded.
+
+httpx links a response and its stream in a reference cycle; left alone, every body waits for the
+cyclic garbage collector, which on a large heap runs rarely, so an observation cycle over a big
+fleet would hold all its list pages at once. These tests run with the collector switched off: what
+is freed is freed by reference counting alone.
+"""
+
+from __future__ import annotations
+
+import gc
+import weakref
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from providers._http import ProviderHTTP
+from providers.base import Transient
+
+PAGE = {"data": [{"id": f"item-{n}", "name": "x" * 200} for n in range(2000)]}
+
+
+@pytest.fixture
+def collector_off() -> Iterator[None]:
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
+async def test_a_decoded_answer_is_freed_without_the_cyclic_collector(collector_off: None) -> None:
+    seen: list[weakref.ref[httpx.Response]] = []
+
+    async def remember(response: httpx.Response) -> None:
+        seen.append(weakref.ref(response))
+
+    transport = httpx.MockTransport(lambda request: httpx.Response(200, json=PAGE))
+    async with httpx.AsyncClient(transport=transport, event_hooks={"response": [remember]}) as client:
+        http = ProviderHTTP("openrouter", client, "https://provider.test", {"Authorization": "Bearer k"})
+        body = await http.request("list_keys", "GET", "/keys")
+
+    assert len(body["data"]) == 2000
+    assert len(seen) == 1
+    assert seen[0]() is None, "the response (and its body) is still alive: it waits for the cyclic collector"
+
+
+async def test_an_error_answer_still_reads_its_body(collector_off: None) -> None:
+    transport = httpx.MockTransport(lambda request: httpx.Response(503, json={"error": {"message": "overloaded"}}))
+    async with httpx.AsyncClient(transport=transport) as client:
+        http = ProviderHTTP("openrouter", client, "https://provider.test", {"Authorization": "Bearer k"})
+        with pytest.raises(Transient, match="HTTP 503: overloaded"):
+            await http.request("list_keys", "GET", "/keys")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import os
 import platform
 import subprocess
@@ -33,6 +34,8 @@ from tests.benchmarks import cold_convergence, new_work_latency, status_batch, s
 from tests.benchmarks._harness import ROOT, Fleet, converged_fleet
 
 DOC = ROOT / "docs" / "benchmarks.md"
+RESULTS = ROOT / "docs" / "benchmarks.json"
+"""The raw results of the run that wrote DOC: ``--render`` rewrites DOC from them without rerunning."""
 FLEET_USERS = frozenset({"steady_state", "new_work_latency"})
 
 
@@ -493,7 +496,21 @@ def main() -> None:
     parser.add_argument("--only", action="append", choices=[b.name for b in BENCHMARKS], help="run only these")
     parser.add_argument("--quick", action="store_true", help="tiny sizes; print the document instead of writing it")
     parser.add_argument("--output", type=Path, help=f"where to write the document (default {DOC.relative_to(ROOT)})")
+    parser.add_argument(
+        "--render",
+        action="store_true",
+        help=f"run nothing: rewrite the document from the results of the last full run ({RESULTS.relative_to(ROOT)})",
+    )
     args = parser.parse_args()
+    if args.render:
+        saved = json.loads(RESULTS.read_text())
+        outcomes = [
+            Outcome(next(b for b in BENCHMARKS if b.name == o["name"]), o["seconds"], o["results"], o["error"])
+            for o in saved["outcomes"]
+        ]
+        (args.output or DOC).write_text(render(outcomes, saved["machine"], saved["command"], saved["seconds"]))
+        print(f"wrote {args.output or DOC} from {RESULTS.relative_to(ROOT)}")
+        return
     command = "make bench" if not (args.only or args.quick or args.database_url) else " ".join(
         ["python -m tests.benchmarks", *sys.argv[1:]]
     )
@@ -502,8 +519,15 @@ def main() -> None:
     with postgres_server(url) as (server_url, embedded):
         info = machine(server_url, embedded)
         outcomes = asyncio.run(run_benchmarks(server_url, args.only, quick=args.quick))
-    document = render(outcomes, info, command, time.monotonic() - started)
+    total = time.monotonic() - started
+    document = render(outcomes, info, command, total)
     output = args.output or (None if args.quick else DOC)
+    if output == DOC:
+        saved = [
+            {"name": o.benchmark.name, "seconds": o.seconds, "results": o.results, "error": o.error} for o in outcomes
+        ]
+        payload = {"command": command, "machine": info, "seconds": total, "outcomes": saved}
+        RESULTS.write_text(json.dumps(payload, indent=1, default=str) + "\n")
     if output is None:
         print(document)
     else:

@@ -95,8 +95,11 @@ class EngineSettings:
     config_error_interval: float = 300.0
     """A configuration error (bad credentials) is retried only this often."""
     changed_share: float = 0.75
-    """Share of each claim reserved for new and changed rows; the rest goes to the longest-waiting
-    polls and drift corrections, so neither can starve the other."""
+    """Share of each claim reserved for new and changed rows; the rest goes to the best-ranked of
+    all, so a flood of changes cannot starve polls and a backlog of polls cannot delay new work."""
+    aging_seconds: float = 30.0
+    """Claims rank new and changed rows, then retries, then periodic polls; a row of a lower class
+    goes first once it has been due this much longer per class (aging, so none starves)."""
     batch_size: int = 32
     """Rows one worker reconciles at once (claimed as slots free up)."""
 
@@ -174,6 +177,7 @@ class Reconciler:
             "owner": self._owner,
             "lease_seconds": self.settings.lease_seconds,
             "changed_share": self.settings.changed_share,
+            "aging_seconds": self.settings.aging_seconds,
         }
         async with self._pool.connection() as conn, conn.cursor() as cur:
             await cur.execute(queries.CLAIM_DUE, params)

@@ -7,40 +7,47 @@ claim due rows, check the fencing token, record observed state, publish the seed
 from __future__ import annotations
 
 # -- claiming -------------------------------------------------------------------------------------
-# Due rows in two classes: changed (a generation not yet observed: new rows, spec changes and
-# their retries) and the rest (periodic polls, drift corrections). Changed rows take up to
-# %(changed_share)s of each claim, so new work starts at the next claim however long the backlog
-# of polls; the rest of the claim goes to the longest-waiting other rows, so polls never starve
-# either. Within a class, the longest-waiting row goes first. SKIP LOCKED lets replicas claim
-# disjoint sets; each claim bumps the fencing token every later write is checked against.
+# Due rows rank in three classes: new and changed rows (a generation not yet observed), then
+# retries (a row whose last pass failed), then periodic polls. Aging keeps the order from
+# starving anyone: a row ranks as if it came due one %(aging_seconds)s step later per class
+# below the first, so a retry that has waited a step longer than a new row goes before it, and
+# a poll two steps longer. Changed rows (new ones and their retries) also have up to
+# %(changed_share)s of each claim reserved, so new work starts at the next claim however long
+# the backlog of polls; the rest of the claim goes to the best-ranked of all. SKIP LOCKED lets
+# replicas claim disjoint sets; each claim bumps the fencing token every later write is checked
+# against.
 CLAIM_DUE = """
 WITH changed AS (
-    SELECT instance_id, 0 AS class, next_attempt_at
+    SELECT instance_id, 0 AS class,
+           next_attempt_at + CASE WHEN attempts > 0 THEN 1 ELSE 0 END
+                             * %(aging_seconds)s * interval '1 second' AS ranks_at
       FROM desired_instances
      WHERE next_attempt_at <= now()
        AND (lease_expires_at IS NULL OR lease_expires_at < now())
        AND observed_generation IS DISTINCT FROM generation
-     ORDER BY next_attempt_at
+     ORDER BY ranks_at
      LIMIT %(limit)s
        FOR UPDATE SKIP LOCKED
 ), others AS (
-    SELECT instance_id, 1 AS class, next_attempt_at
+    SELECT instance_id, 1 AS class,
+           next_attempt_at + CASE WHEN attempts > 0 THEN 1 ELSE 2 END
+                             * %(aging_seconds)s * interval '1 second' AS ranks_at
       FROM desired_instances
      WHERE next_attempt_at <= now()
        AND (lease_expires_at IS NULL OR lease_expires_at < now())
        AND observed_generation IS NOT DISTINCT FROM generation
-     ORDER BY next_attempt_at
+     ORDER BY ranks_at
      LIMIT %(limit)s
        FOR UPDATE SKIP LOCKED
 ), picked AS (
     SELECT instance_id FROM (
-        SELECT instance_id, class, next_attempt_at,
-               row_number() OVER (PARTITION BY class ORDER BY next_attempt_at) AS nth
+        SELECT instance_id, class, ranks_at,
+               row_number() OVER (PARTITION BY class ORDER BY ranks_at) AS nth
           FROM (SELECT * FROM changed UNION ALL SELECT * FROM others) due
     ) ranked
-     -- changed rows fill up to their share first; any share they leave goes to the others
+     -- changed rows fill up to their share first; any share they leave goes to the best-ranked
      ORDER BY CASE WHEN class = 0 AND nth <= ceil(%(limit)s * %(changed_share)s) THEN 0 ELSE 1 END,
-              next_attempt_at
+              ranks_at
      LIMIT %(limit)s
 )
 UPDATE desired_instances AS d

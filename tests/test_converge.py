@@ -262,6 +262,29 @@ async def test_a_missing_tool_key_is_a_visible_configuration_error(
     )
 
 
+async def test_claims_rank_changes_then_retries_then_polls_with_aging(
+    runtime: Runtime, conn: psycopg.AsyncConnection[Any]
+) -> None:
+    # (row, changed?, failed attempts, due for how long); aging_seconds is 30.
+    rows = [
+        ("fresh", True, 0, 0),
+        ("retry_recent", True, 2, 10),  # a retry ranks 30 s behind: after "fresh"
+        ("retry_aged", True, 2, 45),  # ...but has waited more than that: before "fresh"
+        ("poll_recent", False, 0, 10),  # a poll ranks 60 s behind new work, 30 s behind retries
+        ("poll_retry", False, 1, 10),  # a failed drift correction: before "poll_recent"
+        ("poll_aged", False, 0, 100),  # overdue by more than 60 s: before both
+    ]
+    for instance_id, changed, attempts, due_for in rows:
+        await conn.execute(
+            "INSERT INTO desired_instances (instance_id, spec, generation, observed_generation, phase, attempts,"
+            " next_attempt_at) VALUES (%s, '{}'::jsonb, 2, %s, 'Ready', %s, now() - %s * interval '1 second')",
+            (instance_id, 1 if changed else 2, attempts, due_for),
+        )
+    assert runtime.reconciler.settings.aging_seconds == 30
+    order = [c.instance_id for _ in rows for c in await runtime.reconciler.claim(1)]
+    assert order == ["retry_aged", "fresh", "retry_recent", "poll_aged", "poll_retry", "poll_recent"]
+
+
 async def test_claims_are_disjoint_across_workers(
     runtime: Runtime, conn: psycopg.AsyncConnection[Any]
 ) -> None:

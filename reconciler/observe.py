@@ -17,6 +17,8 @@ crash-safe path as a create. The observer itself never calls a mutating provider
 
 Garbage collection uses the same inventory: a listed resource whose derived name maps to no
 desired row, or that is a second resource under a live row's name, is an orphan *candidate*.
+An instance the seed's ``instance_infra`` still records without a desired row (one made by the
+system this replaces, in a database upgraded in place) is not ours: its resources are left alone.
 Candidates are remembered in ``gc_candidates``; one is deleted (through its driver, 404 = gone)
 only after it has been seen orphaned for the whole grace period, so a resource created by an
 in-flight create, whose id is not recorded yet, is never collected.
@@ -99,6 +101,12 @@ SELECT_LIVE_NAMES = """
 SELECT d.instance_id, o.kind, o.external_id
   FROM desired_instances d LEFT JOIN observed_resources o USING (instance_id)
 """
+# Instances the seed's table records without a desired row: made by the system this one replaces
+# (an upgraded database) or left by a desired row deleted with raw SQL. Never ours to collect.
+SELECT_UNMANAGED = """
+SELECT i.instance_id FROM instance_infra i
+ WHERE NOT EXISTS (SELECT 1 FROM desired_instances d WHERE d.instance_id = i.instance_id)
+"""
 
 UPSERT_CANDIDATE = """
 INSERT INTO gc_candidates (kind, external_id, derived_name) VALUES (%(kind)s, %(external_id)s, %(name)s)
@@ -107,7 +115,11 @@ RETURNING EXTRACT(EPOCH FROM now() - first_seen_at)
 """
 FORGET_CANDIDATES_NOT_SEEN = "DELETE FROM gc_candidates WHERE last_seen_at < %(cycle_started)s"
 DELETE_CANDIDATE = "DELETE FROM gc_candidates WHERE kind = %(kind)s AND external_id = %(external_id)s"
-INSTANCE_EXISTS = "SELECT 1 FROM desired_instances WHERE instance_id = %(instance_id)s"
+INSTANCE_KNOWN = """
+SELECT 1 FROM desired_instances WHERE instance_id = %(instance_id)s
+ UNION ALL
+SELECT 1 FROM instance_infra WHERE instance_id = %(instance_id)s
+"""
 GC_EVENT = """
 INSERT INTO events (instance_id, kind, action, outcome, detail)
 VALUES (%(instance_id)s, %(kind)s, 'gc_delete', %(outcome)s, %(detail)s)
@@ -335,6 +347,7 @@ class Observer:
         """Listed resources that belong to no desired row, or duplicate a live row's resource."""
         async with self._pool.connection() as conn:
             rows = await (await conn.execute(SELECT_LIVE_NAMES)).fetchall()
+            unmanaged = {row[0] for row in await (await conn.execute(SELECT_UNMANAGED)).fetchall()}
         live: set[str] = set()
         recorded: dict[tuple[str, str], str | None] = {}
         for instance_id, kind, external_id in rows:
@@ -347,6 +360,8 @@ class Observer:
                 if not item.name.startswith(self._prefix):
                     continue
                 instance_id = item.name.removeprefix(self._prefix)
+                if instance_id in unmanaged:
+                    continue
                 if instance_id not in live:
                     found.append(Orphan(kind, external_id, item.name, instance_id, "no desired instance"))
                     continue
@@ -392,7 +407,7 @@ class Observer:
             # Re-check right before deleting: the instance may have been created since the listing.
             if (
                 orphan.why == "no desired instance"
-                and await (await conn.execute(INSTANCE_EXISTS, {"instance_id": orphan.instance_id})).fetchone()
+                and await (await conn.execute(INSTANCE_KNOWN, {"instance_id": orphan.instance_id})).fetchone()
             ):
                 return False
         driver = self._drivers[orphan.kind]

@@ -143,6 +143,37 @@ async def test_gc_deletes_orphans_after_the_grace_period_and_never_live_resource
     assert events == (2,)
 
 
+async def test_gc_leaves_alone_an_instance_the_replaced_system_recorded(
+    runtime: Runtime, sim: Sim, conn: psycopg.AsyncConnection[Any]
+) -> None:
+    # An upgraded database: the old system's instance_infra row, its resources, no desired row.
+    service = await runtime.drivers[ResourceKind.RAILWAY_SERVICE].create(
+        DesiredResource(ResourceKind.RAILWAY_SERVICE, "legacy1", "convos-agent-legacy1")
+    )
+    key_want = DesiredResource(
+        ResourceKind.OPENROUTER_KEY, "legacy1", "convos-agent-legacy1", params=_params(ResourceKind.OPENROUTER_KEY)
+    )
+    await runtime.drivers[ResourceKind.OPENROUTER_KEY].create(key_want)
+    await conn.execute(
+        "INSERT INTO instance_infra (instance_id, provider_service_id, provider_env_id) VALUES ('legacy1', %s, 'env')",
+        (service.external_id,),
+    )
+    # ...and a real orphan beside it, so the pass is known to collect.
+    await runtime.drivers[ResourceKind.OPENROUTER_KEY].create(
+        DesiredResource(
+            ResourceKind.OPENROUTER_KEY, "ghost", "convos-agent-ghost", params=_params(ResourceKind.OPENROUTER_KEY)
+        )
+    )
+
+    runtime.observer.gc_grace = 0
+    assert [o.name for o in (await runtime.observer.collect(dry_run=True)).orphans] == ["convos-agent-ghost"]
+    done = await runtime.observer.collect()
+    assert [o.name for o in done.collected] == ["convos-agent-ghost"]
+    names = held(sim)
+    assert names["openrouter.keys"] == ["convos-agent-legacy1"]
+    assert names["railway.services"] == ["convos-agent-legacy1"]
+
+
 async def test_plan_shows_creates_then_nothing_then_drift_and_orphans(
     runtime: Runtime, sim: Sim, conn: psycopg.AsyncConnection[Any]
 ) -> None:

@@ -276,11 +276,18 @@ class Reconciler:
         for kind in reversed(CREATE_ORDER):
             if kind in state.observed:
                 await self._remove(claim, kind, spec, state)
-        # Every resource is confirmed gone: the finalizer lets the row go.
+        # Every resource is confirmed gone: the finalizer lets the row go, unless a caller wanted
+        # the instance again meanwhile (present is back): then it is built afresh, from now.
         async with self._fenced(claim) as conn:
-            await conn.execute(queries.DELETE_INSTANCE_INFRA, {"instance_id": claim.instance_id})
-            await conn.execute(queries.DELETE_DESIRED, {"instance_id": claim.instance_id, "token": claim.token})
-            await self._event(conn, claim, None, "delete_instance", "ok", {})
+            cur = await conn.execute(queries.DELETE_DESIRED, {"instance_id": claim.instance_id, "token": claim.token})
+            deleted = await cur.fetchone() is not None
+            if deleted:
+                await conn.execute(queries.DELETE_INSTANCE_INFRA, {"instance_id": claim.instance_id})
+                await self._event(conn, claim, None, "delete_instance", "ok", {})
+        if not deleted:
+            wanted_again = PassResult("Provisioning", "Provisioning", "wanted again while being torn down")
+            await self._finish(claim, wanted_again, delay=0)
+            return Outcome(claim.instance_id, "teardown", "requeue", "Provisioning", actions=tuple(state.actions))
         return Outcome(claim.instance_id, "teardown", "gone", None, actions=tuple(state.actions))
 
     # -- applying one action ---------------------------------------------------------------------

@@ -32,7 +32,6 @@ import logging
 import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any, Protocol, runtime_checkable
 
 from psycopg import AsyncConnection
@@ -65,6 +64,10 @@ SELECT o.instance_id, o.kind, o.external_id, o.attributes, o.status, o.drift,
  ORDER BY o.instance_id, o.kind
  LIMIT %(limit)s
 """
+
+# Every write of the observer's first locks the instance's desired row, as a worker's fenced
+# transaction does (CHECK_FENCE), so the two take their row locks in one order and cannot deadlock.
+LOCK_DESIRED = "SELECT 1 FROM desired_instances WHERE instance_id = %(instance_id)s FOR NO KEY UPDATE"
 
 FLAG_DRIFT = """
 WITH flagged AS (
@@ -114,6 +117,8 @@ ON CONFLICT (kind, external_id) DO UPDATE SET last_seen_at = now()
 RETURNING EXTRACT(EPOCH FROM now() - first_seen_at)
 """
 FORGET_CANDIDATES_NOT_SEEN = "DELETE FROM gc_candidates WHERE last_seen_at < %(cycle_started)s"
+DATABASE_NOW = "SELECT now()"
+RECORDED_ID = "SELECT external_id FROM observed_resources WHERE instance_id = %(instance_id)s AND kind = %(kind)s"
 DELETE_CANDIDATE = "DELETE FROM gc_candidates WHERE kind = %(kind)s AND external_id = %(external_id)s"
 INSTANCE_KNOWN = """
 SELECT 1 FROM desired_instances WHERE instance_id = %(instance_id)s
@@ -313,17 +318,20 @@ class Observer:
             report.drift.append((row["instance_id"], kind.value, drift))
 
     async def _flag(self, conn: AsyncConnection[Any], row: Mapping[str, Any], kind: ResourceKind, drift: str) -> bool:
-        cur = await conn.execute(
-            FLAG_DRIFT,
-            {
-                "instance_id": row["instance_id"],
-                "kind": kind.value,
-                "external_id": row["external_id"],
-                "drift": drift,
-                "detail": Jsonb({"external_id": row["external_id"]}),
-            },
-        )
-        if await cur.fetchone() is None:
+        async with conn.transaction():
+            await conn.execute(LOCK_DESIRED, {"instance_id": row["instance_id"]})
+            cur = await conn.execute(
+                FLAG_DRIFT,
+                {
+                    "instance_id": row["instance_id"],
+                    "kind": kind.value,
+                    "external_id": row["external_id"],
+                    "drift": drift,
+                    "detail": Jsonb({"external_id": row["external_id"]}),
+                },
+            )
+            flagged = await cur.fetchone() is not None
+        if not flagged:
             return False
         self._metrics.drift_detected.labels(kind.value, drift).inc()
         self._metrics.resource_mutations.labels(kind.value, "drift").inc()
@@ -335,10 +343,12 @@ class Observer:
         recorded = (row["attributes"] or {}).get("deploy_status")
         if status is None or status == recorded:
             return 0
-        await conn.execute(
-            REFRESH_DEPLOY_STATUS,
-            {"instance_id": row["instance_id"], "status": status, "ready": status in DEPLOY_READY},
-        )
+        async with conn.transaction():
+            await conn.execute(LOCK_DESIRED, {"instance_id": row["instance_id"]})
+            await conn.execute(
+                REFRESH_DEPLOY_STATUS,
+                {"instance_id": row["instance_id"], "status": status, "ready": status in DEPLOY_READY},
+            )
         return 1
 
     # -- garbage collection -----------------------------------------------------------------------
@@ -374,7 +384,9 @@ class Observer:
 
     async def collect(self, inventory: Inventory | None = None, *, dry_run: bool = False) -> CycleReport:
         """Delete orphans seen for longer than the grace period (``dry_run``: only report them)."""
-        cycle_started = time.time()
+        async with self._pool.connection() as conn:
+            # The database's clock, which stamps last_seen_at: the process's may run ahead of it.
+            cycle_started = await _fetch_value(conn, DATABASE_NOW)
         inventory = inventory or await self.inventory()
         report = CycleReport(listed={k.value: len(v) for k, v in inventory.resources.items()})
         found = await self.orphans(inventory)
@@ -394,7 +406,7 @@ class Observer:
                     Orphan(orphan.kind, orphan.external_id, orphan.name, orphan.instance_id, orphan.why, seen)
                 )
             if not dry_run:
-                await conn.execute(FORGET_CANDIDATES_NOT_SEEN, {"cycle_started": _timestamp(cycle_started)})
+                await conn.execute(FORGET_CANDIDATES_NOT_SEEN, {"cycle_started": cycle_started})
         if dry_run:
             return report
         for orphan in report.orphans:
@@ -404,12 +416,18 @@ class Observer:
 
     async def _delete_orphan(self, orphan: Orphan) -> bool:
         async with self._pool.connection() as conn:
-            # Re-check right before deleting: the instance may have been created since the listing.
-            if (
-                orphan.why == "no desired instance"
-                and await (await conn.execute(INSTANCE_KNOWN, {"instance_id": orphan.instance_id})).fetchone()
-            ):
-                return False
+            # Re-check right before deleting, as the listing may be minutes old: the instance may
+            # have been created since, or a worker may have adopted this very resource (a lookup
+            # by name finds the oldest), or started a create whose id is not recorded yet.
+            if orphan.why == "no desired instance":
+                if await (await conn.execute(INSTANCE_KNOWN, {"instance_id": orphan.instance_id})).fetchone():
+                    return False
+            else:
+                recorded = await (
+                    await conn.execute(RECORDED_ID, {"instance_id": orphan.instance_id, "kind": orphan.kind.value})
+                ).fetchone()
+                if recorded is not None and recorded[0] in (None, orphan.external_id):
+                    return False
         driver = self._drivers[orphan.kind]
         want = DesiredResource(kind=orphan.kind, instance_id=orphan.instance_id, name=orphan.name)
         outcome = "ok"
@@ -471,5 +489,6 @@ def _differs(applied: Mapping[str, Any], listed: Mapping[str, Any], key: str) ->
     return key in applied and key in listed and applied[key] != listed[key]
 
 
-def _timestamp(epoch: float) -> datetime:
-    return datetime.fromtimestamp(epoch, UTC)
+async def _fetch_value(conn: AsyncConnection[Any], query: str) -> Any:
+    row = await (await conn.execute(query)).fetchone()
+    return None if row is None else row[0]

@@ -220,6 +220,7 @@ RETURNING before.ready_at IS NULL AND %(phase)s = 'Ready' AS became_ready,
 DELETE_DESIRED = """
 DELETE FROM desired_instances
  WHERE instance_id = %(instance_id)s AND fencing_token = %(token)s AND NOT present
+RETURNING instance_id
 """
 
 # -- status ---------------------------------------------------------------------------------------

@@ -313,3 +313,33 @@ async def test_new_work_is_claimed_first_even_behind_an_old_backlog_and_polls_ne
     second = await runtime.reconciler.claim(8)
     polls = [c for c in second if c.instance_id.startswith("poll")]
     assert len(polls) == 2 and len(second) == 8
+
+
+async def test_an_instance_wanted_again_during_its_teardown_is_rebuilt_not_half_deleted(
+    runtime: Runtime, sim: Sim, conn: psycopg.AsyncConnection[Any], monkeypatch: Any
+) -> None:
+    spec = InstanceSpec(instance_id="again", tools=(Tool.OPENROUTER,))
+    await store.put(conn, spec)
+    await settle(runtime, lambda: all_ready(conn, 1))
+    await store.mark_absent(conn, ["again"])
+
+    # The caller wants it back while the teardown is deleting the Railway service (the last step).
+    service_driver = runtime.drivers[ResourceKind.RAILWAY_SERVICE]
+    delete = service_driver.delete
+
+    async def delete_then_want_again(*args: Any, **kwargs: Any) -> None:
+        await delete(*args, **kwargs)
+        await store.put(conn, spec)
+
+    monkeypatch.setattr(service_driver, "delete", delete_then_want_again)
+    first = await runtime.worker.drain()
+    assert (first[0].kind, first[0].result) == ("teardown", "requeue")
+    monkeypatch.undo()
+
+    await settle(runtime, lambda: all_ready(conn, 1))
+    row = await store.get(conn, "again")
+    assert row is not None and row.present
+    names = held(sim)
+    assert names["railway.services"] == ["convos-agent-again"] and names["openrouter.keys"] == ["convos-agent-again"]
+    infra = await (await conn.execute("SELECT count(*) FROM instance_infra WHERE instance_id = 'again'")).fetchone()
+    assert infra == (1,)

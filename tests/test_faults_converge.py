@@ -76,3 +76,16 @@ async def test_everything_converges_through_faults_and_no_retry_after_is_ignored
     # Throttling was a deferral, never counted as a failed attempt against the row.
     throttled = sum(hostile_runtime.metrics.throttled.labels(p)._value.get() for p in ("railway", "openrouter"))
     assert throttled > 0
+
+
+async def test_a_retry_after_of_zero_defers_the_row_a_second_rather_than_spinning(
+    runtime: Runtime, sim: Sim, conn: psycopg.AsyncConnection[Any]
+) -> None:
+    sim.simulator.set_faults(FaultPlan(rules=[FaultRule(provider="railway", throttle_rate=1.0, retry_after=0.0)]))
+    await store.put(conn, InstanceSpec(instance_id="zero"))
+    [outcome] = await runtime.worker.drain()
+    assert outcome.result == "throttled"
+    due_in = await (
+        await conn.execute("SELECT EXTRACT(EPOCH FROM next_attempt_at - now()) FROM desired_instances")
+    ).fetchone()
+    assert due_in is not None and 0.5 < float(due_in[0]) <= 1.0

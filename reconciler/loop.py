@@ -68,9 +68,10 @@ class Worker:
         self._scheduler: AsyncIOScheduler | None = None
         self._idle = asyncio.Event()
         self._idle.set()
+        self._stopping = False
 
     async def drain(self) -> list[Outcome]:
-        """Reconcile until nothing is due right now.
+        """Reconcile until nothing is due right now (or the worker is stopping).
 
         A pipeline, not batches: up to ``batch_size`` instances are reconciled at once and more
         are claimed as soon as a quarter of the slots free up, so one slow instance never holds
@@ -85,7 +86,7 @@ class Worker:
         try:
             while True:
                 free = limit - len(in_flight)
-                if not nothing_due and free >= (refill if in_flight else 1):
+                if not nothing_due and not self._stopping and free >= (refill if in_flight else 1):
                     claims = await self.reconciler.claim(free)
                     nothing_due = not claims
                     in_flight.update(asyncio.create_task(self.reconciler.reconcile(c)) for c in claims)
@@ -111,6 +112,8 @@ class Worker:
         return outcomes
 
     async def tick(self) -> None:
+        if self._stopping:
+            return
         self._idle.clear()
         try:
             await self.drain()
@@ -131,6 +134,10 @@ class Worker:
         self._cycles += 1
         try:
             report = await self._observer.cycle(collect_garbage=self._cycles % self._gc_every == 0)
+        except asyncio.CancelledError:
+            # Shutting down: a cycle only reads and flags, so the next one (any replica's) redoes it.
+            log.info("observation cycle interrupted by shutdown")
+            return
         except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
             log.error("database unavailable, observation skipped: %s", _first_line(exc))
             return
@@ -216,12 +223,16 @@ class Worker:
         try:
             await stop.wait()
         finally:
-            scheduler.shutdown(wait=False)
+            # Claim nothing more and let the passes in flight finish their writes (they are
+            # fenced either way), then stop the scheduler, which cancels what still runs.
+            self._stopping = True
+            scheduler.pause()
             listener.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await listener
-            # Let a pass in flight finish its writes (they are fenced either way).
             await self._idle.wait()
+            scheduler.shutdown(wait=False)
+            self._stopping = False  # drain() on demand works again
 
     async def _listen(self, stop: asyncio.Event) -> None:
         delay = 0.5

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -10,15 +11,18 @@ from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
+from prometheus_client import CollectorRegistry
 from psycopg.rows import dict_row
 
 from desired_state import store
 from desired_state.models import InstanceSpec, Tool
 from providers.base import ResourceKind
+from reconciler.demo import simulated_settings
 from reconciler.engine import Claim
-from reconciler.runtime import Runtime
+from reconciler.metrics import Metrics
+from reconciler.runtime import Runtime, RuntimeOptions
 from reconciler.status import phase_counts
-from tests.conftest import Sim
+from tests.conftest import FAST_ENGINE, Sim
 
 ALL_TOOLS = (Tool.OPENROUTER, Tool.AGENTMAIL, Tool.TELNYX)
 
@@ -343,3 +347,34 @@ async def test_an_instance_wanted_again_during_its_teardown_is_rebuilt_not_half_
     assert names["railway.services"] == ["convos-agent-again"] and names["openrouter.keys"] == ["convos-agent-again"]
     infra = await (await conn.execute("SELECT count(*) FROM instance_infra WHERE instance_id = 'again'")).fetchone()
     assert infra == (1,)
+
+
+async def test_stopping_a_busy_loop_lets_the_passes_in_flight_finish_and_logs_no_error(
+    db_url: str, sim: Sim, caplog: Any
+) -> None:
+    # Every converged row is due again at once: the loop never runs out of work by itself.
+    settings = simulated_settings(sim.root, sim.simulator.railway.project_id)
+    options = RuntimeOptions(engine=replace(FAST_ENGINE, poll_interval=0.0), tick_seconds=0.1)
+    async with (
+        Runtime(settings, db_url, options, Metrics(CollectorRegistry())) as runtime,
+        await psycopg.AsyncConnection.connect(db_url, autocommit=True) as conn,
+    ):
+        await store.put_many(conn, [InstanceSpec(instance_id=f"busy{i}") for i in range(8)])
+        stop = asyncio.Event()
+        loop = asyncio.create_task(runtime.worker.run_forever(stop))
+        await settle_without_draining(lambda: all_ready(conn, 8))
+        caplog.clear()
+        stop.set()
+        await asyncio.wait_for(loop, timeout=15)
+        leased = await (
+            await conn.execute("SELECT count(*) FROM desired_instances WHERE lease_owner IS NOT NULL")
+        ).fetchone()
+    assert leased == (0,), "a pass was abandoned mid-way, its claim left to expire"
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+async def settle_without_draining(done: Callable[[], Any], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not await done():
+        assert time.monotonic() < deadline, "did not converge in time"
+        await asyncio.sleep(0.1)

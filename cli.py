@@ -29,6 +29,7 @@ from desired_state.models import INSTANCE_ID_PATTERN, SpecError, parse_instances
 from reconciler import status as status_views
 from reconciler.db import DatabaseError, EmbeddedPostgres, load_migrations, migrate
 from reconciler.engine import EngineSettings, Outcome
+from reconciler.legacy import upgrade
 from reconciler.logs import configure_logging
 from reconciler.runtime import Runtime, RuntimeOptions
 from reconciler.settings import Settings, SettingsError, load_settings
@@ -110,12 +111,37 @@ async def _connect(url: str) -> psycopg.AsyncConnection[Any]:
 
 
 @app.command("migrate")
-def migrate_command() -> None:
-    """Apply pending database migrations (safe to run twice, and from several replicas at once)."""
+def migrate_command(
+    drop: Annotated[
+        bool,
+        typer.Option(
+            "--drop",
+            help="Also drop the legacy columns of the system this replaces: instance_infra's gateway_token, "
+            "setup_password and wallet_key; with POOL_DATABASE_URL, the pool's infrastructure columns.",
+        ),
+    ] = False,
+) -> None:
+    """Apply pending database migrations (safe to run twice, and from several replicas at once).
+
+    Then, for a database upgraded in place, fill instance_infra.provider_project_id from
+    RAILWAY_PROJECT_ID and, with POOL_DATABASE_URL set, backfill instance_infra from the pool's
+    instances table (only while instance_infra is empty).
+    """
     settings = settings_or_exit()
     with database(settings) as url:
         applied = migrate(url)
+        report = upgrade(
+            url,
+            settings.pool_database_url,
+            project_id=settings.railway_project_id,
+            environment_id=settings.railway_environment_id,
+            drop=drop,
+        )
     console.print(f"applied {', '.join(applied)}" if applied else "schema is up to date")
+    for line in report.lines():
+        console.print(line)
+    if report.problems:
+        raise typer.Exit(1)
 
 
 @app.command("apply")
@@ -167,6 +193,8 @@ def delete_command(
 
         async def mark() -> list[str]:
             async with await _connect(url) as conn:
+                # One the replaced system made (only instance_infra knows it) is imported for teardown.
+                await store.adopt_for_teardown(conn, instance_ids, settings.name_prefix)
                 return await store.mark_absent(conn, instance_ids)
 
         found = run_async(mark())

@@ -921,6 +921,8 @@ def create_app(config: ApiConfig) -> FastAPI:
     async def destroy(request: Request, instance_id: InstanceIdPath) -> Response:
         """Mark the instance absent and wait until every resource is gone and the row with them."""
         async with api.connection() as conn:
+            # One the replaced system made (only instance_infra knows it) is imported for teardown.
+            await store.adopt_for_teardown(conn, [instance_id], config.name_prefix)
             async with conn.cursor() as cur:
                 await cur.execute(queries.SELECT_RESOURCE_KINDS, {"instance_id": instance_id})
                 kinds = {row[0] for row in await cur.fetchall()}

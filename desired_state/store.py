@@ -71,6 +71,53 @@ UPDATE desired_instances SET name = %(name)s, spec = %(spec)s
 RETURNING generation
 """
 
+# An instance only the seed's instance_infra records (made by the system this one replaces, see
+# reconciler/legacy.py) becomes a desired row marked absent, with a resource row for everything
+# it may hold: known ids are deleted directly, the rest are found by derived name (an intent
+# without an id is how the engine says "this may exist: look it up"). Then the usual finalizer
+# tears it down. Telnyx numbers were recorded by phone number, not id, so they are found by name.
+ADOPT_FOR_TEARDOWN = """
+WITH legacy AS (
+    SELECT i.instance_id, i.provider_service_id, i.volume_id
+      FROM instance_infra i
+     WHERE i.instance_id = ANY(%(ids)s)
+       AND NOT EXISTS (SELECT 1 FROM desired_instances d WHERE d.instance_id = i.instance_id)
+), tools AS (
+    SELECT s.instance_id, s.tool_id, s.resource_id
+      FROM instance_services s JOIN legacy USING (instance_id)
+     WHERE s.tool_id IN ('openrouter', 'agentmail', 'telnyx')
+), adopted AS (
+    INSERT INTO desired_instances (instance_id, spec, present, phase)
+    SELECT l.instance_id,
+           jsonb_build_object(
+               'tools', coalesce((SELECT jsonb_agg(t.tool_id ORDER BY t.tool_id) FROM tools t
+                                   WHERE t.instance_id = l.instance_id), '[]'::jsonb),
+               'env', '{}'::jsonb),
+           FALSE, 'Deleting'
+      FROM legacy l
+    ON CONFLICT (instance_id) DO NOTHING
+    RETURNING instance_id
+), resources AS (
+    SELECT l.instance_id, 'railway_service' AS kind, l.provider_service_id AS external_id FROM legacy l
+    UNION ALL SELECT l.instance_id, 'railway_volume', l.volume_id FROM legacy l
+    UNION ALL SELECT l.instance_id, 'railway_domain', NULL FROM legacy l
+    UNION ALL
+    SELECT t.instance_id,
+           CASE t.tool_id WHEN 'openrouter' THEN 'openrouter_key'
+                          WHEN 'agentmail' THEN 'agentmail_inbox' ELSE 'telnyx_number' END,
+           CASE WHEN t.tool_id = 'telnyx' THEN NULL ELSE t.resource_id END
+      FROM tools t
+), recorded AS (
+    INSERT INTO observed_resources (instance_id, kind, derived_name, external_id, status, intent_at)
+    SELECT r.instance_id, r.kind, %(prefix)s || '-' || r.instance_id, r.external_id,
+           'ready', CASE WHEN r.external_id IS NULL THEN now() END
+      FROM resources r JOIN adopted USING (instance_id)
+)
+INSERT INTO events (instance_id, kind, action, outcome, detail)
+SELECT instance_id, NULL, 'adopt_for_teardown', 'ok', '{"from": "instance_infra"}'::jsonb FROM adopted
+RETURNING instance_id
+"""
+
 MARK_ABSENT = """
 UPDATE desired_instances SET present = FALSE
  WHERE instance_id = ANY(%(ids)s)
@@ -195,6 +242,16 @@ async def put_many(conn: AsyncConnection[Any], specs: Sequence[InstanceSpec]) ->
     """Write several in one transaction: all land or none does."""
     async with conn.transaction():
         return [await put(conn, spec) for spec in specs]
+
+
+async def adopt_for_teardown(conn: AsyncConnection[Any], instance_ids: Iterable[str], name_prefix: str) -> list[str]:
+    """Import for teardown the instances among ``instance_ids`` that only ``instance_infra`` knows.
+
+    Returns the ids imported; ``mark_absent`` then finds them like any other row.
+    """
+    async with conn.cursor() as cur:
+        await cur.execute(ADOPT_FOR_TEARDOWN, {"ids": list(instance_ids), "prefix": name_prefix})
+        return [row[0] for row in await cur.fetchall()]
 
 
 async def mark_absent(conn: AsyncConnection[Any], instance_ids: Iterable[str]) -> list[str]:

@@ -83,6 +83,9 @@ class Settings:
     """``SERVICE_DATABASE_URL``; None means an embedded Postgres under ``.reconciler/``."""
     services_api_key: Secret | None
     """``SERVICES_API_KEY``: bearer token of the HTTP API."""
+    pool_database_url: str | None
+    """``POOL_DATABASE_URL``: the pool manager's database, read only by ``reconciler migrate`` for
+    the backfill and ``--drop`` of an upgraded system (``reconciler.legacy``)."""
     port: int
     """``PORT``: HTTP API port (default 3002)."""
 
@@ -161,6 +164,16 @@ def _url(env: Mapping[str, str], name: str) -> str:
     return value.rstrip("/")
 
 
+def _database_url(env: Mapping[str, str], name: str) -> str | None:
+    value = _text(env, name)
+    if value is not None:
+        try:
+            conninfo_to_dict(value)  # a postgresql:// URL or a "host=... dbname=..." string
+        except psycopg.ProgrammingError:
+            raise SettingsError(f"{name} must be a postgresql:// URL or a libpq connection string") from None
+    return value
+
+
 def _port(env: Mapping[str, str], name: str, default: int) -> int:
     raw = _text(env, name)
     if raw is None:
@@ -174,14 +187,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Read and check every setting; raises :class:`SettingsError` naming the first bad variable."""
     env = os.environ if env is None else env
 
-    database_url = _text(env, "SERVICE_DATABASE_URL")
-    if database_url is not None:
-        try:
-            conninfo_to_dict(database_url)  # a postgresql:// URL or a "host=... dbname=..." string
-        except psycopg.ProgrammingError:
-            raise SettingsError(
-                "SERVICE_DATABASE_URL must be a postgresql:// URL or a libpq connection string"
-            ) from None
+    database_url = _database_url(env, "SERVICE_DATABASE_URL")
+    pool_database_url = _database_url(env, "POOL_DATABASE_URL")
 
     raw_limit = _text(env, "OPENROUTER_KEY_LIMIT")
     try:
@@ -216,6 +223,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     return Settings(
         database_url=database_url,
         services_api_key=_secret(env, "SERVICES_API_KEY"),
+        pool_database_url=pool_database_url,
         port=_port(env, "PORT", 3002),
         railway_token=_secret(env, "RAILWAY_API_TOKEN"),
         railway_token_kind=token_kind,

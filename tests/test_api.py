@@ -299,6 +299,31 @@ async def test_create_waits_for_ready_answers_in_the_seed_shape_and_destroy_remo
     assert (await api.client.get("/instances/rnM8UBQ_fZCz")).status_code == 404
 
 
+async def test_destroy_of_an_instance_the_replaced_system_made(
+    api: Api, sim: Sim, conn: psycopg.AsyncConnection[Any]
+) -> None:
+    # instance_infra and instance_services rows and their resources, but no desired row: an
+    # upgraded database (made here by converging one and then dropping its desired row).
+    await store.put(conn, InstanceSpec(instance_id="old2", tools=(Tool.OPENROUTER,)))
+    await eventually(lambda: _phase_is(conn, "old2", "Ready"))
+    await conn.execute("DELETE FROM desired_instances WHERE instance_id = 'old2'")
+    assert [s["instanceId"] for s in (await api.client.post("/status/batch")).json()["services"]] == ["old2"]
+
+    destroyed = await api.client.delete("/destroy/old2")
+    assert destroyed.status_code == 200, destroyed.text
+    assert destroyed.json()["destroyed"] == {
+        "openrouter": True, "agentmail": False, "telnyx": False, "volumes": True, "service": True
+    }
+    for provider, kind in [("railway", "services"), ("railway", "volumes"), ("openrouter", "keys")]:
+        assert held(sim, provider, kind) == [], (provider, kind)
+    assert (await api.client.post("/status/batch")).json()["services"] == []
+
+
+async def _phase_is(conn: psycopg.AsyncConnection[Any], instance_id: str, phase: str) -> bool:
+    row = await store.get(conn, instance_id)
+    return row is not None and row.phase == phase
+
+
 async def test_respond_async_answers_202_at_once_with_a_status_url(
     api: Api, sim: Sim, conn: psycopg.AsyncConnection[Any]
 ) -> None:

@@ -1,0 +1,212 @@
+"""Upgrading, in place, a database of the Services API this replaces (seed ``services-api.md``).
+
+That system kept its infrastructure records in the same two tables we publish
+(``instance_infra``, ``instance_services``), and before that in the pool manager's own
+``instances`` table. ``reconciler migrate`` therefore does, after the numbered migrations, what
+its ``db:migrate`` did, in the same order:
+
+1. fill ``instance_infra.provider_project_id`` where it is null, from ``RAILWAY_PROJECT_ID``;
+2. with ``POOL_DATABASE_URL`` set, **backfill**: copy each pool ``instances`` row that has a
+   ``service_id`` into ``instance_infra``, and its OpenRouter key hash and AgentMail inbox into
+   ``instance_services``. As there, it runs only while ``instance_infra`` is empty (so a second run,
+   or a run after the reconciler has written rows, changes nothing), it copies only the columns the
+   pool table still has, and a failure is reported without failing the schema migration. Unlike
+   there, it is one transaction: all rows or none;
+3. with ``--drop``, drop the legacy columns: ``gateway_token``, ``setup_password`` and
+   ``wallet_key`` from ``instance_infra``; with ``POOL_DATABASE_URL``, the infrastructure columns
+   of the pool's ``instances`` and their index. Columns already gone are skipped.
+
+Backfilled rows have no desired row: they record instances the old system made. The garbage
+collector leaves them alone (``reconciler.observe``), ``POST /status/batch`` reports them, and
+destroying one imports it for teardown (``desired_state.store.adopt_for_teardown``).
+
+Column names come from the fixed tuples below, quoted with ``psycopg.sql.Identifier``; nothing
+from input is ever formatted into SQL.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.rows import dict_row
+
+SERVICES_LEGACY_COLUMNS = ("gateway_token", "setup_password", "wallet_key")
+"""``instance_infra`` columns the old system stopped using (seed: ``--drop``)."""
+
+POOL_LEGACY_COLUMNS = (
+    "service_id",
+    "deploy_status",
+    "volume_id",
+    "runtime_image",
+    "openrouter_key_hash",
+    "agentmail_inbox_id",
+    "gateway_token",
+    "source_branch",
+)
+"""The pool's ``instances`` columns whose data moved to ``instance_infra`` (seed: ``--drop``)."""
+POOL_LEGACY_INDEX = "idx_instances_service_id"
+
+POOL_BACKFILL_COLUMNS = (
+    "id",
+    "service_id",
+    "url",
+    "deploy_status",
+    "created_at",
+    "runtime_image",
+    "volume_id",
+    "openrouter_key_hash",
+    "agentmail_inbox_id",
+)
+"""What the backfill reads, when the pool table still has it (``id`` and ``service_id`` are required)."""
+
+FILL_PROJECT_ID = """
+UPDATE instance_infra SET provider_project_id = %(project_id)s WHERE provider_project_id IS NULL
+"""
+INFRA_IS_EMPTY = "SELECT NOT EXISTS (SELECT 1 FROM instance_infra)"
+TABLE_COLUMNS = """
+SELECT column_name FROM information_schema.columns
+ WHERE table_schema = current_schema() AND table_name = %(table)s
+"""
+BACKFILL_INFRA = """
+INSERT INTO instance_infra (instance_id, provider, provider_service_id, provider_env_id, provider_project_id,
+                            url, deploy_status, runtime_image, volume_id, created_at)
+VALUES (%(id)s, 'railway', %(service_id)s, %(env_id)s, %(project_id)s,
+        %(url)s, %(deploy_status)s, %(runtime_image)s, %(volume_id)s, coalesce(%(created_at)s, now()))
+ON CONFLICT DO NOTHING
+RETURNING instance_id
+"""
+BACKFILL_TOOL = """
+INSERT INTO instance_services (instance_id, tool_id, resource_id, env_key, env_value)
+VALUES (%(instance_id)s, %(tool_id)s, %(resource_id)s, %(env_key)s, %(env_value)s)
+ON CONFLICT (instance_id, tool_id) DO NOTHING
+RETURNING id
+"""
+
+
+@dataclass
+class UpgradeReport:
+    """What ``upgrade`` did; ``problems`` are one line each (no connection strings, no values)."""
+
+    project_ids_filled: int = 0
+    backfilled_instances: int = 0
+    backfilled_tools: int = 0
+    backfill_skipped: str | None = None
+    dropped: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        out: list[str] = []
+        if self.project_ids_filled:
+            out.append(f"filled provider_project_id on {self.project_ids_filled} instance_infra rows")
+        if self.backfilled_instances or self.backfilled_tools:
+            counts = f"{self.backfilled_instances} instances and {self.backfilled_tools} tool rows"
+            out.append(f"backfilled {counts} from the pool DB")
+        if self.backfill_skipped:
+            out.append(f"pool backfill skipped: {self.backfill_skipped}")
+        out += [f"dropped {column}" for column in self.dropped]
+        out += [f"problem: {problem}" for problem in self.problems]
+        return out
+
+
+def upgrade(
+    services_url: str,
+    pool_url: str | None,
+    *,
+    project_id: str | None,
+    environment_id: str | None,
+    drop: bool = False,
+) -> UpgradeReport:
+    """The steps of the module docstring, against an already migrated services database."""
+    report = UpgradeReport()
+    with psycopg.connect(services_url, autocommit=True) as services:
+        if project_id:
+            report.project_ids_filled = services.execute(FILL_PROJECT_ID, {"project_id": project_id}).rowcount
+        if pool_url:
+            try:
+                with psycopg.connect(pool_url) as pool:
+                    _backfill(services, pool, project_id, environment_id, report)
+            except psycopg.Error as exc:
+                report.problems.append(f"pool backfill failed (nothing was copied): {_first_line(exc)}")
+        if drop:
+            _drop_columns(services, "instance_infra", SERVICES_LEGACY_COLUMNS, report)
+            if pool_url:
+                try:
+                    with psycopg.connect(pool_url, autocommit=True) as pool:
+                        _drop_columns(pool, "instances", POOL_LEGACY_COLUMNS, report)
+                        pool.execute(sql.SQL("DROP INDEX IF EXISTS {}").format(sql.Identifier(POOL_LEGACY_INDEX)))
+                except psycopg.Error as exc:
+                    report.problems.append(f"dropping the pool DB's legacy columns failed: {_first_line(exc)}")
+    return report
+
+
+def _backfill(
+    services: psycopg.Connection[Any],
+    pool: psycopg.Connection[Any],
+    project_id: str | None,
+    environment_id: str | None,
+    report: UpgradeReport,
+) -> None:
+    empty = services.execute(INFRA_IS_EMPTY).fetchone()
+    if not empty or not empty[0]:
+        report.backfill_skipped = "instance_infra already has rows (the backfill runs once, into an empty table)"
+        return
+    present = {row[0] for row in pool.execute(TABLE_COLUMNS, {"table": "instances"}).fetchall()}
+    if not present:
+        report.backfill_skipped = "the pool DB has no instances table"
+        return
+    if "service_id" not in present:
+        report.backfill_skipped = "the pool's instances table has no service_id column (already dropped)"
+        return
+    columns = [c for c in POOL_BACKFILL_COLUMNS if c in present]
+    select = sql.SQL("SELECT {} FROM instances WHERE service_id IS NOT NULL ORDER BY id").format(
+        sql.SQL(", ").join(sql.Identifier(c) for c in columns)
+    )
+    with pool.cursor(row_factory=dict_row) as cur:
+        rows = cur.execute(select).fetchall()
+    with services.transaction():
+        for row in rows:
+            values = {c: row.get(c) for c in POOL_BACKFILL_COLUMNS}
+            inserted = services.execute(
+                BACKFILL_INFRA, {**values, "env_id": environment_id or "unknown", "project_id": project_id}
+            ).fetchone()
+            if inserted is None:
+                continue  # another row already holds this instance or service id
+            report.backfilled_instances += 1
+            tools = (
+                # The key's value was shown once, to the old system: it cannot be recovered.
+                ("openrouter", values["openrouter_key_hash"], "OPENROUTER_API_KEY", None),
+                ("agentmail", values["agentmail_inbox_id"], "AGENTMAIL_INBOX_ID", values["agentmail_inbox_id"]),
+            )
+            for tool_id, resource_id, env_key, env_value in tools:
+                if not resource_id:
+                    continue
+                params = {
+                    "instance_id": values["id"],
+                    "tool_id": tool_id,
+                    "resource_id": resource_id,
+                    "env_key": env_key,
+                    "env_value": env_value,
+                }
+                if services.execute(BACKFILL_TOOL, params).fetchone() is not None:
+                    report.backfilled_tools += 1
+
+
+def _drop_columns(
+    conn: psycopg.Connection[Any], table: str, columns: tuple[str, ...], report: UpgradeReport
+) -> None:
+    present = {row[0] for row in conn.execute(TABLE_COLUMNS, {"table": table}).fetchall()}
+    for column in columns:
+        if column not in present:
+            continue
+        conn.execute(
+            sql.SQL("ALTER TABLE {} DROP COLUMN IF EXISTS {}").format(sql.Identifier(table), sql.Identifier(column))
+        )
+        report.dropped.append(f"{table}.{column}")
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__

@@ -56,6 +56,7 @@ from providers.base import (
     ResourceDriver,
     ResourceKind,
     Throttled,
+    Transient,
 )
 from reconciler import queries
 from reconciler.conditions import DEPLOY_FAILED, DEPLOY_READY, PassResult, conditions
@@ -97,6 +98,10 @@ class EngineSettings:
     changed_share: float = 0.75
     """Share of each claim reserved for new and changed rows; the rest goes to the best-ranked of
     all, so a flood of changes cannot starve polls and a backlog of polls cannot delay new work."""
+    create_settle_seconds: float = 5.0
+    """After a create whose outcome is unknown (a timeout, a 5xx, a dropped connection) the next
+    pass looks the resource up by name before creating again; it waits at least this long, so a
+    provider whose listings lag behind its writes shows what that create made (no duplicate)."""
     aging_seconds: float = 30.0
     """Claims rank new and changed rows, then retries, then periodic polls; a row of a lower class
     goes first once it has been due this much longer per class (aging, so none starves)."""
@@ -141,6 +146,7 @@ class _Retry(Exception):
         self.kind = kind
         self.delay = delay
         self.result = result
+        self.at_least = 0.0
 
 
 @dataclass
@@ -151,6 +157,7 @@ class _State:
     secrets: dict[ResourceKind, str] = field(default_factory=dict)
     actions: list[Action] = field(default_factory=list)
     progress: int = 0  # provider-side changes this pass completed (and recorded)
+    created_in_doubt: set[ResourceKind] = field(default_factory=set)  # a create sent, no answer read
 
 
 class Reconciler:
@@ -338,7 +345,10 @@ class Reconciler:
                     return
             await self._create(claim, driver, want, state)
         except ProviderError as error:
-            raise self._retry_for(error, kind) from None
+            retry = self._retry_for(error, kind)
+            if isinstance(error, Transient) and kind in state.created_in_doubt:
+                retry.at_least = self.settings.create_settle_seconds
+            raise retry from None
 
     async def _recreate(self, claim: Claim, driver: ResourceDriver, want: DesiredResource, state: _State) -> None:
         """The resource is gone behind our back (or with a parent that was): record it, create anew."""
@@ -356,7 +366,9 @@ class Reconciler:
                     "token": claim.token,
                 },
             )
+        state.created_in_doubt.add(want.kind)  # until the answer is read: it may have landed
         found = await driver.create(want)
+        state.created_in_doubt.discard(want.kind)
         await self._record(claim, want, found, state, applied_hash=params_hash(want), action="create")
 
     async def _remove(self, claim: Claim, kind: ResourceKind, spec: InstanceSpec, state: _State) -> None:
@@ -646,7 +658,7 @@ class Reconciler:
         # Backoff grows with failures in a row *without progress*: a pass that created two
         # resources before failing on the third starts the count again.
         attempts = claim.attempts if throttled else (1 if state.progress else claim.attempts + 1)
-        delay = retry.delay if retry.delay >= 0 else self.backoff(attempts)
+        delay = max(retry.at_least, retry.delay if retry.delay >= 0 else self.backoff(attempts))
         message = f"{retry.kind.value}: {retry.error}"
         phase = "Failed" if retry.result == "terminal" else ("Provisioning" if present else "Deleting")
         log.warning(

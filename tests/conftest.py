@@ -109,6 +109,7 @@ FAST_ENGINE = EngineSettings(
     backoff_base=0.05,
     backoff_cap=0.5,
     config_error_interval=3600.0,
+    create_settle_seconds=0.2,
 )
 
 

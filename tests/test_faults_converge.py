@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -11,6 +12,7 @@ from prometheus_client import CollectorRegistry
 
 from desired_state import store
 from desired_state.models import InstanceSpec, Tool
+from providers.base import ResourceKind, Transient
 from providers.simulated.faults import FaultPlan, FaultRule, early_calls
 from reconciler.demo import simulated_settings
 from reconciler.metrics import Metrics
@@ -89,3 +91,38 @@ async def test_a_retry_after_of_zero_defers_the_row_a_second_rather_than_spinnin
         await conn.execute("SELECT EXTRACT(EPOCH FROM next_attempt_at - now()) FROM desired_instances")
     ).fetchone()
     assert due_in is not None and 0.5 < float(due_in[0]) <= 1.0
+
+
+async def test_a_create_that_landed_but_whose_answer_was_lost_is_adopted_not_duplicated(
+    db_url: str, sim: Sim, conn: psycopg.AsyncConnection[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # New keys stay out of listings for a second, and the first create's answer is lost (a 502
+    # after the provider made the key): the retry's lookup by name must not come too early.
+    sim.simulator.set_faults(FaultPlan(rules=[FaultRule(provider="openrouter", operation="create_key", list_lag=1.0)]))
+    settings = simulated_settings(sim.root, sim.simulator.railway.project_id)
+    # Longer than the lag (with create_settle_seconds=0 this test sees a second key).
+    engine = dataclasses.replace(FAST_ENGINE, create_settle_seconds=2.0)
+    options = RuntimeOptions(engine=engine, tick_seconds=0.1)
+    async with Runtime(settings, db_url, options, Metrics(CollectorRegistry())) as runtime:
+        driver = runtime.drivers[ResourceKind.OPENROUTER_KEY]
+        create = driver.create
+        lost: list[str] = []
+
+        async def create_then_lose_the_answer(want: Any) -> Any:
+            made = await create(want)
+            if not lost:
+                lost.append(made.external_id)
+                raise Transient("openrouter", "create_key", "HTTP 502: bad gateway")
+            return made
+
+        monkeypatch.setattr(driver, "create", create_then_lose_the_answer)
+        await store.put(conn, InstanceSpec(instance_id="dup", tools=(Tool.OPENROUTER,)))
+        await settle(runtime, lambda: all_ready(conn, 1), timeout=30)
+
+    keys = sim.simulator.snapshot()["openrouter"]["keys"]
+    assert [k["name"] for k in keys] == ["convos-agent-dup"], "a second key was created"
+    # The lost key was found by name and adopted (then replaced: its value was never read).
+    events = await (
+        await conn.execute("SELECT action FROM events WHERE kind = 'openrouter_key' ORDER BY id")
+    ).fetchall()
+    assert lost and ("adopt",) in events

@@ -323,6 +323,7 @@ class Reconciler:
                 return
             if action.verb is Verb.UPDATE:
                 assert row is not None and row.external_id is not None
+                await self._heartbeat(claim)
                 try:
                     found = await driver.update(row.external_id, want)
                 except NotFound:
@@ -332,6 +333,7 @@ class Reconciler:
                 return
             if action.verb is Verb.REPLACE:
                 assert row is not None and row.external_id is not None
+                await self._heartbeat(claim)
                 await self._delete_at_provider(driver, row.external_id, want)
                 await self._forget(claim, kind, state, action="delete", outcome="replaced")
                 await self._create(claim, driver, want, state)
@@ -431,6 +433,16 @@ class Reconciler:
             if await cur.fetchone() is None:
                 raise LeaseLost(claim.instance_id)
             yield conn
+
+    async def _heartbeat(self, claim: Claim) -> None:
+        """Check the fence (and extend the lease) right before a mutating provider call.
+
+        Creates and deletes write a row first, which does the same; an update or a replace has
+        nothing to write before it, and a pass whose lease ran out during slow calls before must
+        not change a resource a newer claim now owns.
+        """
+        async with self._fenced(claim):
+            pass
 
     async def _record(
         self,

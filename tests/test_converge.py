@@ -240,6 +240,25 @@ async def test_a_stale_worker_cannot_overwrite_a_newer_claim(
     assert held(sim)["railway.services"] == ["convos-agent-fence1"]
 
 
+async def test_a_stale_worker_does_not_update_a_resource_a_newer_claim_owns(
+    runtime: Runtime, sim: Sim, conn: psycopg.AsyncConnection[Any]
+) -> None:
+    await store.put(conn, InstanceSpec(instance_id="fence2", tools=(Tool.OPENROUTER,), openrouter_limit=5.0))
+    await settle(runtime, lambda: all_ready(conn, 1))
+    await store.put(conn, InstanceSpec(instance_id="fence2", tools=(Tool.OPENROUTER,), openrouter_limit=7.0))
+    [stale] = await runtime.reconciler.claim()
+    await conn.execute("UPDATE desired_instances SET lease_expires_at = now() - interval '1 second'")
+    [fresh] = await runtime.reconciler.claim()
+
+    # An update has no row to write before its call: the fence is checked all the same.
+    assert (await runtime.reconciler.reconcile(stale)).result == "lease_lost"
+    [key] = sim.simulator.snapshot()["openrouter"]["keys"]
+    assert key["limit"] == 5.0
+    await runtime.reconciler.reconcile(fresh)
+    [key] = sim.simulator.snapshot()["openrouter"]["keys"]
+    assert key["limit"] == 7.0
+
+
 async def test_a_missing_tool_key_is_a_visible_configuration_error(
     runtime: Runtime, sim: Sim, conn: psycopg.AsyncConnection[Any], db_url: str
 ) -> None:

@@ -170,22 +170,24 @@ class ProviderHTTP:
             await self._admission.admit(self.provider, operation)
         started = time.monotonic()
         error: ProviderError | None = None
+        answered = False  # the provider answered (well or badly); not a cancellation or our bug
         try:
             response = await self._send(operation, method, path, json=json, params=params)
             self.raise_for_status(operation, response, error_codes)
-            if not expect_json:
-                return None
-            body = self.decode(operation, response)
-            if check is not None:
+            body = self.decode(operation, response) if expect_json else None
+            if expect_json and check is not None:
                 check(response, body)
+            answered = True
             return body
         except ProviderError as exc:
-            error = exc
+            error, answered = exc, True
             raise
         finally:
             if self._observer is not None:
                 self._observer(self.provider, operation, _outcome_of(error), time.monotonic() - started)
-            if self._admission is not None:
+            # Only an answer says anything about the provider's health: a cancelled call must
+            # not close an open circuit as if it had succeeded.
+            if self._admission is not None and answered:
                 await self._admission.settle(self.provider, operation, error)
 
     async def _send(

@@ -8,6 +8,7 @@ is freed is freed by reference counting alone.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import weakref
 from collections.abc import Iterator
@@ -53,3 +54,39 @@ async def test_an_error_answer_still_reads_its_body(collector_off: None) -> None
         http = ProviderHTTP("openrouter", client, "https://provider.test", {"Authorization": "Bearer k"})
         with pytest.raises(Transient, match="HTTP 503: overloaded"):
             await http.request("list_keys", "GET", "/keys")
+
+
+class Settled:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, object]] = []
+
+    async def admit(self, provider: str, operation: str) -> None:
+        return None
+
+    async def settle(self, provider: str, operation: str, error: object) -> None:
+        self.calls.append((operation, error))
+
+
+async def test_a_cancelled_call_tells_the_admission_nothing() -> None:
+    started = asyncio.Event()
+
+    async def hang(request: httpx.Request) -> httpx.Response:
+        started.set()
+        await asyncio.sleep(60)
+        return httpx.Response(200, json={})
+
+    admission = Settled()
+    async with httpx.AsyncClient(transport=httpx.MockTransport(hang)) as client:
+        http = ProviderHTTP("openrouter", client, "https://provider.test", {}, admission=admission)
+        call = asyncio.create_task(http.request("list_keys", "GET", "/keys"))
+        await started.wait()
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+        # An answer, good or bad, is reported; a cancellation is not (it is not a success).
+        ok = httpx.MockTransport(lambda request: httpx.Response(200, json={}))
+        async with httpx.AsyncClient(transport=ok) as answering:
+            await ProviderHTTP("openrouter", answering, "https://p.test", {}, admission=admission).request(
+                "list_keys", "GET", "/keys"
+            )
+    assert admission.calls == [("list_keys", None)]

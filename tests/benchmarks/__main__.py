@@ -441,50 +441,51 @@ def _steady_findings(r: Any) -> list[str]:
         pages = r["cycle_calls_by_provider"].get(slowest, 0)
         per_page = waited[slowest] / pages if pages else 0.0
         notes.append(
-            f"The cycle's {r['cycle_seconds']} s are the providers': {r['cycle_provider_seconds']} s waiting on "
-            f"calls, {waited[slowest]} s of it on {pages} {slowest} pages ({per_page:.2f} s a page, against "
-            "25 ms of set latency). The reconciler's own part: "
-            f"{r['cycle_cpu_seconds']} s of CPU in all, and {r['cycle_diff_seconds']} s to diff the recorded rows "
-            "against the listings. The fake builds each listed item by scanning everything it holds (a service "
-            "instance's latest deployment and its domains are found by scans over all of them), so a page costs "
-            "O(N) and a listing O(N^2); and it computes each answer on its one event loop, so while it computes "
-            "a page it answers no other call."
+            f"The cycle's {r['cycle_seconds']} s are mostly the providers': {r['cycle_provider_seconds']} s waiting "
+            f"on calls, {waited[slowest]} s of it on {pages} {slowest} pages ({per_page:.2f} s a page, against "
+            "25 ms of set latency: the fakes filter and sort everything they hold to serve a page, on one event "
+            "loop). The reconciler's own part: "
+            f"{r['cycle_cpu_seconds']} s of CPU in all, {r['cycle_diff_seconds']} s to diff the recorded rows "
+            f"against the listings, and its event loop never stalled longer than {r['cycle_longest_stall_seconds']} s."
         )
-    if not r["meets_rss_target"]:
-        base, listed, peak = r["rss_at_start_mb"], r["rss_after_inventory_mb"], r["peak_rss_mb"]
-        notes.append(
-            f"Peak RSS {peak} MB misses {r['target_rss_mb']:g} MB, and it is the observation cycle: "
-            f"{base} MB after start-up, {listed} MB once every provider is listed (the inventory holds one "
-            "`Observed`, with its attributes dict, per listed resource: 40,000 here, plus Railway's raw service "
-            f"instances while the two listings are joined), {peak} MB at the peak of `observe()`, which "
-            "fetches every recorded row (`SELECT_RECORDED`: 70,000 `observed_resources` rows with their JSON "
-            "attributes, as dicts, in one `fetchall`) while the inventory is still held. A diagnostic run on "
-            "this fleet measured that fetch alone at about 90 MB. The periodic pass adds nothing "
-            "(its batches are small). What would fix it is in the reconciler (not changed here): stream the "
-            "recorded rows in chunks (a server-side cursor) or select only the compared fields, and keep only "
-            "the compared fields of each listed resource."
-        )
+    base, listed, peak = r["rss_at_start_mb"], r["rss_after_inventory_mb"], r["peak_rss_mb"]
+    verdict = "meets" if r["meets_rss_target"] else "misses"
+    notes.append(
+        f"Peak RSS {peak} MB {verdict} the {r['target_rss_mb']:g} MB target: {base} MB after start-up, {listed} MB "
+        "with every provider listed. What keeps it there (`reconciler/observe.py`): each listed resource is "
+        "kept as its name and the fields the diff compares (`Listed`), the recorded rows are diffed "
+        "`RECORDED_PAGE_ROWS` (1,000) at a time instead of all 70,000 at once, and every HTTP answer is freed "
+        "as soon as it is decoded (httpx ties a response and its stream in a reference cycle, which left every "
+        "list page alive until a full garbage collection). Measured with tracemalloc on a 2,000-instance fleet, "
+        "the observation cycle's peak went from 27 MB to 9 MB with these changes; before them this benchmark "
+        "measured 246 MB at 10,000."
+    )
     notes.append(
         f"Building the fleet through the reconciler took {r['fleet_build_seconds']} s, bound by the simulator "
-        "(the same O(N) scans on creates: a Telnyx order copies the whole inventory, an AgentMail create scans "
-        "every inbox, Railway volume and domain creates scan every one). Seeding the fakes directly through "
-        "their own APIs is no faster (a diagnostic run creating the same resources through the drivers, "
-        "without Telnyx and with no reconciler, took 383 s for 10,000), so the fleet is built once and shared."
+        "(several of the fakes' creates scan what they hold: a Telnyx order copies its whole inventory, an "
+        "AgentMail create scans every inbox), so the fleet is built once and shared by the latency runs."
     )
     return notes
 
 
 def _latency_findings(r: Any, paused: Any, steady: Any) -> list[str]:
     notes: list[str] = []
+    p99 = r["p99_seconds"] if r["p99_seconds"] is not None else "not reached"
     if paused is not None:
+        paused_p99 = paused["p99_seconds"] if paused["p99_seconds"] is not None else "not reached"
         notes.append(
-            f"With the observer paused the same loop over the same fleet meets the target: p50 "
-            f"{paused['p50_seconds']} s, p99 {paused['p99_seconds']} s, while running "
-            f"{paused['passes_per_second_while_writing']} periodic passes a second. With the observer running, "
-            f"p50 {r['p50_seconds']} s and p99 {r['p99_seconds'] if r['p99_seconds'] is not None else 'not reached'}"
-            f" s, {r['started']} of {r['writes']} started, and only {r['passes_per_second_while_writing']} "
-            "passes a second."
+            f"With the observer paused: p50 {paused['p50_seconds']} s, p99 {paused_p99} s, while the loop ran "
+            f"{paused['passes_per_second_while_writing']} periodic passes a second. With the observer listing "
+            f"every provider every 30 s: p50 {r['p50_seconds']} s, p99 {p99} s ({r['started']} of {r['writes']} "
+            f"started), {r['passes_per_second_while_writing']} passes a second."
         )
+    notes.append(
+        "Why new work does not queue behind the polls: a write wakes the loop at once (NOTIFY); the drain is a "
+        "pipeline that claims again as soon as a quarter of its `batch_size` slots are free, not after its "
+        "slowest pass; three quarters of every claim are reserved for new and changed rows, ranked ahead of "
+        "retries and polls (`reconciler/queries.py`, `CLAIM_DUE`); and the observer diffs its rows a page at a "
+        "time, so it never holds the event loop for long."
+    )
     return notes
 
 

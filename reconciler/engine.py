@@ -39,6 +39,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import psycopg
 from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
@@ -233,6 +234,15 @@ class Reconciler:
             outcome = Outcome(claim.instance_id, kind, "lease_lost")
         except _Retry as retry:
             outcome = await self._record_failure(claim, kind, retry, state, present=desired["present"])
+        except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+            if not isinstance(exc, psycopg.errors.TransactionRollback):
+                raise  # the database went away: the claim expires and the next one resumes
+            outcome = await self._record_unexpected(claim, kind, exc, present=desired["present"])
+        except Exception as exc:
+            # A bug, or a database error no retry inside the pass can fix: recorded on the row
+            # like any failure (with backoff), so `reconciler why` shows it and nothing spins.
+            log.exception("reconcile of %s failed unexpectedly", claim.instance_id)
+            outcome = await self._record_unexpected(claim, kind, exc, present=desired["present"])
         self._metrics.reconcile_total.labels(kind, outcome.result).inc()
         self._metrics.reconcile_seconds.labels(kind).observe(time.monotonic() - started)
         return outcome
@@ -660,6 +670,20 @@ class Reconciler:
         """Capped exponential backoff with full jitter in its upper half."""
         ceiling = min(self.settings.backoff_cap, self.settings.backoff_base * 2.0 ** max(0, attempts - 1))
         return ceiling * random.uniform(0.5, 1.0)
+
+    async def _record_unexpected(self, claim: Claim, kind: str, exc: Exception, *, present: bool) -> Outcome:
+        """Record a failure that is not a provider's answer (a deadlock, a bug); retry with backoff."""
+        attempts = claim.attempts + 1
+        # The type only: a database error's text may quote row values.
+        message = f"internal error ({type(exc).__name__}); details in the reconciler's log"
+        phase = "Provisioning" if present else "Deleting"
+        result = PassResult(phase, "InternalError" if present else "Deleting", message, error=message)
+        try:
+            await self._finish(claim, result, delay=self.backoff(attempts), attempts=attempts)
+        except LeaseLost:
+            self._metrics.lease_lost.inc()
+            return Outcome(claim.instance_id, kind, "lease_lost", error=message)
+        return Outcome(claim.instance_id, kind, "error", phase, error=message)
 
     async def _record_failure(self, claim: Claim, kind: str, retry: _Retry, state: _State, *, present: bool) -> Outcome:
         error_class = {"throttled": "throttled", "terminal": "config_error"}.get(retry.result, "transient")

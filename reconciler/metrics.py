@@ -22,7 +22,7 @@ PROVIDER_OPERATIONS: dict[str, tuple[str, ...]] = {
 }
 CALL_OUTCOMES = ("ok", "transient", "throttled", "not_found", "conflict", "config_error")
 RECONCILE_KINDS = ("converge", "teardown")
-RECONCILE_RESULTS = ("done", "requeue", "retry", "throttled", "terminal", "lease_lost", "gone")
+RECONCILE_RESULTS = ("done", "requeue", "retry", "throttled", "terminal", "lease_lost", "gone", "error")
 DRIFT_FIELDS = ("gone", "config")
 NOT_CONVERGED_REASONS = ("provisioning", "retrying", "throttled", "failed", "deleting")
 

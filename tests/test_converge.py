@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
+import pytest
 from prometheus_client import CollectorRegistry
 from psycopg.rows import dict_row
 
@@ -397,3 +398,25 @@ async def settle_without_draining(done: Callable[[], Any], timeout: float = 30.0
     while not await done():
         assert time.monotonic() < deadline, "did not converge in time"
         await asyncio.sleep(0.1)
+
+
+async def test_an_unexpected_error_is_recorded_on_the_row_with_backoff_not_left_on_a_held_claim(
+    runtime: Runtime, sim: Sim, conn: psycopg.AsyncConnection[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    driver = runtime.drivers[ResourceKind.RAILWAY_SERVICE]
+
+    async def bug(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("a bug with secret-looking text sk-or-v1-abc")
+
+    monkeypatch.setattr(driver, "create", bug)
+    await store.put(conn, InstanceSpec(instance_id="oops"))
+    [outcome] = await runtime.worker.drain()
+    assert outcome.result == "error"
+    row = await store.get(conn, "oops")
+    assert row is not None and row.attempts == 1 and row.next_attempt_at > datetime.now(UTC)
+    assert row.last_error == "internal error (RuntimeError); details in the reconciler's log"
+    leased = await (await conn.execute("SELECT lease_owner FROM desired_instances")).fetchone()
+    assert leased == (None,)
+
+    monkeypatch.undo()
+    await settle(runtime, lambda: all_ready(conn, 1))

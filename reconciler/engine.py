@@ -11,20 +11,24 @@ Crash safety (ARCHITECTURE.md section 3.3) comes from the order of writes around
 
 A process killed between the first commit and the second leaves an intent and no id; the next
 claim sees it and looks the resource up by its derived name before creating (``ADOPT_OR_CREATE``),
-so there is never a duplicate. A kill before the first commit leaves nothing at the provider.
+so there is never a duplicate. A kill before the first commit leaves nothing at the provider. A
+create that failed without a clear answer (a timeout, a 5xx) may have landed too: its retry waits
+``create_settle_seconds`` first, so a listing that lags behind writes shows it to the lookup.
 
 Every write opens with :data:`~reconciler.queries.CHECK_FENCE`: it locks the desired row, checks
 that our claim is still the latest (the token) and extends the lease. A worker whose lease
-expired and whose row was claimed again gets :class:`LeaseLost` and stops without writing.
+expired and whose row was claimed again gets :class:`LeaseLost` and stops without writing; the
+same check runs right before an update or a replace, which have no row to write first.
 
 What each provider error does to the row (all durable, all visible in ``reconciler why``):
 
 =============  ================================================================
-Throttled      defer exactly ``retry_after``; not an error, attempts unchanged
+Throttled      defer exactly ``retry_after`` (at least 1 s); attempts unchanged
 Transient      capped exponential backoff with jitter
 Conflict       as Transient (the next pass looks again)
 NotFound       on delete: gone (success); on observe: drift, create again
 ConfigError    phase Failed, retried only at the slow config-error interval
+(other)        a bug or a deadlock: result ``error``, backoff, the type in last_error
 =============  ================================================================
 """
 

@@ -29,7 +29,7 @@ lint: $(STAMP)  ## ruff and mypy --strict
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-bench: $(STAMP)  ## every benchmark at full size (about 25 minutes); rewrites docs/benchmarks.md
+bench: $(STAMP)  ## every benchmark at full size (about 16 minutes on 2 cores); rewrites docs/benchmarks.md
 	$(BIN)/python -m tests.benchmarks
 
 clean:

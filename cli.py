@@ -192,7 +192,7 @@ def delete_command(
         require_current_schema(url)
 
         async def mark() -> list[str]:
-            async with await _connect(url) as conn:
+            async with await _connect(url) as conn, conn.transaction():
                 # One the replaced system made (only instance_infra knows it) is imported for teardown.
                 await store.adopt_for_teardown(conn, instance_ids, settings.name_prefix)
                 return await store.mark_absent(conn, instance_ids)

@@ -920,7 +920,7 @@ def create_app(config: ApiConfig) -> FastAPI:
     )
     async def destroy(request: Request, instance_id: InstanceIdPath) -> Response:
         """Mark the instance absent and wait until every resource is gone and the row with them."""
-        async with api.connection() as conn:
+        async with api.connection() as conn, conn.transaction():
             # One the replaced system made (only instance_infra knows it) is imported for teardown.
             await store.adopt_for_teardown(conn, [instance_id], config.name_prefix)
             async with conn.cursor() as cur:

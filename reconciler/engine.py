@@ -304,10 +304,11 @@ class Reconciler:
         # Every resource is confirmed gone: the finalizer lets the row go, unless a caller wanted
         # the instance again meanwhile (present is back): then it is built afresh, from now.
         async with self._fenced(claim) as conn:
+            # The published record points at deleted resources either way.
+            await conn.execute(queries.DELETE_INSTANCE_INFRA, {"instance_id": claim.instance_id})
             cur = await conn.execute(queries.DELETE_DESIRED, {"instance_id": claim.instance_id, "token": claim.token})
             deleted = await cur.fetchone() is not None
             if deleted:
-                await conn.execute(queries.DELETE_INSTANCE_INFRA, {"instance_id": claim.instance_id})
                 await self._event(conn, claim, None, "delete_instance", "ok", {})
         if not deleted:
             wanted_again = PassResult("Provisioning", "Provisioning", "wanted again while being torn down")

@@ -14,7 +14,9 @@ its ``db:migrate`` did, in the same order:
    there, it is one transaction: all rows or none;
 3. with ``--drop``, drop the legacy columns: ``gateway_token``, ``setup_password`` and
    ``wallet_key`` from ``instance_infra``; with ``POOL_DATABASE_URL``, the infrastructure columns
-   of the pool's ``instances`` and their index. Columns already gone are skipped.
+   of the pool's ``instances`` and their index, but only once every pool row with a
+   ``service_id`` is in ``instance_infra`` (else those columns are the only record of its
+   resources). Columns already gone are skipped.
 
 Backfilled rows have no desired row: they record instances the old system made. The garbage
 collector leaves them alone (``reconciler.observe``), ``POST /status/batch`` reports them, and
@@ -78,6 +80,11 @@ VALUES (%(id)s, 'railway', %(service_id)s, %(env_id)s, %(project_id)s,
 ON CONFLICT DO NOTHING
 RETURNING instance_id
 """
+POOL_PROVISIONED_IDS = "SELECT id FROM instances WHERE service_id IS NOT NULL"
+COUNT_NOT_RECORDED = """
+SELECT count(*) FROM unnest(%(ids)s::text[]) AS pool(id)
+ WHERE NOT EXISTS (SELECT 1 FROM instance_infra i WHERE i.instance_id = pool.id)
+"""
 BACKFILL_TOOL = """
 INSERT INTO instance_services (instance_id, tool_id, resource_id, env_key, env_value)
 VALUES (%(instance_id)s, %(tool_id)s, %(resource_id)s, %(env_key)s, %(env_value)s)
@@ -135,8 +142,17 @@ def upgrade(
             if pool_url:
                 try:
                     with psycopg.connect(pool_url, autocommit=True) as pool:
-                        _drop_columns(pool, "instances", POOL_LEGACY_COLUMNS, report)
-                        pool.execute(sql.SQL("DROP INDEX IF EXISTS {}").format(sql.Identifier(POOL_LEGACY_INDEX)))
+                        uncopied = _not_in_instance_infra(services, pool)
+                        if uncopied:
+                            # Dropping them would lose the only record of those instances' resources.
+                            report.problems.append(
+                                f"not dropping the pool DB's legacy columns: {uncopied} instances with a "
+                                "service_id there are not in instance_infra (the backfill did not copy them)"
+                            )
+                        else:
+                            _drop_columns(pool, "instances", POOL_LEGACY_COLUMNS, report)
+                            index = sql.SQL("DROP INDEX IF EXISTS {}").format(sql.Identifier(POOL_LEGACY_INDEX))
+                            pool.execute(index)
                 except psycopg.Error as exc:
                     report.problems.append(f"dropping the pool DB's legacy columns failed: {_first_line(exc)}")
     return report
@@ -192,6 +208,16 @@ def _backfill(
                 }
                 if services.execute(BACKFILL_TOOL, params).fetchone() is not None:
                     report.backfilled_tools += 1
+
+
+def _not_in_instance_infra(services: psycopg.Connection[Any], pool: psycopg.Connection[Any]) -> int:
+    """How many pool instances with a service id ``instance_infra`` does not record."""
+    present = {row[0] for row in pool.execute(TABLE_COLUMNS, {"table": "instances"}).fetchall()}
+    if "service_id" not in present:
+        return 0
+    ids = [row[0] for row in pool.execute(POOL_PROVISIONED_IDS).fetchall()]
+    row = services.execute(COUNT_NOT_RECORDED, {"ids": ids}).fetchone()
+    return int(row[0]) if row else 0
 
 
 def _drop_columns(

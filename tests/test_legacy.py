@@ -147,3 +147,15 @@ async def test_destroying_an_instance_the_replaced_system_made_deletes_everythin
 
 async def _gone(conn: psycopg.AsyncConnection[Any], instance_id: str) -> bool:
     return await store.get(conn, instance_id) is None
+
+
+def test_drop_keeps_the_pool_columns_while_some_instances_are_not_copied(db_url: str, pool_url: str) -> None:
+    # instance_infra already has a row of the reconciler's, so the backfill does not run.
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO instance_infra (instance_id, provider_service_id, provider_env_id) VALUES ('new1', 's', 'e')"
+        )
+    report = upgrade(db_url, pool_url, project_id=None, environment_id=None, drop=True)
+    assert report.backfill_skipped is not None
+    assert any("not dropping the pool DB's legacy columns: 2 instances" in p for p in report.problems)
+    assert "service_id" in columns(pool_url, "instances")

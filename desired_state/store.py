@@ -75,7 +75,8 @@ RETURNING generation
 # reconciler/legacy.py) becomes a desired row marked absent, with a resource row for everything
 # it may hold: known ids are deleted directly, the rest are found by derived name (an intent
 # without an id is how the engine says "this may exist: look it up"). Then the usual finalizer
-# tears it down. Telnyx numbers were recorded by phone number, not id, so they are found by name.
+# tears it down. Telnyx numbers were recorded by phone number, not id (and bought without our
+# reference), so they are found by that number.
 ADOPT_FOR_TEARDOWN = """
 WITH legacy AS (
     SELECT i.instance_id, i.provider_service_id, i.volume_id
@@ -98,19 +99,23 @@ WITH legacy AS (
     ON CONFLICT (instance_id) DO NOTHING
     RETURNING instance_id
 ), resources AS (
-    SELECT l.instance_id, 'railway_service' AS kind, l.provider_service_id AS external_id FROM legacy l
-    UNION ALL SELECT l.instance_id, 'railway_volume', l.volume_id FROM legacy l
-    UNION ALL SELECT l.instance_id, 'railway_domain', NULL FROM legacy l
+    SELECT l.instance_id, 'railway_service' AS kind, l.provider_service_id AS external_id,
+           '{}'::jsonb AS attributes
+      FROM legacy l
+    UNION ALL SELECT l.instance_id, 'railway_volume', l.volume_id, '{}'::jsonb FROM legacy l
+    UNION ALL SELECT l.instance_id, 'railway_domain', NULL, '{}'::jsonb FROM legacy l
     UNION ALL
     SELECT t.instance_id,
            CASE t.tool_id WHEN 'openrouter' THEN 'openrouter_key'
                           WHEN 'agentmail' THEN 'agentmail_inbox' ELSE 'telnyx_number' END,
-           CASE WHEN t.tool_id = 'telnyx' THEN NULL ELSE t.resource_id END
+           CASE WHEN t.tool_id = 'telnyx' THEN NULL ELSE t.resource_id END,
+           CASE WHEN t.tool_id = 'telnyx' THEN jsonb_build_object('phone_number', t.resource_id)
+                ELSE '{}'::jsonb END
       FROM tools t
 ), recorded AS (
-    INSERT INTO observed_resources (instance_id, kind, derived_name, external_id, status, intent_at)
+    INSERT INTO observed_resources (instance_id, kind, derived_name, external_id, status, attributes, intent_at)
     SELECT r.instance_id, r.kind, %(prefix)s || '-' || r.instance_id, r.external_id,
-           'ready', CASE WHEN r.external_id IS NULL THEN now() END
+           'ready', r.attributes, CASE WHEN r.external_id IS NULL THEN now() END
       FROM resources r JOIN adopted USING (instance_id)
 )
 INSERT INTO events (instance_id, kind, action, outcome, detail)

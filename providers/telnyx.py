@@ -128,7 +128,13 @@ class TelnyxNumberDriver:
         for number in named:
             if number.name == want.name:
                 return self._observed(number, want.name, await self._profile_id(create=False))
-        return await self._lookup_by_order(want)
+        ordered = await self._lookup_by_order(want)
+        if ordered is not None:
+            return ordered
+        # Bought by the system this replaces, which set no reference: known only by its number.
+        known = want.params.get("phone_number")
+        held = await self._find_held(str(known)) if known else None
+        return None if held is None else self._observed(held, want.name, await self._profile_id(create=False))
 
     async def create(self, want: DesiredResource) -> Observed:
         profile_id = await self._require_profile()

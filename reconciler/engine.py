@@ -424,11 +424,15 @@ class Reconciler:
         service = state.observed.get(ResourceKind.RAILWAY_SERVICE)
         if service is not None and service.external_id is not None:
             depends[ResourceKind.RAILWAY_SERVICE.value] = service.external_id
+        row = state.observed.get(kind)
+        # A number imported from the replaced system's records is known by its phone number only.
+        phone_number = row.attributes.get("phone_number") if row is not None else None
         return DesiredResource(
             kind=kind,
             instance_id=spec.instance_id,
             name=self.defaults.derived_name(spec.instance_id),
             depends=depends,
+            params={"phone_number": phone_number} if phone_number else {},
         )
 
     # -- recording --------------------------------------------------------------------------------

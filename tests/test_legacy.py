@@ -131,6 +131,11 @@ async def test_destroying_an_instance_the_replaced_system_made_deletes_everythin
     await conn.execute("DELETE FROM desired_instances WHERE instance_id = 'old1'")
     assert len(rows(db_url, "SELECT * FROM instance_services WHERE instance_id = 'old1'")) == 3
     assert all(names == ["convos-agent-old1"] for names in held(sim).values())
+    # It bought numbers without a reference of ours (study 1.4): known only by the phone number.
+    telnyx = sim.simulator.telnyx
+    records: list[Any] = [*telnyx._numbers.values(), *telnyx._orders.values()]
+    for record in records:
+        record.customer_reference = None
 
     code, out, err = await run_cli("delete", "old1", env=cli_env(db_url, sim))
     assert code == 0 and "old1: marked for deletion" in out, err

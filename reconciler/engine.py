@@ -61,7 +61,6 @@ from providers.base import (
     ResourceDriver,
     ResourceKind,
     Throttled,
-    Transient,
 )
 from reconciler import queries
 from reconciler.conditions import DEPLOY_FAILED, DEPLOY_READY, PassResult, conditions
@@ -140,6 +139,15 @@ class Outcome:
 
 class LeaseLost(Exception):
     """Another worker claimed the row after us; this worker must stop writing it."""
+
+
+class _Wait(Exception):
+    """Internal: the pass cannot go on yet (not a failure); run it again in ``seconds``."""
+
+    def __init__(self, seconds: float, message: str) -> None:
+        super().__init__(message)
+        self.seconds = seconds
+        self.message = message
 
 
 class _Retry(Exception):
@@ -238,6 +246,8 @@ class Reconciler:
             outcome = Outcome(claim.instance_id, kind, "lease_lost")
         except _Retry as retry:
             outcome = await self._record_failure(claim, kind, retry, state, present=desired["present"])
+        except _Wait as wait:
+            outcome = await self._requeue(claim, kind, wait, present=desired["present"])
         except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
             if not isinstance(exc, psycopg.errors.TransactionRollback):
                 raise  # the database went away: the claim expires and the next one resumes
@@ -360,10 +370,16 @@ class Reconciler:
                     # Adopted: bring the fields we own to the spec (or replace if a secret is lost).
                     await self._apply(claim, decide(kind, want, state.observed[kind]), want, state)
                     return
+                if row is not None and row.retry_in > 0:
+                    # This pass came early (a spec change, a forced pass): the last create's
+                    # outcome is unknown and the listing may not show it yet. Not before its time.
+                    raise _Wait(row.retry_in, f"{kind.value}: looking for an earlier create again before creating")
             await self._create(claim, driver, want, state)
         except ProviderError as error:
             retry = self._retry_for(error, kind)
-            if isinstance(error, Transient) and kind in state.created_in_doubt:
+            if kind in state.created_in_doubt:
+                # Whatever failed (a timeout, a 5xx, or a later call of a create that makes
+                # several), the create may have landed.
                 retry.at_least = self.settings.create_settle_seconds
             raise retry from None
 
@@ -679,6 +695,16 @@ class Reconciler:
         """Capped exponential backoff with full jitter in its upper half."""
         ceiling = min(self.settings.backoff_cap, self.settings.backoff_base * 2.0 ** max(0, attempts - 1))
         return ceiling * random.uniform(0.5, 1.0)
+
+    async def _requeue(self, claim: Claim, kind: str, wait: _Wait, *, present: bool) -> Outcome:
+        phase = "Provisioning" if present else "Deleting"
+        result = PassResult(phase, "Provisioning" if present else "Deleting", wait.message)
+        try:
+            await self._finish(claim, result, delay=wait.seconds, attempts=claim.attempts)
+        except LeaseLost:
+            self._metrics.lease_lost.inc()
+            return Outcome(claim.instance_id, kind, "lease_lost")
+        return Outcome(claim.instance_id, kind, "requeue", phase)
 
     async def _record_unexpected(self, claim: Claim, kind: str, exc: Exception, *, present: bool) -> Outcome:
         """Record a failure that is not a provider's answer (a deadlock, a bug); retry with backoff."""

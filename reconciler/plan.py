@@ -90,6 +90,9 @@ class ObservedRow:
     last_error: str | None = None
     drift: str | None = None
     """Set by the batched observer: 'gone' (missing from the listing) or 'config' (fields differ)."""
+    retry_in: float = 0.0
+    """Seconds before this resource may be tried again after its last failure (for a create whose
+    answer was lost, long enough for the provider's listing to show what it made)."""
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> ObservedRow:
@@ -107,6 +110,7 @@ class ObservedRow:
             attempts=row["attempts"],
             last_error=row["last_error"],
             drift=row.get("drift"),
+            retry_in=float(row.get("retry_in") or 0.0),
         )
 
 

@@ -85,7 +85,8 @@ SELECT instance_id, name, spec, present, generation, observed_generation, phase,
 # -- observed resources ---------------------------------------------------------------------------
 SELECT_OBSERVED = """
 SELECT kind, derived_name, external_id, status, attributes, secret, applied_hash, intent_at,
-       attempts, last_error, drift
+       attempts, last_error, drift,
+       GREATEST(0, EXTRACT(EPOCH FROM next_attempt_at - now())) AS retry_in
   FROM observed_resources WHERE instance_id = %(instance_id)s
 """
 

@@ -93,11 +93,17 @@ async def test_a_retry_after_of_zero_defers_the_row_a_second_rather_than_spinnin
     assert due_in is not None and 0.5 < float(due_in[0]) <= 1.0
 
 
+@pytest.mark.parametrize("spec_changed_meanwhile", [False, True])
 async def test_a_create_that_landed_but_whose_answer_was_lost_is_adopted_not_duplicated(
-    db_url: str, sim: Sim, conn: psycopg.AsyncConnection[Any], monkeypatch: pytest.MonkeyPatch
+    db_url: str,
+    sim: Sim,
+    conn: psycopg.AsyncConnection[Any],
+    monkeypatch: pytest.MonkeyPatch,
+    spec_changed_meanwhile: bool,
 ) -> None:
     # New keys stay out of listings for a second, and the first create's answer is lost (a 502
-    # after the provider made the key): the retry's lookup by name must not come too early.
+    # after the provider made the key): the retry's lookup by name must not come too early,
+    # even when a spec change makes the instance due again at once.
     sim.simulator.set_faults(FaultPlan(rules=[FaultRule(provider="openrouter", operation="create_key", list_lag=1.0)]))
     settings = simulated_settings(sim.root, sim.simulator.railway.project_id)
     # Longer than the lag (with create_settle_seconds=0 this test sees a second key).
@@ -107,6 +113,7 @@ async def test_a_create_that_landed_but_whose_answer_was_lost_is_adopted_not_dup
         driver = runtime.drivers[ResourceKind.OPENROUTER_KEY]
         create = driver.create
         lost: list[str] = []
+        spec = InstanceSpec(instance_id="dup", tools=(Tool.OPENROUTER,))
 
         async def create_then_lose_the_answer(want: Any) -> Any:
             made = await create(want)
@@ -116,7 +123,11 @@ async def test_a_create_that_landed_but_whose_answer_was_lost_is_adopted_not_dup
             return made
 
         monkeypatch.setattr(driver, "create", create_then_lose_the_answer)
-        await store.put(conn, InstanceSpec(instance_id="dup", tools=(Tool.OPENROUTER,)))
+        await store.put(conn, spec)
+        await runtime.worker.drain()
+        assert lost, "the first create did not run"
+        if spec_changed_meanwhile:
+            await store.put(conn, InstanceSpec(instance_id="dup", tools=(Tool.OPENROUTER,), env={"MODE": "changed"}))
         await settle(runtime, lambda: all_ready(conn, 1), timeout=30)
 
     keys = sim.simulator.snapshot()["openrouter"]["keys"]
@@ -125,4 +136,4 @@ async def test_a_create_that_landed_but_whose_answer_was_lost_is_adopted_not_dup
     events = await (
         await conn.execute("SELECT action FROM events WHERE kind = 'openrouter_key' ORDER BY id")
     ).fetchall()
-    assert lost and ("adopt",) in events
+    assert ("adopt",) in events

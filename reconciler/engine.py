@@ -101,7 +101,9 @@ class EngineSettings:
     """A configuration error (bad credentials) is retried only this often."""
     changed_share: float = 0.75
     """Share of each claim reserved for new and changed rows; the rest goes to the best-ranked of
-    all, so a flood of changes cannot starve polls and a backlog of polls cannot delay new work."""
+    all, so a flood of changes cannot starve polls and a backlog of polls cannot delay new work.
+    The share is rounded up: a claim of 3 rows or fewer is all reserved, so keep ``batch_size``
+    above 4 (the pipelined drain claims a quarter of it at a time)."""
     create_settle_seconds: float = 5.0
     """After a create whose outcome is unknown (a timeout, a 5xx, a dropped connection) the next
     pass looks the resource up by name before creating again; it waits at least this long, so a

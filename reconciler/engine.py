@@ -102,8 +102,7 @@ class EngineSettings:
     changed_share: float = 0.75
     """Share of each claim reserved for new and changed rows; the rest goes to the best-ranked of
     all, so a flood of changes cannot starve polls and a backlog of polls cannot delay new work.
-    The share is rounded up: a claim of 3 rows or fewer is all reserved, so keep ``batch_size``
-    above 4 (the pipelined drain claims a quarter of it at a time)."""
+    The share is rounded up, but a claim of two rows or more always keeps one for the others."""
     create_settle_seconds: float = 5.0
     """After a create whose outcome is unknown (a timeout, a 5xx, a dropped connection) the next
     pass looks the resource up by name before creating again; it waits at least this long, so a

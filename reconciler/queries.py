@@ -46,7 +46,9 @@ WITH changed AS (
           FROM (SELECT * FROM changed UNION ALL SELECT * FROM others) due
     ) ranked
      -- changed rows fill up to their share first; any share they leave goes to the best-ranked
-     ORDER BY CASE WHEN class = 0 AND nth <= ceil(%(limit)s * %(changed_share)s) THEN 0 ELSE 1 END,
+     -- (rounded up, but a claim of two or more keeps one slot for the others)
+     ORDER BY CASE WHEN class = 0 AND nth <= GREATEST(1, LEAST(ceil(%(limit)s * %(changed_share)s), %(limit)s - 1))
+                   THEN 0 ELSE 1 END,
               ranks_at
      LIMIT %(limit)s
 )

@@ -337,6 +337,9 @@ async def test_new_work_is_claimed_first_even_behind_an_old_backlog_and_polls_ne
     second = await runtime.reconciler.claim(8)
     polls = [c for c in second if c.instance_id.startswith("poll")]
     assert len(polls) == 2 and len(second) == 8
+    # Even the smallest claim the pipelined drain makes keeps a slot for them.
+    third = await runtime.reconciler.claim(2)
+    assert sorted(c.instance_id[:4] for c in third) == ["floo", "poll"]
 
 
 async def test_an_instance_wanted_again_during_its_teardown_is_rebuilt_not_half_deleted(

@@ -39,10 +39,11 @@ COUNT_DESIRED = "SELECT count(*) FROM desired_instances"
 _ALPHABET = string.ascii_letters + string.digits + "_-"
 
 
-def simulated_settings(root: str, project_id: str) -> Settings:
-    """Settings pointing every provider at a simulator served at ``root``, with made-up credentials."""
+def simulated_env(root: str, project_id: str) -> dict[str, str]:
+    """The settings environment pointing every provider at a simulator served at ``root``, with
+    made-up credentials (what ``reconciler demo``, the tests and the benchmarks run with)."""
     urls = base_urls(root)
-    env = {
+    return {
         "RAILWAY_API_TOKEN": "simulated-railway-token",
         "RAILWAY_PROJECT_ID": project_id,
         "RAILWAY_ENVIRONMENT_NAME": "production",
@@ -55,7 +56,11 @@ def simulated_settings(root: str, project_id: str) -> Settings:
         "TELNYX_API_URL": urls["telnyx"],
         "XMTP_ENV": "dev",
     }
-    return load_settings(env)
+
+
+def simulated_settings(root: str, project_id: str) -> Settings:
+    """Settings pointing every provider at a simulator served at ``root``."""
+    return load_settings(simulated_env(root, project_id))
 
 
 def demo_specs(count: int, seed: int = 2026) -> list[InstanceSpec]:

@@ -113,9 +113,14 @@ FAST_ENGINE = EngineSettings(
 )
 
 
+def simulated_runtime(db_url: str, sim: Sim, engine: EngineSettings = FAST_ENGINE, **options: Any) -> Runtime:
+    """A Runtime on ``sim`` with its own metrics registry; enter it with ``async with``."""
+    settings = simulated_settings(sim.root, sim.simulator.railway.project_id)
+    runtime_options = RuntimeOptions(engine=engine, tick_seconds=0.1, **options)
+    return Runtime(settings, db_url, runtime_options, Metrics(CollectorRegistry()))
+
+
 @pytest.fixture
 async def runtime(db_url: str, sim: Sim) -> AsyncIterator[Runtime]:
-    settings = simulated_settings(sim.root, sim.simulator.railway.project_id)
-    options = RuntimeOptions(engine=FAST_ENGINE, tick_seconds=0.1)
-    async with Runtime(settings, db_url, options, Metrics(CollectorRegistry())) as rt:
+    async with simulated_runtime(db_url, sim) as rt:
         yield rt

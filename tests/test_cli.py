@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import psycopg
 
-from providers.simulated.app import base_urls
+from reconciler.demo import simulated_env
 from tests.conftest import Sim
 
 CLI = [sys.executable, "-c", "import cli; cli.main()"]
@@ -25,19 +25,7 @@ def cli_env(db_url: str, sim: Sim | None = None) -> dict[str, str]:
     env["SERVICE_DATABASE_URL"] = db_url
     env["PYTHONPATH"] = str(ROOT)
     if sim is not None:
-        urls = base_urls(sim.root)
-        env.update(
-            RAILWAY_API_TOKEN="t",
-            RAILWAY_PROJECT_ID=sim.simulator.railway.project_id,
-            RAILWAY_ENVIRONMENT_NAME="production",
-            OPENROUTER_MANAGEMENT_KEY="k",
-            AGENTMAIL_API_KEY="k",
-            TELNYX_API_KEY="k",
-            RAILWAY_API_URL=urls["railway"],
-            OPENROUTER_API_URL=urls["openrouter"],
-            AGENTMAIL_API_URL=urls["agentmail"],
-            TELNYX_API_URL=urls["telnyx"],
-        )
+        env.update(simulated_env(sim.root, sim.simulator.railway.project_id))
     return env
 
 

@@ -18,12 +18,11 @@ from psycopg.rows import dict_row
 from desired_state import store
 from desired_state.models import InstanceSpec, Tool
 from providers.base import ResourceKind
-from reconciler.demo import simulated_settings
 from reconciler.engine import Claim
 from reconciler.metrics import Metrics
-from reconciler.runtime import Runtime, RuntimeOptions
+from reconciler.runtime import Runtime
 from reconciler.status import phase_counts
-from tests.conftest import FAST_ENGINE, Sim
+from tests.conftest import FAST_ENGINE, Sim, simulated_runtime
 
 ALL_TOOLS = (Tool.OPENROUTER, Tool.AGENTMAIL, Tool.TELNYX)
 
@@ -263,9 +262,7 @@ async def test_a_stale_worker_does_not_update_a_resource_a_newer_claim_owns(
 async def test_a_missing_tool_key_is_a_visible_configuration_error(
     runtime: Runtime, sim: Sim, conn: psycopg.AsyncConnection[Any], db_url: str
 ) -> None:
-    from prometheus_client import CollectorRegistry
 
-    from reconciler.metrics import Metrics
 
     settings = replace(runtime.settings, agentmail_key=None)
     async with Runtime(settings, db_url, runtime.options, Metrics(CollectorRegistry())) as bare:
@@ -376,10 +373,8 @@ async def test_stopping_a_busy_loop_lets_the_passes_in_flight_finish_and_logs_no
     db_url: str, sim: Sim, caplog: Any
 ) -> None:
     # Every converged row is due again at once: the loop never runs out of work by itself.
-    settings = simulated_settings(sim.root, sim.simulator.railway.project_id)
-    options = RuntimeOptions(engine=replace(FAST_ENGINE, poll_interval=0.0), tick_seconds=0.1)
     async with (
-        Runtime(settings, db_url, options, Metrics(CollectorRegistry())) as runtime,
+        simulated_runtime(db_url, sim, replace(FAST_ENGINE, poll_interval=0.0)) as runtime,
         await psycopg.AsyncConnection.connect(db_url, autocommit=True) as conn,
     ):
         await store.put_many(conn, [InstanceSpec(instance_id=f"busy{i}") for i in range(8)])

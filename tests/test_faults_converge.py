@@ -8,16 +8,13 @@ from typing import Any
 
 import psycopg
 import pytest
-from prometheus_client import CollectorRegistry
 
 from desired_state import store
 from desired_state.models import InstanceSpec, Tool
 from providers.base import ResourceKind, Transient
 from providers.simulated.faults import FaultPlan, FaultRule, early_calls
-from reconciler.demo import simulated_settings
-from reconciler.metrics import Metrics
-from reconciler.runtime import Runtime, RuntimeOptions
-from tests.conftest import FAST_ENGINE, Sim
+from reconciler.runtime import Runtime
+from tests.conftest import FAST_ENGINE, Sim, simulated_runtime
 from tests.test_chaos import held_names
 from tests.test_converge import all_ready, settle
 
@@ -36,10 +33,8 @@ HOSTILE = FaultPlan(
 
 @pytest.fixture
 async def hostile_runtime(db_url: str, sim: Sim) -> AsyncIterator[Runtime]:
-    settings = simulated_settings(sim.root, sim.simulator.railway.project_id)
     # A client timeout shorter than the simulated hang, so timeouts are real timeouts.
-    options = RuntimeOptions(engine=FAST_ENGINE, tick_seconds=0.1, http_timeout=0.4)
-    async with Runtime(settings, db_url, options, Metrics(CollectorRegistry())) as runtime:
+    async with simulated_runtime(db_url, sim, http_timeout=0.4) as runtime:
         runtime.admission.open_seconds = 0.5  # an opened circuit does not stall the test for long
         yield runtime
 
@@ -105,11 +100,9 @@ async def test_a_create_that_landed_but_whose_answer_was_lost_is_adopted_not_dup
     # after the provider made the key): the retry's lookup by name must not come too early,
     # even when a spec change makes the instance due again at once.
     sim.simulator.set_faults(FaultPlan(rules=[FaultRule(provider="openrouter", operation="create_key", list_lag=1.0)]))
-    settings = simulated_settings(sim.root, sim.simulator.railway.project_id)
     # Longer than the lag (with create_settle_seconds=0 this test sees a second key).
     engine = dataclasses.replace(FAST_ENGINE, create_settle_seconds=2.0)
-    options = RuntimeOptions(engine=engine, tick_seconds=0.1)
-    async with Runtime(settings, db_url, options, Metrics(CollectorRegistry())) as runtime:
+    async with simulated_runtime(db_url, sim, engine) as runtime:
         driver = runtime.drivers[ResourceKind.OPENROUTER_KEY]
         create = driver.create
         lost: list[str] = []

@@ -10,9 +10,8 @@
 * :func:`converged_fleet` converges ``count`` instances through the real reconciler, with no rate
   limits and no simulated latency: how the steady-state and latency benchmarks reach a converged
   fleet of 10,000, so their starting state is exactly what the reconciler itself writes. It takes
-  10 to 11 minutes for 10,000 on 2 cores, bound by the simulator (its fakes scan every resource
-  they hold on many requests, so building N costs O(N^2) there; creating the same resources
-  directly through the fakes' own APIs is not much faster), which is why
+  about 8 minutes for 10,000 on 2 cores, bound by the simulator (several fakes' creates scan
+  every resource they hold, so building N costs O(N^2) there), which is why
   ``python -m tests.benchmarks`` builds one fleet and hands it to both benchmarks.
 * :func:`cli` is the ``__main__`` of every benchmark: a database URL (argument,
   ``SERVICE_DATABASE_URL``, or an embedded Postgres in a temporary directory) and knobs.
@@ -42,7 +41,7 @@ from prometheus_client import CollectorRegistry
 
 from desired_state import store
 from desired_state.models import InstanceSpec, Tool
-from providers.simulated.app import base_urls
+from reconciler import demo
 from reconciler.admission import Limit
 from reconciler.db import EmbeddedPostgres, create_database, migrate
 from reconciler.engine import EngineSettings
@@ -171,20 +170,7 @@ def fleet_specs(count: int, prefix: str, tools: tuple[Tool, ...] = ALL_TOOLS) ->
 
 def simulated_env(sim: SimulatorHandle) -> dict[str, str]:
     """The settings environment pointing every provider at ``sim`` (as ``reconciler demo`` does)."""
-    urls = base_urls(sim.root)
-    return {
-        "RAILWAY_API_TOKEN": "simulated-railway-token",
-        "RAILWAY_PROJECT_ID": sim.project_id,
-        "RAILWAY_ENVIRONMENT_NAME": "production",
-        "OPENROUTER_MANAGEMENT_KEY": "simulated-openrouter-key",
-        "AGENTMAIL_API_KEY": "simulated-agentmail-key",
-        "TELNYX_API_KEY": "simulated-telnyx-key",
-        "RAILWAY_API_URL": urls["railway"],
-        "OPENROUTER_API_URL": urls["openrouter"],
-        "AGENTMAIL_API_URL": urls["agentmail"],
-        "TELNYX_API_URL": urls["telnyx"],
-        "XMTP_ENV": "dev",
-    }
+    return demo.simulated_env(sim.root, sim.project_id)
 
 
 def runtime_for(sim: SimulatorHandle, database_url: str, options: RuntimeOptions) -> Runtime:

@@ -9,12 +9,13 @@ bad input with the same message, before anything is written.
 
 from __future__ import annotations
 
-import enum
 import re
 from collections.abc import Mapping
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from desired_state.vocabulary import Tool as Tool  # re-exported: its home is the vocabulary
 
 # The pool generates ids with nanoid (alphabet A-Za-z0-9_-), 12 characters by default. We accept
 # 1..32 of that alphabet: derived names ("convos-agent-" + id) must stay within Railway's limits.
@@ -23,14 +24,6 @@ ENV_NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 IMAGE_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._/:@-]{0,254}$")
 MAX_ENV_VARS = 200
 MAX_ENV_VALUE_BYTES = 32 * 1024
-
-
-class Tool(enum.StrEnum):
-    """The per-instance tools the pool can ask for (seed registry ids)."""
-
-    OPENROUTER = "openrouter"
-    AGENTMAIL = "agentmail"
-    TELNYX = "telnyx"
 
 
 class InstanceSpec(BaseModel):

@@ -365,8 +365,8 @@ def run_command(
     ] = 120.0,
 ) -> None:
     """Run the reconcile loop and the HTTP API (either alone with --no-api / --no-loop) until SIGTERM."""
-    from desired_state.api import ApiConfig, ApiConfigError, ApiStartError, create_app
-    from desired_state.api import serve as serve_api
+    from desired_state.http import ApiConfig, ApiConfigError, ApiStartError, create_app
+    from desired_state.http import serve as serve_api
 
     if not (api or loop):
         fail("nothing to run: --no-api and --no-loop together", EXIT_BAD_INPUT)

@@ -161,3 +161,13 @@ class NotConvergedReason(enum.StrEnum):
     THROTTLED = "throttled"
     FAILED = "failed"
     DELETING = "deleting"
+
+
+class RailwayKind(enum.StrEnum):
+    """The Railway resources every instance has (values of ``providers.base.ResourceKind``), for
+    the callers' side, which may not import ``providers``; the tools' kinds are in the catalogue."""
+
+    SERVICE = "railway_service"
+    VOLUME = "railway_volume"
+    DOMAIN = "railway_domain"
+    DEPLOYMENT = "railway_deployment"

@@ -21,7 +21,7 @@ from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
 from desired_state import store
-from desired_state.api import ApiConfig, ApiConfigError, ApiStartError, begin_shutdown, create_app, serve
+from desired_state.http import ApiConfig, ApiConfigError, ApiStartError, begin_shutdown, create_app, serve
 from desired_state.models import InstanceSpec, Tool
 from providers.simulated.server import serve_in_background
 from reconciler.demo import simulated_settings

@@ -122,7 +122,7 @@ async def measure() -> dict[str, Any]:
     from prometheus_client import CollectorRegistry
 
     import cli  # noqa: F401  what `reconciler run` has loaded
-    import desired_state.api  # noqa: F401
+    import desired_state.http  # noqa: F401
     from reconciler.admission import Limit
     from reconciler.engine import EngineSettings
     from reconciler.metrics import Metrics

@@ -7,7 +7,7 @@ for the whole fleet is the number that matters. The benchmark:
    the database the URL names) and migrates it;
 2. seeds 10,000 Ready rows into ``desired_instances`` and ``instance_infra`` with two
    ``INSERT ... SELECT generate_series`` statements;
-3. serves the real app (``desired_state.api.create_app`` + ``serve``) in a child process pinned to
+3. serves the real app (``desired_state.http.create_app`` + ``serve``) in a child process pinned to
    two CPUs (``sched_setaffinity``, where the OS has it), so the load generator does not share
    the server's event loop;
 4. measures sequential requests (latency percentiles) and then concurrent ones (requests per
@@ -64,7 +64,7 @@ SELECT 'bench' || lpad(g::text, 7, '0'), 'railway', md5('svc' || g), 'env-bench'
 # The child process: the real app and server, pinned to the given CPUs, until SIGTERM.
 SERVER_SCRIPT = """
 import asyncio, os, signal
-from desired_state.api import ApiConfig, create_app, serve
+from desired_state.http import ApiConfig, create_app, serve
 
 cpus = int(os.environ["BENCH_CPUS"])
 if hasattr(os, "sched_setaffinity") and cpus > 0:

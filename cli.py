@@ -9,6 +9,7 @@ exit 2 for bad input, 1 for everything else.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import signal
@@ -26,6 +27,7 @@ from rich.console import Console
 
 from desired_state import store
 from desired_state.models import INSTANCE_ID_PATTERN, SpecError, parse_instances
+from desired_state.read_model import InstanceView, read_instances
 from reconciler import status as status_views
 from reconciler.db import DatabaseError, EmbeddedPostgres, load_migrations, migrate
 from reconciler.engine import EngineSettings, Outcome
@@ -257,12 +259,19 @@ def status_command(
             async with await _connect(url) as conn:
                 return await status_views.instance_statuses(conn, [instance_id] if instance_id else None)
 
+        async def read_views() -> list[InstanceView]:
+            async with await _connect(url) as conn:
+                return await read_instances(conn, [instance_id] if instance_id else None)
+
+        if as_json:  # the shape of GET /instances/{id} (docs/api.md), one per instance
+            views = run_async(read_views())
+            if instance_id and not views:
+                fail(f"instance {instance_id} not found")
+            sys.stdout.write(json.dumps([view.model_dump(mode="json") for view in views], indent=2) + "\n")
+            return
         rows = run_async(read())
     if instance_id and not rows:
         fail(f"instance {instance_id} not found")
-    if as_json:
-        sys.stdout.write(json.dumps([row.to_json() for row in rows], indent=2) + "\n")
-        return
     console.print(status_views.status_table(rows))
 
 
@@ -392,22 +401,21 @@ def run_command(
             tick_seconds=tick,
             observe_seconds=observe_seconds,
         )
-        http_app = None
+        api_config = None
         if api:
             configured = {"openrouter": settings.openrouter_key, "agentmail": settings.agentmail_key}
             configured["telnyx"] = settings.telnyx_key
+            api_config = ApiConfig(
+                api_key=api_key,
+                database_url=url,
+                project_id=settings.railway_project_id,
+                environment_id=settings.railway_environment_id,
+                name_prefix=settings.name_prefix,
+                wait_timeout=wait_timeout,
+                tools_enabled=frozenset(tool for tool, key in configured.items() if key),
+            )
             try:
-                http_app = create_app(
-                    ApiConfig(
-                        api_key=api_key,
-                        database_url=url,
-                        project_id=settings.railway_project_id,
-                        environment_id=settings.railway_environment_id,
-                        name_prefix=settings.name_prefix,
-                        wait_timeout=wait_timeout,
-                        tools_enabled=frozenset(tool for tool, key in configured.items() if key),
-                    )
-                )
+                api_config.check()
             except ApiConfigError as exc:
                 fail(str(exc), EXIT_BAD_INPUT)
 
@@ -421,7 +429,10 @@ def run_command(
                 tasks = []
                 if loop:
                     tasks.append(runtime.worker.run_forever(stop))
-                if http_app is not None:
+                if api_config is not None:
+                    # /readyz reports the loop through its last completed tick (when it runs here).
+                    probe = runtime.worker.seconds_since_tick if loop else None
+                    http_app = create_app(dataclasses.replace(api_config, loop_probe=probe))
                     tasks.append(serve_api(http_app, host, settings.port, stop))
                 log.info(
                     "reconciler running",

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -69,6 +70,11 @@ class Worker:
         self._idle = asyncio.Event()
         self._idle.set()
         self._stopping = False
+        self._last_tick: float | None = None
+
+    def seconds_since_tick(self) -> float | None:
+        """Since the last tick ended, whatever it found (None: none yet); the API's ``/readyz``."""
+        return None if self._last_tick is None else time.monotonic() - self._last_tick
 
     async def drain(self) -> list[Outcome]:
         """Reconcile until nothing is due right now (or the worker is stopping).
@@ -125,6 +131,7 @@ class Worker:
         except Exception:
             log.exception("reconcile tick failed")
         finally:
+            self._last_tick = time.monotonic()
             self._idle.set()
 
     async def observe(self) -> None:

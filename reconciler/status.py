@@ -42,31 +42,6 @@ class InstanceStatus:
     last_error: str | None
     resources: tuple[ResourceStatus, ...] = field(default=())
 
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "instanceId": self.instance_id,
-            "name": self.name,
-            "tools": list(self.tools),
-            "desired": "present" if self.present else "absent",
-            "phase": self.phase,
-            "generation": self.generation,
-            "observedGeneration": self.observed_generation,
-            "attempts": self.attempts,
-            "nextAttemptAt": self.next_attempt_at.isoformat(),
-            "lastError": self.last_error,
-            "resources": [
-                {
-                    "kind": r.kind,
-                    "externalId": r.external_id,
-                    "status": r.status,
-                    "providerStatus": r.provider_status,
-                    "attempts": r.attempts,
-                    "lastError": r.last_error,
-                }
-                for r in self.resources
-            ],
-        }
-
 
 async def instance_statuses(
     conn: AsyncConnection[Any], instance_ids: Sequence[str] | None = None

@@ -75,12 +75,14 @@ async def test_apply_status_delete_round_trip(db_url: str, tmp_path: Path) -> No
 
     code, out, _ = await run_cli("status", "--json", env=env)
     [row] = json.loads(out)
-    assert (row["instanceId"], row["tools"], row["phase"], row["desired"]) == (
+    # The shape of GET /instances/{id}: one read model for the CLI and the API.
+    assert (row["instanceId"], row["spec"]["tools"], row["phase"], row["present"]) == (
         "cli1",
         ["openrouter"],
         "Pending",
-        "present",
+        True,
     )
+    assert row["spec"]["envKeys"] == ["A"] and "1" not in json.dumps(row["spec"])
 
     code, out, _ = await run_cli("delete", "cli1", "ghost", env=env)
     assert code == 1 and "cli1: marked for deletion" in out and "ghost: not found" in out

@@ -1,0 +1,208 @@
+"""Hostile input and a lost database (issue 11): the HTTP API stays bounded, strict and honest.
+
+* Bodies: the 8 MiB cap holds while reading (a declared or streamed larger body is a 413 and is
+  never read past the cap); a body with a BOM, in UTF-16 or with a duplicate key is a clear 400;
+  a body that is not JSON is a 415; a body holding far more values than the route needs is a 400
+  without the models ever seeing it; an error body lists the first problems, counts the rest and
+  cuts each one short; expensive bodies are decoded by the worker process.
+* Probes: ``HEAD /healthz`` answers; ``/readyz`` reports the database and the loop.
+* A lost database: database routes answer 503 with ``Retry-After`` within 2 s (also with
+  ``Prefer: respond-async``), ``/healthz`` stays 200, ``/readyz`` and the availability gauge say
+  so, and the API answers again within 5 s of the database's return.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import time
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+from fastapi import FastAPI
+from prometheus_client import REGISTRY
+
+from desired_state.http import create_app
+from desired_state.http.body import MAX_BODY_BYTES
+from desired_state.http.errors import MAX_PROBLEM_CHARS, MAX_PROBLEMS
+from reconciler.db import EmbeddedPostgres
+from tests.conftest import Sim
+from tests.test_api import API_KEY, config_for, desired_count, served
+from tests.test_chaos import private_postgres  # noqa: F401 (a fixture)
+
+JSON = {"Content-Type": "application/json"}
+CHUNK = 64 * 1024
+
+
+async def call_asgi(app: FastAPI, path: str, headers: list[tuple[bytes, bytes]], chunks: int) -> tuple[int, int]:
+    """POST ``chunks`` chunks of 64 KiB to ``app`` directly; (status, bytes the app pulled)."""
+    pulled = 0
+    sent = 0
+    status = 0
+
+    async def receive() -> dict[str, Any]:
+        nonlocal pulled, sent
+        sent += 1
+        if sent > chunks:
+            return {"type": "http.disconnect"}
+        pulled += CHUNK
+        return {"type": "http.request", "body": b" " * CHUNK, "more_body": sent < chunks}
+
+    async def send(message: dict[str, Any]) -> None:
+        nonlocal status
+        if message["type"] == "http.response.start":
+            status = message["status"]
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "scheme": "http",
+        "server": ("127.0.0.1", 80),
+        "client": ("127.0.0.1", 1),
+        "headers": [(b"authorization", f"Bearer {API_KEY}".encode()), (b"content-type", b"application/json"), *headers],
+        "app": app,
+    }
+    await app(scope, receive, send)  # type: ignore[arg-type]
+    return status, pulled
+
+
+async def test_the_body_cap_holds_while_reading(db_url: str, sim: Sim) -> None:
+    app = create_app(config_for(db_url, sim))
+    # A streamed body (no Content-Length) of 64 MiB: refused once past the cap, never read further.
+    status, pulled = await call_asgi(app, "/status/batch", [], chunks=1024)
+    assert status == 413
+    assert MAX_BODY_BYTES < pulled <= MAX_BODY_BYTES + CHUNK
+    # A declared length over the cap: refused before a byte is read.
+    status, pulled = await call_asgi(app, "/create-instance", [(b"content-length", b"400000000")], chunks=1024)
+    assert (status, pulled) == (413, 0)
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (b'\xef\xbb\xbf{"instanceId": "bom1"}', "body: starts with a byte-order mark; send UTF-8 without one"),
+        ('{"instanceId": "utf16"}'.encode("utf-16"), "body: is UTF-16 or UTF-32; send UTF-8"),
+        ('{"instanceId": "utf16"}'.encode("utf-16-le"), "body: is UTF-16 or UTF-32; send UTF-8"),
+        ('{"instanceId": "utf32"}'.encode("utf-32"), "body: is UTF-16 or UTF-32; send UTF-8"),
+        (b'{"instanceId": "dup1", "tools": [], "tools": ["agentmail"]}', "body: the key 'tools' appears twice"),
+        (b'{"instanceId": "dup2", "env": {"A": "1", "A": "2"}}', "body: the key 'A' appears twice"),
+        (b'{"instanceId": "nan", "openrouterLimit": NaN}', "body: is not valid JSON"),
+        (b'{"instanceId": "\xff"}', "body: is not valid UTF-8"),
+    ],
+)
+async def test_bodies_json_would_accept_are_refused_clearly(
+    db_url: str, sim: Sim, conn: psycopg.AsyncConnection[Any], raw: bytes, message: str
+) -> None:
+    async with served(config_for(db_url, sim)) as api:
+        response = await api.client.post("/create-instance", content=raw, headers=JSON)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"].startswith(message)
+    assert await desired_count(conn) == 0
+
+
+async def test_large_or_wrong_bodies_are_refused_and_errors_stay_bounded(
+    db_url: str, sim: Sim, conn: psycopg.AsyncConnection[Any]
+) -> None:
+    async with served(config_for(db_url, sim)) as api:
+        not_json = await api.client.post("/configure/x", content=b"variables=1", headers={"Content-Type": "text/plain"})
+        assert not_json.status_code == 415 and not_json.json()["error"].startswith("body:")
+
+        # 500,000 tools in 7 MB: decoded by the worker, refused by their count.
+        tools = {"instanceId": "many", "tools": ["openrouter"] * 500_000}
+        started = time.monotonic()
+        many = await api.client.post("/create-instance", content=json.dumps(tools).encode(), headers=JSON)
+        assert many.status_code == 400, many.text[:300]
+        assert many.json() == {"error": "body: holds more than 2000 JSON values"}
+        assert time.monotonic() - started < 10
+        # Deep structure that json.loads is slowest on, just under the cap.
+        nested = b'{"instanceId": "nest", "env": {"A": [' + b",".join([b"[]"] * 2_000_000) + b"]}}"
+        assert len(nested) < MAX_BODY_BYTES
+        refused = await api.client.post("/create-instance", content=nested, headers=JSON)
+        assert refused.status_code == 400 and "holds more than" in refused.json()["error"]
+
+        # Many problems: the first ones, then a count; each cut short, the input never echoed whole.
+        fields = {f"unknown{n}_" + "x" * 1000: 1 for n in range(40)}
+        problems = await api.client.post("/create-instance", json={"instanceId": "probs", **fields})
+        assert problems.status_code == 400
+        details = problems.json()["details"]
+        assert len(details) == MAX_PROBLEMS + 1 and details[-1] == "... and 30 more problems"
+        assert all(len(line) <= MAX_PROBLEM_CHARS for line in details)
+        assert len(problems.content) < (MAX_PROBLEMS + 1) * MAX_PROBLEM_CHARS * 2 + 200
+
+        # A legitimately large body is decoded by the worker and served.
+        ids = [f"id{n}" for n in range(60_000)]
+        batch = await api.client.post("/status/batch", json={"instanceIds": ids})
+        assert batch.status_code == 200 and batch.json()["services"] == []
+        assert await desired_count(conn) == 0
+
+
+async def test_head_healthz_and_readyz(db_url: str, sim: Sim) -> None:
+    ticks = {"age": 0.5}
+    config = dataclasses.replace(config_for(db_url, sim), loop_probe=lambda: ticks["age"], loop_stale_after=10.0)
+    async with served(config) as api, httpx.AsyncClient(base_url=api.root) as anonymous:
+        head = await anonymous.head("/healthz")
+        assert head.status_code == 200 and head.content == b""
+        assert (await anonymous.head("/readyz")).status_code == 200
+        ready = await anonymous.get("/readyz")
+        assert ready.status_code == 200, ready.text
+        body = ready.json()
+        assert body["ready"] is True and body["database"]["ok"] is True and body["loop"]["running"] is True
+        ticks["age"] = 60.0  # the loop stopped ticking
+        stalled = await anonymous.get("/readyz")
+        assert stalled.status_code == 503 and stalled.headers["retry-after"]
+        assert stalled.json()["loop"] == {"ok": False, "running": True, "lastTickAgeSeconds": 60.0}
+        assert stalled.json()["database"]["ok"] is True
+        document = (await api.client.get("/openapi.json")).json()
+        assert document["paths"]["/readyz"]["get"]["security"] == []
+        assert "422" not in json.dumps(document["paths"])
+
+
+def gauge(name: str) -> float | None:
+    return REGISTRY.get_sample_value(name)
+
+
+@pytest.mark.timeout(120)
+async def test_a_lost_database_fails_fast_and_is_found_again_fast(
+    private_postgres: tuple[EmbeddedPostgres, str], sim: Sim  # noqa: F811
+) -> None:
+    server, url = private_postgres
+    async with served(config_for(url, sim)) as api, httpx.AsyncClient(base_url=api.root) as anonymous:
+        assert (await api.client.get("/instances")).status_code == 200
+        server.stop()
+
+        for method, path, headers in [
+            ("GET", "/instances", {}),
+            ("GET", "/instances/someone", {}),
+            ("POST", "/create-instance", {"Prefer": "respond-async"}),
+            ("POST", "/status/batch", {}),
+        ]:
+            started = time.monotonic()
+            body = {"instanceId": "during"} if path == "/create-instance" else None
+            response = await api.client.request(method, path, json=body, headers=headers)
+            elapsed = time.monotonic() - started
+            assert response.status_code == 503, (path, response.text)
+            assert elapsed <= 2.0, (path, elapsed)
+            assert response.headers["retry-after"] == "5"
+            assert response.json() == {"error": "database unavailable; retry shortly"}
+        assert (await anonymous.get("/healthz")).status_code == 200
+        readiness = await anonymous.get("/readyz")
+        assert readiness.status_code == 503 and readiness.json()["database"]["ok"] is False
+        assert gauge("reconciler_api_database_up") == 0
+
+        await asyncio.sleep(8)  # longer than a reconnection attempt's window: its backoff is spent
+        server.start()
+        back = time.monotonic()
+        while (await api.client.get("/instances")).status_code != 200:
+            assert time.monotonic() - back < 5.0, "the API did not recover within 5 s of the database"
+            await asyncio.sleep(0.1)
+        assert (await anonymous.get("/readyz")).status_code == 200
+        assert gauge("reconciler_api_database_up") == 1

@@ -52,6 +52,12 @@ async def test_every_benchmark_runs_at_a_tiny_size(pg_server_url: str) -> None:
     status = results["status_batch"]
     assert status["instances"] == 20 and status["p50_ms"] > 0
 
+    hostile = results["hostile_input"]
+    assert hostile["hostile_requests"] == 10 and hostile["healthz_samples"] > 0
+    assert {key.split(":")[1] for key in hostile["statuses"]} <= {"400", "413", "closed"}
+    assert 0 < hostile["largest_error_body_bytes"] < 8000
+    assert hostile["server_peak_rss_mb"] < hostile["target_rss_mb"]
+
     machine = {"CPUs (nproc)": "2", "Postgres": "test"}
     document = render(outcomes, machine, "python -m tests.benchmarks --quick", 1.0)
     assert document.startswith("# Benchmarks")

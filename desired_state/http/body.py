@@ -146,7 +146,7 @@ class StrictJsonRequest(Request):
             if self._large is None and len(chunks) > LARGE_BODY_BYTES:
                 self._large = contextlib.AsyncExitStack()
                 await self._large.enter_async_context(decoding_of(self).large_bodies)
-        if chunks.strip() and not _is_json(self.headers.get("content-type")):
+        if chunks and not _is_json(self.headers.get("content-type")) and not chunks.isspace():
             raise ApiError(415, "body: must be JSON (Content-Type: application/json)")
         self._body = bytes(chunks)
         return self._body

@@ -30,7 +30,7 @@ from typing import Any
 import psycopg
 
 from reconciler.db import EmbeddedPostgres
-from tests.benchmarks import cold_convergence, new_work_latency, status_batch, steady_state
+from tests.benchmarks import cold_convergence, hostile_input, new_work_latency, status_batch, steady_state
 from tests.benchmarks._harness import ROOT, Fleet, converged_fleet
 
 DOC = ROOT / "docs" / "benchmarks.md"
@@ -104,6 +104,16 @@ BENCHMARKS: tuple[Benchmark, ...] = (
         {"instances": 10_000},
         {"instances": 20, "sequential": 5, "concurrent": 8},
         "python -m tests.benchmarks.status_batch --instances 10000",
+    ),
+    Benchmark(
+        "hostile_input",
+        "hostile_input",
+        "Hostile request bodies while /healthz is probed",
+        hostile_input.run,
+        hostile_input.markdown,
+        {"rounds": 10},
+        {"rounds": 1},
+        "python -m tests.benchmarks.hostile_input --rounds 10",
     ),
 )
 
@@ -256,6 +266,21 @@ def summary_rows(outcome: Outcome) -> list[tuple[str, str, str, str]]:
                 _status(res["meets_target"]),
             )
         ]
+    if module == "hostile_input":
+        return [
+            (
+                f"hostile bodies, {res['hostile_requests']} requests",
+                f"/healthz p99 < {res['target_p99_ms']:g} ms while they are sent",
+                f"p50 {res['healthz_p50_ms']} ms, p99 {res['healthz_p99_ms']} ms",
+                _status(res["meets_latency_target"]),
+            ),
+            (
+                f"hostile bodies, {res['hostile_requests']} requests",
+                f"server peak RSS < {res['target_rss_mb']:g} MB",
+                f"{res['server_peak_rss_mb']} MB (JSON worker {res['worker_peak_rss_mb']} MB)",
+                _status(res["meets_rss_target"]),
+            ),
+        ]
     return [
         (
             f"POST /status/batch, {res['instances']} instances",
@@ -323,6 +348,15 @@ write counts as slower than every measured one. The run with the observer paused
 By another engineer (tests/benchmarks/status_batch.py): 10,000 Ready rows seeded with SQL, the
 real HTTP API served by a child process pinned to two CPUs, sequential requests for latency and
 four concurrent clients for throughput, each answer checked to list all 10,000 services.""",
+    "hostile_input": """\
+The real HTTP API in a child process pinned to two CPUs, as for `status_batch`. Two senders each
+send, round after round: a 7 MB create body of 500,000 tools, a 6 MB one whose env holds two
+million empty lists (what `json.loads` is slowest on), one with 900 unknown fields, a 64 MiB body
+streamed without `Content-Length`, and one declaring 400 MB. A third client asks `/healthz`
+every 20 ms. "closed" answers are refusals the client saw as a closed connection: the server
+answered 413 and closed while the client was still uploading. The peak RSS is the server's
+`VmHWM`; the JSON worker (`desired_state/http/json_decode.py`, which decodes bodies that could
+hold more values than `INLINE_VALUES`) is its own process and shown apart.""",
 }
 
 

@@ -111,7 +111,8 @@ def drop_database(server_url: str) -> None:
 
 
 @contextlib.asynccontextmanager
-async def _server(database_url: str, cpus: int) -> Any:
+async def serve_app(database_url: str, cpus: int) -> Any:
+    """The real app in a child process pinned to ``cpus``: yields its root URL and pid."""
     port = _free_port()
     env = {
         **os.environ,
@@ -135,7 +136,7 @@ async def _server(database_url: str, cpus: int) -> Any:
                 if time.monotonic() > deadline:
                     raise RuntimeError("the API server did not start within 30 s")
                 await asyncio.sleep(0.05)
-        yield root
+        yield root, process.pid
     finally:
         process.send_signal(signal.SIGTERM)
         try:
@@ -164,7 +165,7 @@ async def run(
     bench_url = prepare_database(database_url, instances)
     try:
         async with (
-            _server(bench_url, cpus) as root,
+            serve_app(bench_url, cpus) as (root, _),
             httpx.AsyncClient(
                 base_url=root,
                 headers={"Authorization": f"Bearer {API_KEY}"},

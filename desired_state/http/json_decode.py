@@ -126,8 +126,9 @@ def decode(raw: bytes, max_values: int) -> Any:
 
 
 def estimated_values(raw: bytes) -> int:
-    """An upper bound of the values ``json.loads`` would build, counted at C speed (commas and
-    brackets inside strings count too, so it errs high)."""
+    """How much work ``json.loads`` would do, counted at C speed: one per comma or opening
+    bracket (those inside strings count too). The objects it builds, keys included, are at most
+    about twice this."""
     return raw.count(b",") + raw.count(b"[") + raw.count(b"{") + 1
 
 

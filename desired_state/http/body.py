@@ -25,7 +25,6 @@ router) gets the same rules by passing the same class.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import email.message
 import logging
 import marshal
@@ -36,6 +35,7 @@ from typing import Any
 from fastapi import Request, Response
 from fastapi.datastructures import Default, DefaultPlaceholder
 from fastapi.routing import APIRoute
+from starlette.types import Receive, Scope
 
 from desired_state.http import json_decode
 from desired_state.http.errors import ApiError, bad_input
@@ -129,8 +129,10 @@ def _is_json(content_type: str | None) -> bool:
 class StrictJsonRequest(Request):
     """A request whose body is read against the cap and decoded by our rules."""
 
-    max_values = DEFAULT_MAX_VALUES
-    _large: contextlib.AsyncExitStack | None = None
+    def __init__(self, scope: Scope, receive: Receive, max_values: int = DEFAULT_MAX_VALUES) -> None:
+        super().__init__(scope, receive)
+        self.max_values = max_values
+        self._large_slot: asyncio.Semaphore | None = None
 
     async def body(self) -> bytes:
         if hasattr(self, "_body"):
@@ -143,9 +145,10 @@ class StrictJsonRequest(Request):
             chunks += chunk
             if len(chunks) > MAX_BODY_BYTES:
                 raise ApiError(413, f"body: larger than {MAX_BODY_BYTES} bytes", headers={"Connection": "close"})
-            if self._large is None and len(chunks) > LARGE_BODY_BYTES:
-                self._large = contextlib.AsyncExitStack()
-                await self._large.enter_async_context(decoding_of(self).large_bodies)
+            if self._large_slot is None and len(chunks) > LARGE_BODY_BYTES:
+                slots = decoding_of(self).large_bodies
+                await slots.acquire()
+                self._large_slot = slots
         if chunks and not _is_json(self.headers.get("content-type")) and not chunks.isspace():
             raise ApiError(415, "body: must be JSON (Content-Type: application/json)")
         self._body = bytes(chunks)
@@ -163,24 +166,19 @@ class StrictJsonRequest(Request):
         except json_decode.DecodeError as exc:
             raise bad_input(exc.problems, status=exc.status) from None
         finally:
-            await self.release()
+            self.release()
         self._json = value
         return value
 
-    async def release(self) -> None:
+    def release(self) -> None:
         """Give back the large-body slot (decoding done, or the request over)."""
-        large, self._large = self._large, None
-        if large is not None:
-            await large.aclose()
+        slot, self._large_slot = self._large_slot, None
+        if slot is not None:
+            slot.release()
 
 
 def strict_json_route(max_values: int = DEFAULT_MAX_VALUES) -> type[APIRoute]:
     """A route class whose requests decode bodies strictly, with at most ``max_values`` values."""
-
-    class Request_(StrictJsonRequest):
-        pass
-
-    Request_.max_values = max_values
 
     class StrictRoute(APIRoute):
         def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -192,11 +190,11 @@ def strict_json_route(max_values: int = DEFAULT_MAX_VALUES) -> type[APIRoute]:
             handler: Callable[[Request], Awaitable[Response]] = super().get_route_handler()
 
             async def strict_handler(request: Request) -> Response:
-                strict = Request_(request.scope, request.receive)
+                strict = StrictJsonRequest(request.scope, request.receive, max_values)
                 try:
                     return await handler(strict)
                 finally:
-                    await strict.release()
+                    strict.release()
 
             return strict_handler
 

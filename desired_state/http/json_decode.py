@@ -83,9 +83,15 @@ def _short(text: str) -> str:
     return repr(text) if len(text) <= 40 else repr(text[:37] + "...")
 
 
-def _check(value: Any, max_values: int) -> None:
+def check_strings(value: Any, where: str = "") -> None:
+    """Refuse a NUL or a lone surrogate anywhere in ``value`` (a decoded body, or a part of one at
+    the dotted path ``where``), naming the field; no bound on the number of values."""
+    _check(value, sys.maxsize, tuple(where.split(".")) if where else ())
+
+
+def _check(value: Any, max_values: int, root: tuple[str, ...] = ()) -> None:
     """One walk: count values, refuse NUL and lone surrogates; stops at the first breach."""
-    stack: list[tuple[Any, tuple[str, ...]]] = [(value, ())]
+    stack: list[tuple[Any, tuple[str, ...]]] = [(value, root)]
     seen = 0
     while stack:
         item, path = stack.pop()

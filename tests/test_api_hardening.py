@@ -22,12 +22,14 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI, Request
 from prometheus_client import REGISTRY
 
 from desired_state.http import create_app
-from desired_state.http.body import MAX_BODY_BYTES
-from desired_state.http.errors import MAX_PROBLEM_CHARS, MAX_PROBLEMS
+from desired_state.http.app import ConnectionFactory
+from desired_state.http.body import MAX_BODY_BYTES, StrictJsonRoute
+from desired_state.http.errors import MAX_PROBLEM_CHARS, MAX_PROBLEMS, ApiError
+from providers.simulated.server import serve_in_background
 from reconciler.db import EmbeddedPostgres
 from tests.conftest import Sim
 from tests.test_api import API_KEY, config_for, desired_count, served
@@ -206,3 +208,42 @@ async def test_a_lost_database_fails_fast_and_is_found_again_fast(
             await asyncio.sleep(0.1)
         assert (await anonymous.get("/readyz")).status_code == 200
         assert gauge("reconciler_api_database_up") == 1
+
+
+@dataclasses.dataclass(frozen=True)
+class OwnAuthRoutes:
+    """A third family of routes, as the paid-jobs routes mount: its own authentication, our pool."""
+
+    prefix: str = "/v1/"
+
+    def router(self, connection: ConnectionFactory) -> APIRouter:
+        routes = APIRouter(route_class=StrictJsonRoute)
+
+        @routes.post("/v1/echo")
+        async def echo(request: Request, body: dict[str, int]) -> dict[str, Any]:
+            if request.headers.get("x-caller-key") != "sk-test":
+                raise ApiError(401, "caller key required")
+            async with connection() as conn:
+                row = await (await conn.execute("SELECT 41 + 1")).fetchone()
+            return {"body": body, "answer": row[0] if row else None}
+
+        return routes
+
+
+async def test_a_third_router_mounts_in_one_line_with_its_own_auth_and_strict_bodies(db_url: str, sim: Sim) -> None:
+    app = create_app(config_for(db_url, sim), paid=OwnAuthRoutes())
+    async with (
+        app.router.lifespan_context(app),
+        serve_in_background(app) as root,
+        httpx.AsyncClient(base_url=root) as anonymous,
+    ):
+        echoed = await anonymous.post("/v1/echo", json={"a": 1}, headers={"X-Caller-Key": "sk-test"})
+        assert echoed.status_code == 200 and echoed.json() == {"body": {"a": 1}, "answer": 42}
+        assert (await anonymous.post("/v1/echo", json={"a": 1})).status_code == 401
+        duplicate = await anonymous.post(
+            "/v1/echo", content=b'{"a": 1, "a": 2}', headers={"X-Caller-Key": "sk-test", **JSON}
+        )
+        assert duplicate.status_code == 400 and "appears twice" in duplicate.json()["error"]
+        # Everything else still needs SERVICES_API_KEY.
+        assert (await anonymous.get("/instances")).status_code == 401
+        assert (await anonymous.get("/v1")).status_code == 401

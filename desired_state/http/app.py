@@ -3,7 +3,8 @@
 One router per family of routes, each made by a factory over the shared :class:`ApiState`:
 the probes (``routes_health``), the seed Services API's routes (``routes_seed``) and
 ``/instances`` (``routes_instances``). Mounting another family is one more entry in
-:data:`ROUTERS` (or one ``include_router`` line); a router built with
+:data:`ROUTERS`, or, for one that authenticates its own callers, the ``paid`` argument
+(:class:`DelegatedRoutes`); a router built with
 ``route_class=StrictJsonRoute`` (``desired_state.http.body``) gets the same strict, bounded body
 decoding. Authentication is a middleware around everything (``auth``), errors are the seed's
 ``{"error": ...}`` (``errors``), and the lifespan opens the Postgres pool (``database``).
@@ -17,7 +18,9 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Callable
+from typing import Any, Protocol
 
+import psycopg
 from fastapi import APIRouter, FastAPI
 
 from desired_state.http import routes_health, routes_instances, routes_seed
@@ -28,6 +31,20 @@ from desired_state.http.errors import install_error_handlers
 from desired_state.http.state import ApiState
 from desired_state.http.waiting import Convergence
 
+ConnectionFactory = Callable[[], contextlib.AbstractAsyncContextManager[psycopg.AsyncConnection[Any]]]
+
+
+class DelegatedRoutes(Protocol):
+    """A family of routes that authenticates its own callers under ``prefix`` (the paid-jobs
+    routes, ``desired_state.http_paid.PaidRoutes``): the bearer middleware lets that prefix through
+    and the router draws its connections from this app's pool."""
+
+    @property
+    def prefix(self) -> str: ...
+
+    def router(self, connection: ConnectionFactory) -> APIRouter: ...
+
+
 ROUTERS: tuple[Callable[[ApiState], APIRouter], ...] = (
     routes_health.router,
     routes_seed.router,
@@ -35,8 +52,11 @@ ROUTERS: tuple[Callable[[ApiState], APIRouter], ...] = (
 )
 
 
-def create_app(config: ApiConfig) -> FastAPI:
-    """The FastAPI app; its lifespan opens and closes the Postgres pool and the body decoder."""
+def create_app(config: ApiConfig, paid: DelegatedRoutes | None = None) -> FastAPI:
+    """The FastAPI app; its lifespan opens and closes the Postgres pool and the body decoder.
+
+    ``paid``: also mount those routes (they authenticate callers themselves; ``SERVICES_API_KEY``
+    does not open them)."""
     config.check()
     database = Database(config)
     state = ApiState(config, database, Convergence(config, database))
@@ -64,10 +84,12 @@ def create_app(config: ApiConfig) -> FastAPI:
     )
     app.state.api = state
     app.state.stopping = state.convergence.stopping
-    app.add_middleware(BearerAuth, api_key=config.api_key)
+    app.add_middleware(BearerAuth, api_key=config.api_key, delegated=(paid.prefix,) if paid else ())
     install_error_handlers(app, on_database_error=database.mark_unavailable)
     for make_router in ROUTERS:
         app.include_router(make_router(state))
+    if paid is not None:
+        app.include_router(paid.router(database.connection))
     return app
 
 

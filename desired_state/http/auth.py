@@ -26,9 +26,11 @@ BEARER = HTTPBearer(scheme_name="bearerAuth", description="SERVICES_API_KEY", au
 class BearerAuth:
     """ASGI middleware: a 401 for every request to a non-public path without the right token."""
 
-    def __init__(self, app: ASGIApp, api_key: str) -> None:
+    def __init__(self, app: ASGIApp, api_key: str, delegated: tuple[str, ...] = ()) -> None:
         self.app = app
         self._key = api_key.encode()
+        self._delegated = delegated
+        """Path prefixes whose router authenticates its callers itself (the paid-jobs routes)."""
 
     def _authorized(self, scope: Scope) -> bool:
         header = b""
@@ -40,7 +42,13 @@ class BearerAuth:
         return scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(), self._key)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] not in PUBLIC_PATHS and not self._authorized(scope):
+        path = scope.get("path", "")
+        if (
+            scope["type"] == "http"
+            and path not in PUBLIC_PATHS
+            and not (self._delegated and path.startswith(self._delegated))
+            and not self._authorized(scope)
+        ):
             response = error_response(401, AUTH_ERROR, headers={"WWW-Authenticate": "Bearer"})
             await response(scope, receive, send)
             return

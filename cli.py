@@ -430,8 +430,8 @@ def run_command(
                 if loop:
                     tasks.append(runtime.worker.run_forever(stop))
                 if api_config is not None:
-                    # /readyz reports the loop through its last completed tick (when it runs here).
-                    probe = runtime.worker.seconds_since_tick if loop else None
+                    # /readyz reports the loop by its last finished tick or pass (when it runs here).
+                    probe = runtime.worker.seconds_since_progress if loop else None
                     http_app = create_app(dataclasses.replace(api_config, loop_probe=probe))
                     tasks.append(serve_api(http_app, host, settings.port, stop))
                 log.info(

@@ -70,11 +70,12 @@ class Worker:
         self._idle = asyncio.Event()
         self._idle.set()
         self._stopping = False
-        self._last_tick: float | None = None
+        self._last_progress: float | None = None
 
-    def seconds_since_tick(self) -> float | None:
-        """Since the last tick ended, whatever it found (None: none yet); the API's ``/readyz``."""
-        return None if self._last_tick is None else time.monotonic() - self._last_tick
+    def seconds_since_progress(self) -> float | None:
+        """Since the loop last ended a tick or a pass, whatever their outcome (None: not yet): its
+        liveness, for the API's ``/readyz`` (a long drain still finishes passes)."""
+        return None if self._last_progress is None else time.monotonic() - self._last_progress
 
     async def drain(self) -> list[Outcome]:
         """Reconcile until nothing is due right now (or the worker is stopping).
@@ -106,6 +107,7 @@ class Worker:
                         failures.append(error)
                         continue
                     outcomes.append(task.result())
+                    self._last_progress = time.monotonic()
                     if self._on_outcome is not None:
                         self._on_outcome(task.result())
         finally:
@@ -131,7 +133,7 @@ class Worker:
         except Exception:
             log.exception("reconcile tick failed")
         finally:
-            self._last_tick = time.monotonic()
+            self._last_progress = time.monotonic()
             self._idle.set()
 
     async def observe(self) -> None:

@@ -161,7 +161,7 @@ async def test_head_healthz_and_readyz(db_url: str, sim: Sim) -> None:
         ticks["age"] = 60.0  # the loop stopped ticking
         stalled = await anonymous.get("/readyz")
         assert stalled.status_code == 503 and stalled.headers["retry-after"]
-        assert stalled.json()["loop"] == {"ok": False, "running": True, "lastTickAgeSeconds": 60.0}
+        assert stalled.json()["loop"] == {"ok": False, "running": True, "lastProgressAgeSeconds": 60.0}
         assert stalled.json()["database"]["ok"] is True
         document = (await api.client.get("/openapi.json")).json()
         assert document["paths"]["/readyz"]["get"]["security"] == []

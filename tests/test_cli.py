@@ -156,10 +156,10 @@ async def test_run_serves_metrics_converges_and_stops_cleanly_on_sigterm(
                 f"{api}/status/batch", json={}, headers={"Authorization": "Bearer test-api-key"}
             )
             assert [s["instanceId"] for s in batch.json()["services"]] == ["run1"]
-            # Readiness sees the database and this process's loop (its last completed tick).
+            # Readiness sees the database and this process's loop (its last finished tick or pass).
             ready = (await client.get(f"{api}/readyz")).json()
             assert ready["ready"] is True and ready["loop"]["running"] is True
-            assert ready["loop"]["lastTickAgeSeconds"] is not None
+            assert ready["loop"]["lastProgressAgeSeconds"] is not None
         assert 'reconciler_reconcile_total{kind="converge",result="done"}' in metrics
         assert "reconciler_api_database_up 1.0" in metrics
         assert "reconciler_provider_calls_total{operation=" in metrics

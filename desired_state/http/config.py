@@ -16,7 +16,7 @@ from desired_state.vocabulary import DEFAULT_PREFIX, Tool
 API_VERSION = "1.0.0"
 
 LoopProbe = Callable[[], float | None]
-"""Seconds since the reconcile loop last completed a tick (``None``: it has not completed one yet)."""
+"""Seconds since the reconcile loop last finished a tick or a pass (``None``: not yet)."""
 
 
 class ApiConfigError(ValueError):
@@ -56,7 +56,7 @@ class ApiConfig:
     loop_probe: LoopProbe | None = field(default=None, repr=False, compare=False)
     """The reconcile loop's liveness, for ``/readyz``; ``None`` when no loop runs in this process."""
     loop_stale_after: float = 60.0
-    """``/readyz`` reports the loop stalled when its last completed tick is older than this."""
+    """``/readyz`` reports the loop stalled when it has finished no tick or pass for this long."""
 
     def check(self) -> None:
         """Raise :class:`ApiConfigError` for a configuration the API must not run with."""

@@ -3,8 +3,9 @@
 * ``/healthz`` is liveness: the process serves requests. It touches nothing else, so a lost
   database never makes an orchestrator restart a healthy process.
 * ``/readyz`` is readiness: 200 when the database answers a ``SELECT 1`` within
-  ``database_timeout`` and the reconcile loop (when this process runs one) completed a tick within
-  ``loop_stale_after`` seconds; otherwise 503 with ``Retry-After``, saying which part is not ready.
+  ``database_timeout`` and the reconcile loop (when this process runs one) finished a tick or a
+  pass within ``loop_stale_after`` seconds; otherwise 503 with ``Retry-After``, saying which
+  part is not ready.
 """
 
 from __future__ import annotations
@@ -41,13 +42,13 @@ def router(state: ApiState) -> APIRouter:
         latency, error = await state.database.probe()
         database = DatabaseReadiness(ok=latency is not None, latencyMs=latency, error=error)
         if config.loop_probe is None:
-            loop = LoopReadiness(ok=True, running=False, lastTickAgeSeconds=None)
+            loop = LoopReadiness(ok=True, running=False, lastProgressAgeSeconds=None)
         else:
             age = config.loop_probe()
             loop = LoopReadiness(
                 ok=age is not None and age <= config.loop_stale_after,
                 running=True,
-                lastTickAgeSeconds=None if age is None else round(age, 3),
+                lastProgressAgeSeconds=None if age is None else round(age, 3),
             )
         ready = database.ok and loop.ok
         answer = ReadinessResponse(ready=ready, database=database, loop=loop)

@@ -147,7 +147,9 @@ class DatabaseReadiness(BaseModel):
 class LoopReadiness(BaseModel):
     ok: bool
     running: bool = Field(description="Whether a reconcile loop runs in this process at all.")
-    lastTickAgeSeconds: float | None = Field(description="Since its last completed tick (null: none yet).")
+    lastProgressAgeSeconds: float | None = Field(
+        description="Since it last finished a tick or a pass (null: not yet)."
+    )
 
 
 class ReadinessResponse(BaseModel):

@@ -117,6 +117,11 @@ async def test_large_or_wrong_bodies_are_refused_and_errors_stay_bounded(
     async with served(config_for(db_url, sim)) as api:
         not_json = await api.client.post("/configure/x", content=b"variables=1", headers={"Content-Type": "text/plain"})
         assert not_json.status_code == 415 and not_json.json()["error"].startswith("body:")
+        blank = await api.client.post("/status/batch", content=b" \n", headers=JSON)
+        assert blank.status_code == 200  # whitespace only is no body, as an empty one is
+        for path in ("/status/batch", "/redeploy/x", "/create-instance"):  # null is not "no body"
+            null = await api.client.post(path, content=b"null", headers=JSON)
+            assert null.status_code == 400 and null.json()["error"].startswith("body:"), (path, null.text)
 
         # 500,000 tools in 7 MB: decoded by the worker, refused by their count.
         tools = {"instanceId": "many", "tools": ["openrouter"] * 500_000}

@@ -158,6 +158,10 @@ class StrictJsonRequest(Request):
         if hasattr(self, "_json"):
             return self._json
         raw = await self.body()
+        if raw.isspace():  # whitespace only: no body, as an empty one is
+            self.release()
+            self._json = None
+            return None
         try:
             if json_decode.estimated_values(raw) <= INLINE_VALUES:
                 value = json_decode.decode(raw, self.max_values)
@@ -167,6 +171,8 @@ class StrictJsonRequest(Request):
             raise bad_input(exc.problems, status=exc.status) from None
         finally:
             self.release()
+        if value is None:  # FastAPI would take it for "no body" and let an optional one through
+            raise bad_input(["body: must be a JSON object, not null"])
         self._json = value
         return value
 

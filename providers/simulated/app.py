@@ -32,7 +32,9 @@ from starlette.routing import Route
 from starlette.types import ASGIApp
 
 from providers.simulated.agentmail import FakeAgentMail
-from providers.simulated.faults import FaultPlan, Faults, known_operations
+from providers.simulated.catalog import known_operations
+from providers.simulated.fault_layer import Faults
+from providers.simulated.fault_plan import FaultPlan
 from providers.simulated.openrouter import FakeOpenRouter
 from providers.simulated.railway import FakeRailway
 from providers.simulated.telnyx import FakeTelnyx

@@ -15,7 +15,7 @@ Every key object carries every field the spec marks required, plus ``external_us
 README section 2). Requests need a bearer token (any non-empty one) and a valid body; every
 error answers in OpenRouter's envelope ``{"error": {"code": <status>, "message": ...}}``.
 
-:attr:`FakeOpenRouter.faults` is the shared fault layer (:mod:`providers.simulated.faults`); its
+:attr:`FakeOpenRouter.faults` is the shared fault layer (:mod:`providers.simulated.fault_layer`); its
 operation names are :data:`OPERATIONS`: ``list_keys``, ``create_key``, ``get_key``,
 ``update_key``, ``delete_key``. With list lag, a new key is left out of ``GET /keys`` for a while.
 """
@@ -41,7 +41,7 @@ from providers.simulated._common import (
     missing_bearer,
     parse_body,
 )
-from providers.simulated.faults import Faults, route_operations
+from providers.simulated.fault_layer import Faults, route_operations
 
 OPERATIONS = ("list_keys", "create_key", "get_key", "update_key", "delete_key")
 """The fault layer's names for this fake's routes, in route order."""

@@ -22,7 +22,7 @@ Errors follow what the study saw in production: a missing token is a 401, a malf
 or an invalid document a 400, and everything that fails while running (not found, bad input
 values) an HTTP 200 with ``errors[]`` and an ``extensions.code``. Knobs: ``page_size`` (Relay
 ``first`` is capped to it) and :attr:`FakeRailway.faults`, the shared fault layer of
-:mod:`providers.simulated.faults`, which names each request by its GraphQL root field
+:mod:`providers.simulated.fault_layer`, which names each request by its GraphQL root field
 (``volumeCreate``, ``project``...). Through it: latency, error statuses and GraphQL errors in a
 200, 429s, timeouts, queued answers (``faults.fail_next``) and rate limits; a rate limit on
 ``volumeCreate`` answers as production did, HTTP 200 with "You are creating volumes too quickly"
@@ -66,7 +66,8 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Scope
 
 from providers.simulated._common import FakeRandom, InvalidJSON, iso_timestamp, read_json
-from providers.simulated.faults import UNKNOWN, Faults
+from providers.simulated.fault_layer import Faults
+from providers.simulated.fault_plan import UNKNOWN
 
 SCHEMA_PATH = Path(__file__).parent / "specs" / "railway.schema.graphql"
 ENVIRONMENT_NAMES = ("production", "staging")

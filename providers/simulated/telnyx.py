@@ -21,7 +21,7 @@ the number). Every request needs ``Authorization: Bearer <any token>``; request 
 checked against the spec's schemas (400 when they do not match); every error uses the envelope
 ``{"errors": [{code, title, detail, source?, meta?}]}``.
 
-:attr:`FakeTelnyx.faults` is the shared fault layer (:mod:`providers.simulated.faults`); its
+:attr:`FakeTelnyx.faults` is the shared fault layer (:mod:`providers.simulated.fault_layer`); its
 operation names are :data:`OPERATIONS` (``search_numbers``, ``order_number``, ``list_numbers``,
 ``update_messaging``...). With list lag, new orders, numbers and messaging profiles are left out
 of their listings for a while; GET by id still finds them.
@@ -61,7 +61,7 @@ from providers.simulated._common import (
     missing_bearer,
     read_json,
 )
-from providers.simulated.faults import Faults, route_operations
+from providers.simulated.fault_layer import Faults, route_operations
 
 SPEC_PATH = Path(__file__).parent / "specs" / "telnyx-numbers.openapi.yaml"
 _SPEC_URI = "urn:telnyx-numbers-openapi"

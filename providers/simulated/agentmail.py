@@ -135,8 +135,9 @@ class FakeAgentMail:
         app = Starlette(routes=routes, exception_handlers=envelope_handlers(error_body))
         return self.faults.wrap(app, route_operations(routes))
 
-    def snapshot(self) -> dict[str, list[dict[str, Any]]]:
-        """Every inbox held, with the fields an operator checks (never a secret)."""
+    def snapshot(self, *, reveal_secrets: bool = True) -> dict[str, list[dict[str, Any]]]:
+        """Every inbox held, with the fields an operator checks (never a secret; ``reveal_secrets``
+        changes nothing)."""
         with self._lock:
             inboxes = [
                 {

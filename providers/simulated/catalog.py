@@ -7,7 +7,7 @@ layer (:mod:`fault_layer`) never import it, and the fakes import only those two.
 
 from __future__ import annotations
 
-from providers.simulated import agentmail, openrouter, railway, telnyx
+from providers.simulated import agentmail, openrouter, railway, telnyx, upstream
 from providers.simulated.fault_plan import UNKNOWN
 
 
@@ -18,5 +18,6 @@ def known_operations() -> dict[str, frozenset[str]]:
         "openrouter": frozenset(openrouter.OPERATIONS),
         "agentmail": frozenset(agentmail.OPERATIONS),
         "telnyx": frozenset(telnyx.OPERATIONS),
+        "upstream": frozenset(upstream.OPERATIONS),
     }
     return {provider: names | {UNKNOWN} for provider, names in named.items()}

@@ -34,8 +34,9 @@ from pydantic import (
     model_validator,
 )
 
-PROVIDERS = ("railway", "openrouter", "agentmail", "telnyx")
-"""Every fake the knobs can name (besides ``"*"``)."""
+PROVIDERS = ("railway", "openrouter", "agentmail", "telnyx", "upstream")
+"""Every fake the knobs can name (besides ``"*"``): the four providers, and ``upstream``, the
+upstream of the ``util.echo`` proxy service."""
 ANY = "*"
 UNKNOWN = "unknown"
 """The operation of a request that names none (no such route, a GraphQL document that does not

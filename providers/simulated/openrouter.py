@@ -102,8 +102,9 @@ class FakeOpenRouter:
         app = Starlette(routes=routes, exception_handlers=envelope_handlers(error_body))
         return self.faults.wrap(app, route_operations(routes))
 
-    def snapshot(self) -> dict[str, list[dict[str, Any]]]:
-        """Every key held, with the fields an operator checks (never a secret)."""
+    def snapshot(self, *, reveal_secrets: bool = True) -> dict[str, list[dict[str, Any]]]:
+        """Every key held, with the fields an operator checks (never a secret, so ``reveal_secrets``
+        changes nothing: the plaintext key is in the create answer only)."""
         fields = ("name", "limit", "limit_reset", "disabled")
         with self._lock:
             keys = [{"id": h, **{f: key[f] for f in fields}} for h, key in self._keys.items()]

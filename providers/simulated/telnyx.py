@@ -129,7 +129,9 @@ class FakeTelnyx:
     def asgi(self) -> ASGIApp:
         return self._app
 
-    def snapshot(self) -> dict[str, list[dict[str, Any]]]:
+    def snapshot(self, *, reveal_secrets: bool = True) -> dict[str, list[dict[str, Any]]]:
+        """Every number and messaging profile held (no secret among them; ``reveal_secrets`` changes
+        nothing)."""
         with self._lock:
             self._settle()
             return {

@@ -75,7 +75,8 @@ class Failure:
     is a GraphQL error in a 200), or ``body`` as given (a provider's specific error), or ``raw``
     as a literal ``text/html`` page (a proxy's error page). ``retry_after`` adds that header.
     It matches requests to ``operation`` (any if None), with ``method`` and a path containing
-    ``path_contains`` when those are given.
+    ``path_contains`` when those are given. With ``after_serving`` the fake serves the request
+    first and only its answer is replaced: a create that landed but whose answer was lost.
     """
 
     status: int
@@ -86,6 +87,7 @@ class Failure:
     operation: str | None = None
     method: str | None = None
     path_contains: str | None = None
+    after_serving: bool = False
 
     def matches(self, scope: Scope, operation: str) -> bool:
         if self.operation is not None and self.operation != operation:
@@ -149,6 +151,8 @@ class _Decision:
     graphql_error_rate."""
     response: Response | None = None
     retry_after: float | None = None
+    serve_first: bool = False
+    """Let the fake serve the request, then send ``response`` instead of its answer."""
 
 
 class Faults:
@@ -212,10 +216,11 @@ class Faults:
         operation: str | None = None,
         method: str | None = None,
         path_contains: str | None = None,
+        after_serving: bool = False,
         times: int = 1,
     ) -> None:
         """Answer the next ``times`` matching requests with a :class:`Failure` built from these."""
-        failure = Failure(status, message, body, retry_after, raw, operation, method, path_contains)
+        failure = Failure(status, message, body, retry_after, raw, operation, method, path_contains, after_serving)
         self.inject(failure, times)
 
     def inject(self, failure: Failure, times: int = 1) -> None:
@@ -327,6 +332,8 @@ class Faults:
                         timed_out = self.envelope(504, "Gateway Timeout (simulated)")
                         await error_response(504, timed_out)(scope, replayed, tracker.send)
             elif decision.response is not None:
+                if decision.serve_first:
+                    await app(scope, replayed, _discard)
                 await decision.response(scope, replayed, tracker.send)
             else:
                 await app(scope, replayed, tracker.send)
@@ -344,7 +351,8 @@ class Faults:
                         self._queued[index] = (failure, times - 1)
                     else:
                         del self._queued[index]
-                    return _Decision(at, "queued", failure.response(self.envelope), failure.retry_after)
+                    scripted = failure.response(self.envelope)
+                    return _Decision(at, "queued", scripted, failure.retry_after, failure.after_serving)
             if knobs.rate_limit is not None:
                 bucket = self._buckets.setdefault(knobs.rate_limit_scope, _Bucket(float(knobs.rate_limit.calls), at))
                 wait = bucket.take(at, knobs.rate_limit)
@@ -471,6 +479,10 @@ async def _read_body(receive: Receive) -> bytes | None:
         chunks.append(message.get("body", b""))
         if not message.get("more_body", False):
             return b"".join(chunks)
+
+
+async def _discard(message: Message) -> None:
+    """A ``send`` that loses the answer (the fake's, under a :class:`Failure` ``after_serving``)."""
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:

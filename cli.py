@@ -466,7 +466,7 @@ def simulate_command(
         list[str] | None, typer.Option(help="Fault: seconds a new resource stays out of listings.")
     ] = None,
 ) -> None:
-    """Serve simulated Railway, OpenRouter, AgentMail and Telnyx APIs for local testing.
+    """Serve simulated Railway, OpenRouter, AgentMail and Telnyx APIs (and util.echo's upstream) for testing.
 
     Fault flags repeat, and a value may start with PROVIDER[:OPERATION]= to aim it.
     Example: --rate-limit railway:volumeCreate=1/30s. Grammar: docs/simulator.md.

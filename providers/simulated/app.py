@@ -114,7 +114,7 @@ class SimulatorSettings:
 
 
 class Simulator:
-    """The four fakes, built together so tests and the demo can reach their state directly."""
+    """Every fake, built together so tests and the demo can reach their state directly."""
 
     def __init__(self, settings: SimulatorSettings | None = None) -> None:
         self.settings = settings or SimulatorSettings()

@@ -428,12 +428,13 @@ async def test_deployment_status_progression_and_crash(connect: Connect) -> None
 
 
 async def test_deployment_completes_on_the_real_clock(connect: Connect) -> None:
-    h = await connect(FakeRailway(deploy_seconds=0.05, seed=6))
+    # Long enough that a collector pause between create and the first look cannot finish it.
+    h = await connect(FakeRailway(deploy_seconds=0.5, seed=6))
     driver = h.drivers[ResourceKind.RAILWAY_DEPLOYMENT]
     service_id = await service_for(h)
     want = deployment_want(h, service_id)
     assert not (await driver.create(want)).ready
-    await asyncio.sleep(0.1)
+    await asyncio.sleep(0.6)
     assert (await driver.observe(service_id, want)).ready
 
 

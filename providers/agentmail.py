@@ -27,8 +27,8 @@ from collections.abc import AsyncIterator, Mapping
 from typing import Any
 from urllib.parse import quote
 
-from providers._http import ProviderHTTP, require
 from providers.base import ConfigError, Conflict, DesiredResource, Observed, ResourceKind, Transient
+from providers.http import ProviderHTTP, require
 
 PROVIDER = "agentmail"
 PAGE_LIMIT = 100

@@ -24,6 +24,11 @@ implementation must honour for the crash-safety promise of ARCHITECTURE.md secti
 * ``observe(external_id, want)`` reads it; raises ``NotFound`` if it is gone.
 * ``update(external_id, want)`` brings the fields we own to ``want``.
 * ``delete(external_id, want)`` removes it; raises ``NotFound`` if it was already gone.
+* ``list_managed(prefix)`` lists every resource of its kind whose name starts with ``prefix``,
+  all pages, in a number of calls that does not grow with the fleet (a page at a time): the
+  observer's batched read and the garbage collector's inventory. A kind that has no name of ours
+  and hangs off another resource (a Railway volume or domain) is not listed on its own and
+  answers None; so does a provider that is not configured (nothing of ours can exist there).
 
 Drivers never retry in long internal loops: throttling is surfaced to the reconciler, which
 records it durably and defers.
@@ -122,7 +127,10 @@ class Observed:
 
     ``attributes`` are non-secret and safe to store and show. ``secret`` is a value the provider
     returns only once (an OpenRouter key); it is kept out of ``repr``. ``ready`` is False while
-    the provider is still converging on its side (a Railway deployment that is building).
+    the provider is still converging on its side (a Telnyx number whose purchase is pending).
+    ``status`` is the provider's own word for the resource's state, passed on raw: where that
+    word is all there is (a Railway ``DeploymentStatus``), the reconciler decides what it means
+    (``desired_state.vocabulary.DEPLOYMENT_STATES``) and the driver leaves ``ready`` alone.
     """
 
     external_id: str
@@ -131,6 +139,8 @@ class Observed:
     secret: str | None = field(default=None, repr=False)
     ready: bool = True
     status: str = "ready"
+    secrets: Mapping[str, str] = field(default_factory=dict, repr=False)
+    """Live values we compare but never store or show (a Railway service's variables, as listed)."""
 
 
 @runtime_checkable
@@ -148,3 +158,5 @@ class ResourceDriver(Protocol):
     async def update(self, external_id: str, want: DesiredResource) -> Observed: ...
 
     async def delete(self, external_id: str, want: DesiredResource) -> None: ...
+
+    async def list_managed(self, prefix: str) -> list[Observed] | None: ...

@@ -37,8 +37,8 @@ from typing import Any
 
 import httpx
 
-from providers._http import CallObserver, ProviderHTTP, require
 from providers.base import Conflict, DesiredResource, NotFound, Observed, ResourceKind, Transient
+from providers.http import CallObserver, ProviderHTTP, require
 
 PROVIDER = "telnyx"
 SEARCH_LIMIT = 20

@@ -122,7 +122,7 @@ def parse_limits(text: str | None) -> dict[str, Limit]:
 
 @dataclass
 class PostgresAdmission:
-    """The :class:`providers._http.Admission` of the reconciler. One per process."""
+    """The :class:`providers.http.Admission` of the reconciler. One per process."""
 
     pool: AsyncConnectionPool[AsyncConnection[Any]]
     metrics: Metrics

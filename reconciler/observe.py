@@ -32,16 +32,23 @@ import logging
 import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
-from providers.base import DesiredResource, NotFound, Observed, ProviderError, ResourceDriver, ResourceKind
-from providers.railway import RailwayClient
-from reconciler.conditions import DEPLOY_READY
+from desired_state.vocabulary import DEPLOYMENT_STATES, DeploymentState
+from providers.base import (
+    CREATE_ORDER,
+    DesiredResource,
+    NotFound,
+    Observed,
+    ProviderError,
+    ResourceDriver,
+    ResourceKind,
+)
 from reconciler.metrics import Metrics
 from reconciler.plan import variables_digest
 
@@ -131,13 +138,6 @@ VALUES (%(instance_id)s, %(kind)s, 'gc_delete', %(outcome)s, %(detail)s)
 """
 
 
-@runtime_checkable
-class Lister(Protocol):
-    """A driver that can list every resource under a name prefix (all pages)."""
-
-    async def list_managed(self, prefix: str) -> list[Observed]: ...
-
-
 @dataclass(frozen=True, slots=True)
 class Listed:
     """One listed resource, cut down to what the diff and the garbage collector read.
@@ -148,19 +148,26 @@ class Listed:
 
     name: str
     attributes: Mapping[str, Any]
+    secrets: Mapping[str, str] = field(default_factory=dict, repr=False)
+    """Live values compared as a digest (a deployment's variables); empty for other kinds."""
 
     @classmethod
     def of(cls, kind: ResourceKind, observed: Observed) -> Listed:
         fields = COMPARED.get(kind, ())
-        return cls(observed.name, {f: observed.attributes[f] for f in fields if f in observed.attributes})
+        attributes = {f: observed.attributes[f] for f in fields if f in observed.attributes}
+        return cls(observed.name, attributes, observed.secrets if kind in COMPARES_SECRETS else {})
 
 
 COMPARED: dict[ResourceKind, tuple[str, ...]] = {
     ResourceKind.OPENROUTER_KEY: ("limit", "disabled"),
     ResourceKind.AGENTMAIL_INBOX: ("display_name",),
-    ResourceKind.RAILWAY_SERVICE: ("deploy_status",),
+    ResourceKind.RAILWAY_DEPLOYMENT: ("deploy_status", "image", "configured"),
 }
 """The listed fields the observer reads, by kind (see ``Observer.drift_of``)."""
+COMPARES_SECRETS = frozenset({ResourceKind.RAILWAY_DEPLOYMENT})
+"""Kinds whose listed ``secrets`` (live variables) are compared with what was applied."""
+COLLECTED_WITH_PARENT = frozenset({ResourceKind.RAILWAY_DEPLOYMENT})
+"""Listed kinds that are never garbage on their own: a deployment goes with its service."""
 
 
 @dataclass
@@ -169,8 +176,6 @@ class Inventory:
 
     resources: dict[ResourceKind, dict[str, Listed]] = field(default_factory=dict)
     failed: dict[ResourceKind, str] = field(default_factory=dict)
-    service_configs: dict[str, dict[str, Any]] | None = None
-    """Railway service id to its live config (variables, image), when it could be read."""
 
     def listed(self, kind: ResourceKind) -> bool:
         return kind in self.resources
@@ -203,7 +208,6 @@ class Observer:
         self,
         pool: AsyncConnectionPool[AsyncConnection[Any]],
         drivers: Mapping[ResourceKind, ResourceDriver],
-        railway: RailwayClient | None,
         metrics: Metrics,
         *,
         name_prefix: str,
@@ -212,7 +216,6 @@ class Observer:
     ) -> None:
         self._pool = pool
         self._drivers = drivers
-        self._railway = railway
         self._metrics = metrics
         self._prefix = name_prefix + "-"
         self.list_lag_grace = list_lag_grace
@@ -221,31 +224,19 @@ class Observer:
     # -- inventory --------------------------------------------------------------------------------
 
     async def inventory(self) -> Inventory:
-        """One paginated listing per provider. A provider that fails is left out of this cycle."""
+        """One paginated listing per listed kind. A kind whose listing fails is left out of this cycle."""
         inventory = Inventory()
-        for kind in (ResourceKind.OPENROUTER_KEY, ResourceKind.AGENTMAIL_INBOX, ResourceKind.TELNYX_NUMBER):
+        for kind in CREATE_ORDER:
             driver = self._drivers.get(kind)
-            if not isinstance(driver, Lister):
-                continue  # not configured: nothing of ours can exist there
+            if driver is None:
+                continue
             try:
-                inventory.resources[kind] = {
-                    item.external_id: Listed.of(kind, item) for item in await driver.list_managed(self._prefix)
-                }
+                listing = await driver.list_managed(self._prefix)
             except ProviderError as exc:
                 inventory.failed[kind] = str(exc)
-        if self._railway is not None:
-            try:
-                inventory.resources[ResourceKind.RAILWAY_SERVICE] = {
-                    str(s["id"]): Listed(str(s["name"]), {"deploy_status": s.get("deploy_status")})
-                    for s in await self._railway.list_services()
-                    if str(s["name"]).startswith(self._prefix)
-                }
-            except ProviderError as exc:
-                inventory.failed[ResourceKind.RAILWAY_SERVICE] = str(exc)
-            try:
-                inventory.service_configs = await self._railway.service_configs()
-            except ProviderError as exc:
-                inventory.failed[ResourceKind.RAILWAY_DEPLOYMENT] = str(exc)
+                continue
+            if listing is not None:  # None: not listed on its own, or not configured
+                inventory.resources[kind] = {item.external_id: Listed.of(kind, item) for item in listing}
         return inventory
 
     # -- observation ------------------------------------------------------------------------------
@@ -258,14 +249,14 @@ class Observer:
             listed={k.value: len(v) for k, v in inventory.resources.items()},
             failed={k.value: v for k, v in inventory.failed.items()},
         )
-        services = inventory.resources.get(ResourceKind.RAILWAY_SERVICE)
+        deployments = inventory.resources.get(ResourceKind.RAILWAY_DEPLOYMENT)
         async with self._pool.connection() as conn:
             async for row in self._recorded(conn):
                 kind = ResourceKind(row["kind"])
-                if kind is ResourceKind.RAILWAY_DEPLOYMENT and services is not None:
-                    service = services.get(row["service_id"] or "")
-                    if service is not None:
-                        report.status_changes += await self._refresh_deployment(conn, row, service)
+                if kind is ResourceKind.RAILWAY_DEPLOYMENT and deployments is not None:
+                    deployment = deployments.get(row["external_id"])
+                    if deployment is not None:
+                        report.status_changes += await self._refresh_deployment(conn, row, deployment)
                 drift = self.drift_of(kind, row, inventory)
                 if drift is not None:
                     await self._flag_and_report(conn, row, kind, drift, report)
@@ -292,12 +283,13 @@ class Observer:
         """What the listing says about one recorded resource: 'gone', 'config' or None."""
         if row["drift"] is not None:
             return None
-        if kind is ResourceKind.RAILWAY_DEPLOYMENT:
-            # The deployment's id is its service's; its live config came in the batched read.
-            live = (inventory.service_configs or {}).get(row["external_id"])
-            return "config" if live is not None and _config_drifted(row["attributes"] or {}, live) else None
         if not inventory.listed(kind):
             return None
+        if kind is ResourceKind.RAILWAY_DEPLOYMENT:
+            # Compared by its live config only: a deployment that is gone went with its service.
+            live = inventory.resources[kind].get(row["external_id"])
+            drifted = live is not None and _config_drifted(row["attributes"] or {}, live)
+            return "config" if drifted else None
         listed = inventory.resources[kind].get(row["external_id"])
         if listed is None:
             # Lists may lag behind writes: only a resource recorded a while ago counts as gone.
@@ -338,8 +330,10 @@ class Observer:
         log.info("drift detected", extra={"instance_id": row["instance_id"], "kind": kind.value, "drift": drift})
         return True
 
-    async def _refresh_deployment(self, conn: AsyncConnection[Any], row: Mapping[str, Any], service: Listed) -> int:
-        status = service.attributes.get("deploy_status")
+    async def _refresh_deployment(
+        self, conn: AsyncConnection[Any], row: Mapping[str, Any], deployment: Listed
+    ) -> int:
+        status = deployment.attributes.get("deploy_status")
         recorded = (row["attributes"] or {}).get("deploy_status")
         if status is None or status == recorded:
             return 0
@@ -347,7 +341,11 @@ class Observer:
             await conn.execute(LOCK_DESIRED, {"instance_id": row["instance_id"]})
             await conn.execute(
                 REFRESH_DEPLOY_STATUS,
-                {"instance_id": row["instance_id"], "status": status, "ready": status in DEPLOY_READY},
+                {
+                    "instance_id": row["instance_id"],
+                    "status": status,
+                    "ready": DEPLOYMENT_STATES.get(status) is DeploymentState.READY,
+                },
             )
         return 1
 
@@ -366,6 +364,8 @@ class Observer:
                 recorded[(instance_id, kind)] = external_id
         found: list[Orphan] = []
         for kind, items in inventory.resources.items():
+            if kind in COLLECTED_WITH_PARENT:
+                continue
             for external_id, item in items.items():
                 if not item.name.startswith(self._prefix):
                     continue
@@ -471,18 +471,21 @@ class Observer:
                 await conn.execute("SELECT pg_advisory_unlock(%s)", (OBSERVER_LOCK_KEY,))
 
 
-def _config_drifted(applied: Mapping[str, Any], live: Mapping[str, Any]) -> bool:
+def _config_drifted(applied: Mapping[str, Any], live: Listed) -> bool:
     """Do the variables we own (names and values) or the image differ from what we applied?
 
     Only our own variables count: Railway's and anything added by hand are not ours to remove.
     """
+    if not live.attributes.get("configured"):
+        return False  # the environment's config has no entry for the service: nothing to compare
     names = applied.get("variable_names")
     if not isinstance(names, list) or "variables_digest" not in applied:
         return False  # applied before fingerprints were recorded: nothing to compare with
-    variables = live.get("variables") or {}
+    variables = live.secrets
     if variables_digest({name: variables.get(name) for name in names}) != applied["variables_digest"]:
         return True
-    return bool(applied.get("image")) and live.get("image") not in (None, applied["image"])
+    image = live.attributes.get("image")
+    return bool(applied.get("image")) and image not in (None, applied["image"])
 
 
 def _differs(applied: Mapping[str, Any], listed: Mapping[str, Any], key: str) -> bool:

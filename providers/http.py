@@ -27,6 +27,7 @@ credential echoed by a provider (or present in a URL) never reaches a log line o
 from __future__ import annotations
 
 import email.utils
+import logging
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -48,8 +49,9 @@ _SECRET_PATTERNS = (
     re.compile(r"(?i)bearer\s+[A-Za-z0-9._~+/=-]+"),
 )
 
-CallObserver = Callable[[str, str, str, float], None]
-"""``(provider, operation, outcome, seconds)``: told about every call, for metrics."""
+CallObserver = Callable[[str, str, ProviderError | None, float], None]
+"""``(provider, operation, error, seconds)``: told about every call (``error`` None on success),
+for metrics. The provider's raw answer is passed on; the caller decides what label it is."""
 
 AnswerCheck = Callable[[httpx.Response, Any], None]
 """``(response, decoded body)``: a provider's own check of a 2xx answer, which may raise a
@@ -61,11 +63,23 @@ ErrorCodes = Mapping[str, CodedError]
 the status mapping: AgentMail says "username taken" with a 403 ``resource_taken``, a Conflict."""
 
 
+MIN_REDACTABLE_SECRET = 8
+"""A credential shorter than this is too short to redact safely: its value may well occur in a
+text by chance (as a word or a number), so masking it hides that text and unmasked it may be
+guessed. :class:`ProviderHTTP` warns about such a credential when it is built (at start-up)."""
+
+log = logging.getLogger(__name__)
+
+
 def redact(text: str, secrets: Sequence[str] = ()) -> str:
-    """Mask known secrets and anything shaped like a credential; cut to a loggable length."""
+    """Mask known secrets and anything shaped like a credential; cut to a loggable length.
+
+    A secret is masked where it stands as a whole value (not inside a longer word or token), so a
+    short value such as ``t`` masks ``t`` and leaves every other letter t alone.
+    """
     for secret in secrets:
         if secret:
-            text = text.replace(secret, "***")
+            text = re.sub(rf"(?<![\w-]){re.escape(secret)}(?![\w-])", "***", text)
     for pattern in _SECRET_PATTERNS:
         text = pattern.sub("***", text)
     if len(text) > MAX_ERROR_TEXT:
@@ -92,18 +106,6 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
         when = when.replace(tzinfo=UTC)
     current = now if now is not None else time.time()
     return max(0.0, when.timestamp() - current)
-
-
-def _outcome_of(exc: ProviderError | None) -> str:
-    if exc is None:
-        return "ok"
-    return {
-        Transient: "transient",
-        Throttled: "throttled",
-        NotFound: "not_found",
-        Conflict: "conflict",
-        ConfigError: "config_error",
-    }.get(type(exc), "error")
 
 
 class Admission(Protocol):
@@ -143,6 +145,15 @@ class ProviderHTTP:
         self._base_url = base_url.rstrip("/")
         self._headers = dict(auth_headers)
         self._secrets = tuple(v.split(" ", 1)[-1] for v in auth_headers.values())
+        for name, secret in zip(auth_headers, self._secrets, strict=True):
+            if len(secret) < MIN_REDACTABLE_SECRET:
+                log.warning(
+                    "the %s credential (%s header) is shorter than %d characters: too short to redact "
+                    "safely from error texts",
+                    provider,
+                    name,
+                    MIN_REDACTABLE_SECRET,
+                )
         self._timeout = timeout
         self._observer = observer
 
@@ -184,7 +195,7 @@ class ProviderHTTP:
             raise
         finally:
             if self._observer is not None:
-                self._observer(self.provider, operation, _outcome_of(error), time.monotonic() - started)
+                self._observer(self.provider, operation, error, time.monotonic() - started)
             # Only an answer says anything about the provider's health: a cancelled call must
             # not close an open circuit as if it had succeeded.
             if self._admission is not None and answered:

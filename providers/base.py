@@ -10,7 +10,8 @@ Error hierarchy (what the reconciler does with each)::
     ├── Transient                 5xx, timeouts, connection errors, malformed answers: retry with backoff
     ├── Throttled(retry_after)    429 or a provider-specific "too quickly": defer exactly, not an error
     ├── NotFound                  the resource is not there: on delete it means "already gone"
-    ├── Conflict                  409/422 style clashes (name taken, number already sold)
+    ├── Conflict                  409/422 style clashes (a number already sold): retry
+    │   └── NameTaken             our derived name is held by someone else: terminal, for a human
     └── ConfigError               401/403, bad input, missing setting: needs a human, slow retry only
 
 A driver manages exactly one kind of resource for one instance. Its contract, which every
@@ -73,6 +74,14 @@ class NotFound(ProviderError):
 
 class Conflict(ProviderError):
     """The request clashes with existing provider state."""
+
+
+class NameTaken(Conflict):
+    """The resource's derived name is held at the provider by something we do not own.
+
+    Unlike other conflicts, waiting cannot resolve it: a human must free the name (or the caller
+    choose another id). Nothing was created, so the reconciler records no create in doubt.
+    """
 
 
 class ConfigError(ProviderError):

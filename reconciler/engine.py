@@ -26,6 +26,7 @@ What each provider error does to the row (all durable, all visible in ``reconcil
 Throttled      defer exactly ``retry_after`` (at least 1 s); attempts unchanged
 Transient      capped exponential backoff with jitter
 Conflict       as Transient (the next pass looks again)
+NameTaken      phase Failed like ConfigError; the create made nothing, so its intent is cleared
 NotFound       on delete: gone (success); on observe: drift, create again
 ConfigError    phase Failed, retried only at the slow config-error interval
 (other)        a bug or a deadlock: result ``error``, backoff, the type in last_error
@@ -40,7 +41,7 @@ import random
 import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import psycopg
@@ -63,6 +64,7 @@ from providers.base import (
     CREATE_ORDER,
     ConfigError,
     DesiredResource,
+    NameTaken,
     NotFound,
     Observed,
     ProviderError,
@@ -392,11 +394,23 @@ class Reconciler:
             await self._create(claim, driver, want, state)
         except ProviderError as error:
             retry = self._retry_for(error, kind)
-            if kind in state.created_in_doubt:
+            if isinstance(error, NameTaken):
+                # Refused outright: nothing was created, so no create is in doubt any more.
+                await self._clear_intent(claim, kind, state)
+            elif kind in state.created_in_doubt:
                 # Whatever failed (a timeout, a 5xx, or a later call of a create that makes
                 # several), the create may have landed.
                 retry.at_least = self.settings.create_settle_seconds
             raise retry from None
+
+    async def _clear_intent(self, claim: Claim, kind: ResourceKind, state: _State) -> None:
+        """Record that a create of ``kind`` made nothing (so teardown reports nothing destroyed)."""
+        async with self._fenced(claim) as conn:
+            await conn.execute(queries.CLEAR_INTENT, {"instance_id": claim.instance_id, "kind": kind.value})
+        state.created_in_doubt.discard(kind)
+        row = state.observed.get(kind)
+        if row is not None and row.external_id is None:
+            state.observed[kind] = replace(row, intent_at=None, status="pending")
 
     async def _recreate(self, claim: Claim, driver: ResourceDriver, want: DesiredResource, state: _State) -> None:
         """The resource is gone behind our back (or with a parent that was): record it, create anew."""
@@ -704,7 +718,7 @@ class Reconciler:
         if isinstance(error, Throttled):
             # Exactly as asked, but never sooner than a second: "Retry-After: 0" would spin.
             return _Retry(error, kind, max(MIN_THROTTLE_DELAY, error.retry_after), ReconcileResult.THROTTLED)
-        if isinstance(error, ConfigError):
+        if isinstance(error, ConfigError | NameTaken):  # retrying soon cannot help: for a human
             return _Retry(error, kind, self.settings.config_error_interval, ReconcileResult.TERMINAL)
         return _Retry(error, kind, -1.0, ReconcileResult.RETRY)  # backoff computed from the attempt count
 
@@ -770,6 +784,8 @@ class Reconciler:
             reason = {ReconcileResult.TERMINAL: "ConfigError", ReconcileResult.THROTTLED: "Throttled"}.get(
                 retry.result, "ProviderError"
             )
+            if isinstance(retry.error, NameTaken):
+                reason = "NameTaken"
             if not present:
                 reason = "Deleting"
             await self._finish(claim, PassResult(phase, reason, message, error=message), delay=delay, attempts=attempts)

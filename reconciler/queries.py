@@ -111,6 +111,13 @@ ON CONFLICT (instance_id, kind) DO UPDATE
        fencing_token = EXCLUDED.fencing_token, updated_at = now()
 """
 
+# A create the provider refused outright (the name is someone else's): nothing may exist, so the
+# row no longer claims a create in doubt (teardown then has nothing to find, and reports nothing).
+CLEAR_INTENT = """
+UPDATE observed_resources SET intent_at = NULL, status = 'pending', updated_at = now()
+ WHERE instance_id = %(instance_id)s AND kind = %(kind)s AND external_id IS NULL
+"""
+
 RECORD_OBSERVED = """
 INSERT INTO observed_resources (instance_id, kind, derived_name, external_id, status, attributes,
                                 secret, applied_hash, intent_at, attempts, last_error,

@@ -1,0 +1,78 @@
+"""Helpers the integration tests share: one way to wait for a condition, and common reads.
+
+Every test that waits for the reconciler uses :func:`until` (poll a condition) or :func:`settle`
+(run passes until a condition holds), so a timeout always fails the same way, with the message
+the caller gave.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import psycopg
+
+from reconciler.runtime import Runtime
+from reconciler.status import phase_counts
+from tests.conftest import Sim
+
+Condition = Callable[[], Any]
+"""A check returning a truthy value when done; plain or async."""
+
+
+async def _holds(condition: Condition) -> Any:
+    result = condition()
+    if inspect.isawaitable(result):
+        result = await result
+    return result
+
+
+async def until(
+    condition: Condition,
+    timeout: float = 20.0,
+    *,
+    interval: float = 0.05,
+    message: str = "condition not reached in time",
+    during: Callable[[], Awaitable[Any]] | None = None,
+) -> Any:
+    """Poll ``condition`` until it holds (its value is returned); fail with ``message`` after ``timeout``.
+
+    ``during`` (optional) runs between polls, for tests that act while they wait.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        result = await _holds(condition)
+        if result:
+            return result
+        assert time.monotonic() < deadline, message
+        if during is not None:
+            await during()
+        await asyncio.sleep(interval)
+
+
+async def settle(runtime: Runtime, done: Condition, timeout: float = 20.0) -> None:
+    """Run passes (``drain``) until ``done()`` holds."""
+
+    async def drained_and_done() -> Any:
+        await runtime.worker.drain()
+        return await _holds(done)
+
+    await until(drained_and_done, timeout, message="did not converge in time")
+
+
+async def all_ready(conn: psycopg.AsyncConnection[Any], count: int) -> bool:
+    return (await phase_counts(conn)).get("Ready", 0) == count
+
+
+def held(sim: Sim) -> dict[str, list[str]]:
+    """Derived names of everything each provider holds, per resource type."""
+    out: dict[str, list[str]] = {}
+    for provider, kinds in sim.simulator.snapshot().items():
+        for kind, items in kinds.items():
+            if kind in ("messaging_profiles", "deployments"):
+                continue
+            out[f"{provider}.{kind}"] = sorted(str(item["name"]) for item in items)
+    return out

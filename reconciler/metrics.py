@@ -8,6 +8,8 @@ instance id, never anything a caller wrote, never a secret.
 
 from __future__ import annotations
 
+from wsgiref.simple_server import WSGIServer
+
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from desired_state.vocabulary import PHASES, CallOutcome, NotConvergedReason, ReconcileResult
@@ -197,14 +199,15 @@ class Metrics:
             self.throttled.labels(provider).inc()
 
 
-def serve_metrics(port: int, host: str) -> None:
-    """Serve ``/metrics`` of the global registry on ``host:port`` (a daemon thread).
+def serve_metrics(port: int, host: str, registry: CollectorRegistry = REGISTRY) -> WSGIServer:
+    """Serve ``/metrics`` of ``registry`` on ``host:port`` from a daemon thread; the server.
 
     The address is the one the operator configured for the process (``--host``), never a
-    wildcard of our own choosing: a host bound to 127.0.0.1 keeps its metrics private too.
+    wildcard of our own choosing: a process bound to 127.0.0.1 keeps its metrics private too.
     Raises ``OSError`` when the address cannot be bound.
     """
-    start_http_server(port, addr=host)
+    server, _ = start_http_server(port, addr=host, registry=registry)
+    return server
 
 
 _default: Metrics | None = None

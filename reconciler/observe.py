@@ -49,6 +49,7 @@ from providers.base import (
     ResourceDriver,
     ResourceKind,
 )
+from reconciler import queries
 from reconciler.metrics import Metrics
 from reconciler.plan import variables_digest
 
@@ -58,84 +59,6 @@ OBSERVER_LOCK_KEY = 7_266_524_502
 
 RECORDED_PAGE_ROWS = 1000
 """Recorded rows diffed per query: bounds the observer's memory whatever the fleet's size."""
-
-SELECT_RECORDED_PAGE = """
-SELECT o.instance_id, o.kind, o.external_id, o.attributes, o.status, o.drift,
-       EXTRACT(EPOCH FROM now() - o.updated_at) AS age_seconds,
-       s.external_id AS service_id
-  FROM observed_resources o
-  JOIN desired_instances d USING (instance_id)
-  LEFT JOIN observed_resources s ON s.instance_id = o.instance_id AND s.kind = 'railway_service'
- WHERE o.external_id IS NOT NULL AND d.present
-   AND (o.instance_id, o.kind) > (%(after_instance)s, %(after_kind)s)
- ORDER BY o.instance_id, o.kind
- LIMIT %(limit)s
-"""
-
-# Every write of the observer's first locks the instance's desired row, as a worker's fenced
-# transaction does (CHECK_FENCE), so the two take their row locks in one order and cannot deadlock.
-LOCK_DESIRED = "SELECT 1 FROM desired_instances WHERE instance_id = %(instance_id)s FOR NO KEY UPDATE"
-
-FLAG_DRIFT = """
-WITH flagged AS (
-    UPDATE observed_resources SET drift = %(drift)s
-     WHERE instance_id = %(instance_id)s AND kind = %(kind)s AND external_id = %(external_id)s
-       AND drift IS NULL
-    RETURNING instance_id
-), due AS (
-    UPDATE desired_instances SET next_attempt_at = now()
-     WHERE instance_id IN (SELECT instance_id FROM flagged)
-    RETURNING instance_id
-)
-INSERT INTO events (instance_id, kind, action, outcome, detail)
-SELECT instance_id, %(kind)s, 'drift_detected', %(drift)s, %(detail)s FROM due
-RETURNING id
-"""
-
-REFRESH_DEPLOY_STATUS = """
-WITH refreshed AS (
-    UPDATE observed_resources
-       SET attributes = attributes || jsonb_build_object('deploy_status', %(status)s::text),
-           status = CASE WHEN %(ready)s THEN status ELSE 'creating' END, updated_at = now()
-     WHERE instance_id = %(instance_id)s AND kind = 'railway_deployment'
-    RETURNING instance_id
-), published AS (
-    UPDATE instance_infra SET deploy_status = %(status)s, updated_at = now()
-     WHERE instance_id IN (SELECT instance_id FROM refreshed)
-)
-UPDATE desired_instances SET next_attempt_at = now()
- WHERE instance_id IN (SELECT instance_id FROM refreshed) AND NOT %(ready)s
-"""
-
-SELECT_LIVE_NAMES = """
-SELECT d.instance_id, o.kind, o.external_id
-  FROM desired_instances d LEFT JOIN observed_resources o USING (instance_id)
-"""
-# Instances the seed's table records without a desired row: made by the system this one replaces
-# (an upgraded database) or left by a desired row deleted with raw SQL. Never ours to collect.
-SELECT_UNMANAGED = """
-SELECT i.instance_id FROM instance_infra i
- WHERE NOT EXISTS (SELECT 1 FROM desired_instances d WHERE d.instance_id = i.instance_id)
-"""
-
-UPSERT_CANDIDATE = """
-INSERT INTO gc_candidates (kind, external_id, derived_name) VALUES (%(kind)s, %(external_id)s, %(name)s)
-ON CONFLICT (kind, external_id) DO UPDATE SET last_seen_at = now()
-RETURNING EXTRACT(EPOCH FROM now() - first_seen_at)
-"""
-FORGET_CANDIDATES_NOT_SEEN = "DELETE FROM gc_candidates WHERE last_seen_at < %(cycle_started)s"
-DATABASE_NOW = "SELECT now()"
-RECORDED_ID = "SELECT external_id FROM observed_resources WHERE instance_id = %(instance_id)s AND kind = %(kind)s"
-DELETE_CANDIDATE = "DELETE FROM gc_candidates WHERE kind = %(kind)s AND external_id = %(external_id)s"
-INSTANCE_KNOWN = """
-SELECT 1 FROM desired_instances WHERE instance_id = %(instance_id)s
- UNION ALL
-SELECT 1 FROM instance_infra WHERE instance_id = %(instance_id)s
-"""
-GC_EVENT = """
-INSERT INTO events (instance_id, kind, action, outcome, detail)
-VALUES (%(instance_id)s, %(kind)s, 'gc_delete', %(outcome)s, %(detail)s)
-"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,7 +192,7 @@ class Observer:
         while True:
             async with conn.cursor(row_factory=dict_row) as cur:
                 await cur.execute(
-                    SELECT_RECORDED_PAGE,
+                    queries.SELECT_RECORDED_PAGE,
                     {"after_instance": after[0], "after_kind": after[1], "limit": RECORDED_PAGE_ROWS},
                 )
                 page = await cur.fetchall()
@@ -311,9 +234,9 @@ class Observer:
 
     async def _flag(self, conn: AsyncConnection[Any], row: Mapping[str, Any], kind: ResourceKind, drift: str) -> bool:
         async with conn.transaction():
-            await conn.execute(LOCK_DESIRED, {"instance_id": row["instance_id"]})
+            await conn.execute(queries.LOCK_DESIRED, {"instance_id": row["instance_id"]})
             cur = await conn.execute(
-                FLAG_DRIFT,
+                queries.FLAG_DRIFT,
                 {
                     "instance_id": row["instance_id"],
                     "kind": kind.value,
@@ -338,9 +261,9 @@ class Observer:
         if status is None or status == recorded:
             return 0
         async with conn.transaction():
-            await conn.execute(LOCK_DESIRED, {"instance_id": row["instance_id"]})
+            await conn.execute(queries.LOCK_DESIRED, {"instance_id": row["instance_id"]})
             await conn.execute(
-                REFRESH_DEPLOY_STATUS,
+                queries.REFRESH_DEPLOY_STATUS,
                 {
                     "instance_id": row["instance_id"],
                     "status": status,
@@ -354,8 +277,8 @@ class Observer:
     async def orphans(self, inventory: Inventory) -> list[Orphan]:
         """Listed resources that belong to no desired row, or duplicate a live row's resource."""
         async with self._pool.connection() as conn:
-            rows = await (await conn.execute(SELECT_LIVE_NAMES)).fetchall()
-            unmanaged = {row[0] for row in await (await conn.execute(SELECT_UNMANAGED)).fetchall()}
+            rows = await (await conn.execute(queries.SELECT_LIVE_NAMES)).fetchall()
+            unmanaged = {row[0] for row in await (await conn.execute(queries.SELECT_UNMANAGED)).fetchall()}
         live: set[str] = set()
         recorded: dict[tuple[str, str], str | None] = {}
         for instance_id, kind, external_id in rows:
@@ -386,7 +309,7 @@ class Observer:
         """Delete orphans seen for longer than the grace period (``dry_run``: only report them)."""
         async with self._pool.connection() as conn:
             # The database's clock, which stamps last_seen_at: the process's may run ahead of it.
-            cycle_started = await _fetch_value(conn, DATABASE_NOW)
+            cycle_started = await _fetch_value(conn, queries.DATABASE_NOW)
         inventory = inventory or await self.inventory()
         report = CycleReport(listed={k.value: len(v) for k, v in inventory.resources.items()})
         found = await self.orphans(inventory)
@@ -397,7 +320,7 @@ class Observer:
                     continue
                 row = await (
                     await conn.execute(
-                        UPSERT_CANDIDATE,
+                        queries.UPSERT_CANDIDATE,
                         {"kind": orphan.kind.value, "external_id": orphan.external_id, "name": orphan.name},
                     )
                 ).fetchone()
@@ -406,7 +329,7 @@ class Observer:
                     Orphan(orphan.kind, orphan.external_id, orphan.name, orphan.instance_id, orphan.why, seen)
                 )
             if not dry_run:
-                await conn.execute(FORGET_CANDIDATES_NOT_SEEN, {"cycle_started": cycle_started})
+                await conn.execute(queries.FORGET_CANDIDATES_NOT_SEEN, {"cycle_started": cycle_started})
         if dry_run:
             return report
         for orphan in report.orphans:
@@ -420,12 +343,11 @@ class Observer:
             # have been created since, or a worker may have adopted this very resource (a lookup
             # by name finds the oldest), or started a create whose id is not recorded yet.
             if orphan.why == "no desired instance":
-                if await (await conn.execute(INSTANCE_KNOWN, {"instance_id": orphan.instance_id})).fetchone():
+                if await (await conn.execute(queries.INSTANCE_KNOWN, {"instance_id": orphan.instance_id})).fetchone():
                     return False
             else:
-                recorded = await (
-                    await conn.execute(RECORDED_ID, {"instance_id": orphan.instance_id, "kind": orphan.kind.value})
-                ).fetchone()
+                params = {"instance_id": orphan.instance_id, "kind": orphan.kind.value}
+                recorded = await (await conn.execute(queries.RECORDED_ID, params)).fetchone()
                 if recorded is not None and recorded[0] in (None, orphan.external_id):
                     return False
         driver = self._drivers[orphan.kind]
@@ -439,9 +361,9 @@ class Observer:
             log.warning("garbage collection of %s failed: %s", orphan.kind.value, exc)
             return False
         async with self._pool.connection() as conn, conn.transaction():
-            await conn.execute(DELETE_CANDIDATE, {"kind": orphan.kind.value, "external_id": orphan.external_id})
+            await conn.execute(queries.DELETE_CANDIDATE, {"kind": orphan.kind.value, "external_id": orphan.external_id})
             await conn.execute(
-                GC_EVENT,
+                queries.GC_EVENT,
                 {
                     "instance_id": orphan.instance_id,
                     "kind": orphan.kind.value,
@@ -457,7 +379,7 @@ class Observer:
     async def cycle(self, *, collect_garbage: bool) -> CycleReport | None:
         """Observe (and collect) if no other replica is doing it now; None when skipped."""
         async with self._pool.connection() as conn:
-            locked = await (await conn.execute("SELECT pg_try_advisory_lock(%s)", (OBSERVER_LOCK_KEY,))).fetchone()
+            locked = await (await conn.execute(queries.ADVISORY_TRY_LOCK, (OBSERVER_LOCK_KEY,))).fetchone()
             if not locked or not locked[0]:
                 return None
             try:
@@ -468,7 +390,7 @@ class Observer:
                     report.orphans, report.collected = collected.orphans, collected.collected
                 return report
             finally:
-                await conn.execute("SELECT pg_advisory_unlock(%s)", (OBSERVER_LOCK_KEY,))
+                await conn.execute(queries.ADVISORY_UNLOCK, (OBSERVER_LOCK_KEY,))
 
 
 def _config_drifted(applied: Mapping[str, Any], live: Listed) -> bool:

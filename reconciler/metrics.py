@@ -16,13 +16,11 @@ from desired_state.vocabulary import PHASES, CallOutcome, NotConvergedReason, Re
 from providers import agentmail, openrouter, railway, telnyx
 from providers.base import ConfigError, Conflict, NotFound, ProviderError, ResourceKind, Throttled, Transient
 
-PROVIDERS = ("railway", "openrouter", "agentmail", "telnyx")
 PROVIDER_OPERATIONS: dict[str, tuple[str, ...]] = {
-    "railway": railway.OPERATIONS,
-    "openrouter": openrouter.OPERATIONS,
-    "agentmail": agentmail.OPERATIONS,
-    "telnyx": telnyx.OPERATIONS,
+    client.PROVIDER: client.OPERATIONS for client in (railway, openrouter, agentmail, telnyx)
 }
+"""Every operation name each provider's client reports (its ``operation`` labels)."""
+PROVIDERS: tuple[str, ...] = tuple(PROVIDER_OPERATIONS)
 RECONCILE_KINDS = ("converge", "teardown")
 DRIFT_FIELDS = ("gone", "config")
 MUTATION_ACTIONS = ("create", "adopt", "update", "delete", "drift")

@@ -271,11 +271,9 @@ ADVISORY_UNLOCK = "SELECT pg_advisory_unlock(%s)"
 # -- batched observation and garbage collection (reconciler.observe) --------------------------------
 SELECT_RECORDED_PAGE = """
 SELECT o.instance_id, o.kind, o.external_id, o.attributes, o.status, o.drift,
-       EXTRACT(EPOCH FROM now() - o.updated_at) AS age_seconds,
-       s.external_id AS service_id
+       EXTRACT(EPOCH FROM now() - o.updated_at) AS age_seconds
   FROM observed_resources o
   JOIN desired_instances d USING (instance_id)
-  LEFT JOIN observed_resources s ON s.instance_id = o.instance_id AND s.kind = 'railway_service'
  WHERE o.external_id IS NOT NULL AND d.present
    AND (o.instance_id, o.kind) > (%(after_instance)s, %(after_kind)s)
  ORDER BY o.instance_id, o.kind

@@ -15,8 +15,7 @@ from providers.base import ResourceKind, Transient
 from providers.simulated.faults import FaultPlan, FaultRule, early_calls
 from reconciler.runtime import Runtime
 from tests.conftest import FAST_ENGINE, Sim, simulated_runtime
-from tests.test_chaos import held_names
-from tests.test_converge import all_ready, settle
+from tests.support import all_ready, held, settle
 
 HOSTILE = FaultPlan(
     rules=[
@@ -64,7 +63,7 @@ async def test_everything_converges_through_faults_and_no_retry_after_is_ignored
     assert early_calls(served, in_flight=0.05) == []
 
     sim.simulator.set_faults(FaultPlan())
-    names = held_names(sim.simulator)
+    names = held(sim)
     every = sorted(f"convos-agent-f{i}" for i in range(12))
     assert names["railway.services"] == every
     assert names["openrouter.keys"] == sorted(f"convos-agent-f{i}" for i in range(0, 12, 3))

@@ -14,7 +14,7 @@ from reconciler import observe
 from reconciler.operator import build_plan, render_plan, why
 from reconciler.runtime import Runtime
 from tests.conftest import Sim
-from tests.test_converge import all_ready, held, settle
+from tests.support import all_ready, held, settle
 
 
 async def converged(runtime: Runtime, conn: psycopg.AsyncConnection[Any], *specs: InstanceSpec) -> None:

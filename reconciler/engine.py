@@ -456,7 +456,10 @@ class Reconciler:
                 await self._delete_at_provider(driver, external_id, want)
         except ProviderError as error:
             raise self._retry_for(error, kind) from None
-        await self._forget(claim, kind, state, action="delete", outcome="ok")
+        # Only a resource that was there is reported deleted: an intent whose lookup found nothing
+        # made nothing (the destroy answer is built from these facts).
+        outcome = "ok" if external_id is not None else "not_found"
+        await self._forget(claim, kind, state, action="delete", outcome=outcome, external_id=external_id)
 
     @staticmethod
     async def _delete_at_provider(driver: ResourceDriver, external_id: str, want: DesiredResource) -> None:
@@ -561,12 +564,23 @@ class Reconciler:
             intent_at=previous.intent_at if previous else None,
         )
 
-    async def _forget(self, claim: Claim, kind: ResourceKind, state: _State, *, action: str, outcome: str) -> None:
+    async def _forget(
+        self,
+        claim: Claim,
+        kind: ResourceKind,
+        state: _State,
+        *,
+        action: str,
+        outcome: str,
+        external_id: str | None = None,
+    ) -> None:
+        """Drop our row of ``kind``; ``external_id`` names what was acted on (default: the row's)."""
         row = state.observed.get(kind)
         async with self._fenced(claim) as conn:
             await conn.execute(queries.FORGET_RESOURCE, {"instance_id": claim.instance_id, "kind": kind.value})
             if row is not None and (row.external_id is not None or row.intent_at is not None):
-                await self._event(conn, claim, kind, action, outcome, {"external_id": row.external_id})
+                acted_on = external_id if external_id is not None else row.external_id
+                await self._event(conn, claim, kind, action, outcome, {"external_id": acted_on})
         if row is not None and row.external_id is not None:
             self._metrics.resource_mutations.labels(kind.value, action).inc()
             state.progress += 1

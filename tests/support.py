@@ -13,6 +13,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import httpx
 import psycopg
 
 from reconciler.runtime import Runtime
@@ -76,3 +77,17 @@ def held(sim: Sim) -> dict[str, list[str]]:
                 continue
             out[f"{provider}.{kind}"] = sorted(str(item["name"]) for item in items)
     return out
+
+
+async def out_of_band(runtime: Runtime, url_variable: str, key: str, method: str, path: str, **kw: Any) -> Any:
+    """A call to a simulated provider made behind the reconciler's back (a human in a dashboard).
+
+    ``url_variable`` names the provider's base URL setting (``OPENROUTER_API_URL``), ``key`` the
+    credential to send; the decoded answer is returned.
+    """
+    async with httpx.AsyncClient() as client:
+        response = await client.request(
+            method, runtime.settings.urls[url_variable] + path, headers={"Authorization": f"Bearer {key}"}, **kw
+        )
+    response.raise_for_status()
+    return response.json()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import httpx
 import psycopg
 from psycopg.rows import dict_row
 
@@ -18,9 +17,10 @@ from desired_state import store
 from desired_state.models import InstanceSpec, Tool
 from desired_state.queries import SELECT_RESOURCE_KINDS
 from providers.agentmail import inbox_username
+from providers.simulated.faults import FaultPlan, FaultRule
 from reconciler.runtime import Runtime
 from tests.conftest import Sim
-from tests.support import all_ready, settle
+from tests.support import all_ready, out_of_band, settle
 
 
 def inboxes(sim: Sim) -> dict[str, str]:
@@ -32,14 +32,9 @@ async def create_foreign_inbox(runtime: Runtime, username: str, client_id: str) 
     """An inbox made by someone else (or by the old naming rule) at the simulated AgentMail."""
     key = runtime.settings.agentmail_key
     assert key is not None
-    async with httpx.AsyncClient() as client:
-        response = await client.post(
-            runtime.settings.urls["AGENTMAIL_API_URL"] + "/inboxes",
-            json={"username": username, "client_id": client_id, "display_name": "not ours"},
-            headers={"Authorization": f"Bearer {key.reveal()}"},
-        )
-    response.raise_for_status()
-    return str(response.json()["inbox_id"])
+    body = {"username": username, "client_id": client_id, "display_name": "not ours"}
+    inbox = await out_of_band(runtime, "AGENTMAIL_API_URL", key.reveal(), "POST", "/inboxes", json=body)
+    return str(inbox["inbox_id"])
 
 
 async def desired(conn: psycopg.AsyncConnection[Any], instance_id: str) -> dict[str, Any] | None:
@@ -133,3 +128,23 @@ async def test_a_username_held_by_someone_else_fails_terminally_and_destroys_not
     ).fetchall()
     assert ("delete", "ok") not in events
     assert list(inboxes(sim)) == [theirs]  # somebody else's inbox is left alone
+
+
+async def test_a_create_that_never_landed_is_recorded_as_nothing_deleted(
+    runtime: Runtime, sim: Sim, conn: psycopg.AsyncConnection[Any]
+) -> None:
+    # Every create times out before AgentMail acts: the row holds an intent, nothing exists.
+    never = FaultRule(provider="agentmail", operation="create_inbox", timeout_rate=1.0, timeout_seconds=0.05)
+    sim.simulator.set_faults(FaultPlan(rules=[never]))
+    await store.put(conn, InstanceSpec(instance_id="never", tools=(Tool.AGENTMAIL,)))
+    await runtime.worker.drain()
+    assert "agentmail_inbox" in await resource_kinds(conn, "never")  # a create is in doubt
+
+    sim.simulator.set_faults(FaultPlan())
+    await store.mark_absent(conn, ["never"])
+    await settle(runtime, lambda: _none_left(conn))
+    events = await (
+        await conn.execute("SELECT action, outcome FROM events WHERE kind = 'agentmail_inbox' AND action = 'delete'")
+    ).fetchall()
+    assert events == [("delete", "not_found")]  # looked for by name, not found: nothing destroyed
+    assert inboxes(sim) == {}

@@ -14,7 +14,7 @@ from reconciler import observe
 from reconciler.operator import build_plan, render_plan, why
 from reconciler.runtime import Runtime
 from tests.conftest import Sim
-from tests.support import all_ready, held, settle
+from tests.support import all_ready, held, out_of_band, settle
 
 
 async def converged(runtime: Runtime, conn: psycopg.AsyncConnection[Any], *specs: InstanceSpec) -> None:
@@ -45,11 +45,19 @@ async def test_a_key_deleted_out_of_band_is_detected_and_recreated(
     assert (await runtime.observer.observe()).drift == []
 
 
+async def change_limit(runtime: Runtime, key_id: str, limit: float) -> None:
+    """Someone changes a key's limit in OpenRouter's dashboard."""
+    management_key = runtime.settings.openrouter_key
+    assert management_key is not None
+    await out_of_band(
+        runtime, "OPENROUTER_API_URL", management_key.reveal(), "PATCH", f"/keys/{key_id}", json={"limit": limit}
+    )
+
+
 async def test_a_changed_limit_is_corrected(runtime: Runtime, sim: Sim, conn: psycopg.AsyncConnection[Any]) -> None:
     await converged(runtime, conn, InstanceSpec(instance_id="d2", tools=(Tool.OPENROUTER,)))
     [key] = sim.simulator.snapshot()["openrouter"]["keys"]
-    http = runtime.drivers[ResourceKind.OPENROUTER_KEY]._http  # type: ignore[attr-defined]
-    await http.request("update_key", "PATCH", f"/keys/{key['id']}", json={"limit": 999.0})
+    await change_limit(runtime, key["id"], 999.0)
 
     report = await runtime.observer.observe()
     assert report.drift == [("d2", "openrouter_key", "config")]
@@ -101,9 +109,8 @@ async def test_a_fleet_larger_than_one_page_of_recorded_rows_is_diffed_whole(
     monkeypatch.setattr(observe, "RECORDED_PAGE_ROWS", 2)
     ids = ["p1", "p2", "p3"]
     await converged(runtime, conn, *(InstanceSpec(instance_id=i, tools=(Tool.OPENROUTER,)) for i in ids))
-    http = runtime.drivers[ResourceKind.OPENROUTER_KEY]._http  # type: ignore[attr-defined]
     for key in sim.simulator.snapshot()["openrouter"]["keys"]:
-        await http.request("update_key", "PATCH", f"/keys/{key['id']}", json={"limit": 999.0})
+        await change_limit(runtime, key["id"], 999.0)
     services = {s["name"]: s["id"] for s in sim.simulator.snapshot()["railway"]["services"]}
     sim.simulator.railway.crash(services["convos-agent-p3"])
 

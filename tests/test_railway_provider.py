@@ -514,6 +514,38 @@ async def test_list_services_reports_status_domain_and_image(connect: Connect) -
     )
 
 
+async def test_the_drivers_list_what_lives_under_the_prefix(connect: Connect) -> None:
+    clock = ManualClock()
+    h = await connect(FakeRailway(deploy_seconds=1, seed=8, clock=clock))
+    live = await service_for(h, "convos-agent-live")
+    idle = await service_for(h, "convos-agent-idle")
+    await service_for(h, "someone-elses")
+    want = deployment_want(h, live)
+    await h.drivers[ResourceKind.RAILWAY_DEPLOYMENT].create(want)
+    clock.advance(1)
+
+    services = await h.drivers[ResourceKind.RAILWAY_SERVICE].list_managed("convos-agent-")
+    assert services is not None
+    listed = sorted((s.name, s.external_id) for s in services)
+    assert listed == [("convos-agent-idle", idle), ("convos-agent-live", live)]
+
+    deployments = await h.drivers[ResourceKind.RAILWAY_DEPLOYMENT].list_managed("convos-agent-")
+    assert deployments is not None
+    by_id = {d.external_id: d for d in deployments}
+    assert set(by_id) == {live, idle}
+    assert (by_id[live].status, by_id[live].attributes["image"], deployed(by_id[live])) == (
+        "SUCCESS",
+        want.params["image"],
+        True,
+    )
+    assert dict(by_id[live].secrets) == dict(want.secrets)  # live variables, to compare
+    assert "s3cr3t-9" not in repr(by_id[live])  # never in a repr
+    assert by_id[idle].status == NO_DEPLOYMENT
+    # A volume and a domain go with their service: not listed on their own.
+    assert await h.drivers[ResourceKind.RAILWAY_VOLUME].list_managed("convos-agent-") is None
+    assert await h.drivers[ResourceKind.RAILWAY_DOMAIN].list_managed("convos-agent-") is None
+
+
 async def test_environment_name_is_resolved_once_case_insensitively(connect: Connect) -> None:
     fake = FakeRailway(seed=9)
     h = await connect(fake, environment_name="STAGING")

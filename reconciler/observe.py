@@ -1,13 +1,16 @@
 """Batched observation, drift detection and garbage collection: one listing per provider per cycle.
 
 The per-instance reconcile never polls a converged resource. Instead, once per cycle, this
-module lists every resource each provider holds under our name prefix (paginated: a constant
-number of calls per page, never one per instance), and diffs all our rows against it:
+module asks every driver for what its provider holds under our name prefix (``list_managed`` of
+the driver protocol, paginated: a constant number of calls per page, never one per instance; a
+kind not listed on its own answers None), and diffs all our rows against it. No provider is a
+special case here; what differs is per *kind* (a deployment is compared by its live config and
+goes with its service, so it is never "gone" or garbage by itself):
 
 * a resource we recorded that the listing no longer has is flagged ``drift = 'gone'`` (after a
   grace period covering providers whose lists lag behind their writes);
 * a field we own that differs (an OpenRouter key's limit or disabled flag, an inbox's display
-  name, a service's image) is flagged ``drift = 'config'``;
+  name, a deployment's variables or image) is flagged ``drift = 'config'``;
 * a deployment whose status moved (a crash, a sleep) has its observed status refreshed, and the
   seed's ``instance_infra.deploy_status`` with it.
 

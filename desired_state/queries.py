@@ -161,6 +161,16 @@ SELECT kind FROM observed_resources
  WHERE instance_id = %(instance_id)s AND (external_id IS NOT NULL OR intent_at IS NOT NULL)
 """
 
+# What a teardown destroyed, for the seed's ``destroyed`` flags once it has finished: the kinds
+# whose delete removed a resource that existed (the reconciler records outcome 'ok' only then; a
+# create in doubt whose lookup found nothing is 'not_found'), since %(since)s (the database's time
+# when the destroy was asked). SELECT_RESOURCE_KINDS, read before, can only say what may exist.
+SELECT_DESTROYED_KINDS = """
+SELECT DISTINCT kind FROM events
+ WHERE instance_id = %(instance_id)s AND action = 'delete' AND outcome = 'ok' AND kind IS NOT NULL
+   AND at >= %(since)s
+"""
+
 # The seed's batch status: one ordered scan of the seed table. (The JSON is assembled in Python:
 # measured on 10,000 rows, Postgres's json_build_object/json_agg took 35-45 ms, a fetch plus a
 # string template 22 ms.)

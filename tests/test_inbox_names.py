@@ -15,7 +15,7 @@ from psycopg.rows import dict_row
 
 from desired_state import store
 from desired_state.models import InstanceSpec, Tool
-from desired_state.queries import SELECT_RESOURCE_KINDS
+from desired_state.queries import SELECT_DESTROYED_KINDS, SELECT_RESOURCE_KINDS
 from providers.agentmail import inbox_username
 from providers.simulated.faults import FaultPlan, FaultRule
 from reconciler.runtime import Runtime
@@ -43,6 +43,18 @@ async def desired(conn: psycopg.AsyncConnection[Any], instance_id: str) -> dict[
             "SELECT phase, last_error, conditions FROM desired_instances WHERE instance_id = %s", (instance_id,)
         )
         return await cur.fetchone()
+
+
+async def database_now(conn: psycopg.AsyncConnection[Any]) -> Any:
+    row = await (await conn.execute("SELECT now()")).fetchone()
+    assert row is not None
+    return row[0]
+
+
+async def destroyed_kinds(conn: psycopg.AsyncConnection[Any], instance_id: str, since: Any) -> set[str]:
+    """What the finished teardown destroyed (the statement the destroy answer can be built from)."""
+    cur = await conn.execute(SELECT_DESTROYED_KINDS, {"instance_id": instance_id, "since": since})
+    return {row[0] for row in await cur.fetchall()}
 
 
 async def resource_kinds(conn: psycopg.AsyncConnection[Any], instance_id: str) -> set[str]:
@@ -73,9 +85,17 @@ async def test_ids_differing_only_in_case_each_get_an_inbox(
         "convos-agent-concA": inbox_username("convos-agent-concA"),
     }
 
+    since = await database_now(conn)
     await store.mark_absent(conn, ["concA", "conca"])
     await settle(runtime, lambda: _none_left(conn))
     assert inboxes(sim) == {}
+    assert await destroyed_kinds(conn, "conca", since) == {
+        "agentmail_inbox",
+        "railway_service",
+        "railway_volume",
+        "railway_domain",
+        "railway_deployment",
+    }
 
 
 async def _none_left(conn: psycopg.AsyncConnection[Any]) -> bool:
@@ -121,11 +141,11 @@ async def test_a_username_held_by_someone_else_fails_terminally_and_destroys_not
 
     # Nothing was created, so nothing is recorded as possibly existing, and teardown reports none.
     assert "agentmail_inbox" not in await resource_kinds(conn, "conca")
+    since = await database_now(conn)
     await store.mark_absent(conn, ["conca"])
     await settle(runtime, lambda: _none_left(conn))
-    events = await (
-        await conn.execute("SELECT action, outcome FROM events WHERE kind = 'agentmail_inbox'")
-    ).fetchall()
+    assert "agentmail_inbox" not in await destroyed_kinds(conn, "conca", since)
+    events = await (await conn.execute("SELECT action, outcome FROM events WHERE kind = 'agentmail_inbox'")).fetchall()
     assert ("delete", "ok") not in events
     assert list(inboxes(sim)) == [theirs]  # somebody else's inbox is left alone
 
@@ -141,8 +161,10 @@ async def test_a_create_that_never_landed_is_recorded_as_nothing_deleted(
     assert "agentmail_inbox" in await resource_kinds(conn, "never")  # a create is in doubt
 
     sim.simulator.set_faults(FaultPlan())
+    since = await database_now(conn)
     await store.mark_absent(conn, ["never"])
     await settle(runtime, lambda: _none_left(conn))
+    assert "agentmail_inbox" not in await destroyed_kinds(conn, "never", since)
     events = await (
         await conn.execute("SELECT action, outcome FROM events WHERE kind = 'agentmail_inbox' AND action = 'delete'")
     ).fetchall()

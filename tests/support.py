@@ -9,16 +9,24 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import os
+import sys
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
 import psycopg
 
+from reconciler.demo import simulated_env
 from reconciler.runtime import Runtime
 from reconciler.status import phase_counts
 from tests.conftest import Sim
+
+CLI = [sys.executable, "-c", "import cli; cli.main()"]
+"""The ``reconciler`` command, run from the checkout (no install needed)."""
+ROOT = Path(__file__).resolve().parent.parent
 
 Condition = Callable[[], Any]
 """A check returning a truthy value when done; plain or async."""
@@ -91,3 +99,21 @@ async def out_of_band(runtime: Runtime, url_variable: str, key: str, method: str
         )
     response.raise_for_status()
     return response.json()
+
+
+def cli_env(db_url: str, sim: Sim | None = None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAILWAY_", "OPENROUTER_", "AGENTMAIL_"))}
+    env["SERVICE_DATABASE_URL"] = db_url
+    env["PYTHONPATH"] = str(ROOT)
+    if sim is not None:
+        env.update(simulated_env(sim.root, sim.simulator.railway.project_id))
+    return env
+
+
+async def run_cli(*args: str, env: dict[str, str], timeout: float = 60) -> tuple[int, str, str]:
+    process = await asyncio.create_subprocess_exec(
+        *CLI, *args, env=env, cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await asyncio.wait_for(process.communicate(), timeout)
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()

@@ -30,7 +30,7 @@ from datetime import datetime
 from typing import Any
 
 from desired_state.models import InstanceSpec
-from desired_state.vocabulary import DEFAULT_PREFIX, TOOL_CATALOGUE, TOOLS, Tool
+from desired_state.vocabulary import DEFAULT_PREFIX, INSTANCE_ID_ENV, REDEPLOY_ENV, TOOL_CATALOGUE, TOOLS, Tool
 from providers.base import CREATE_ORDER, DesiredResource, ResourceKind
 
 RAILWAY_KINDS: tuple[ResourceKind, ...] = (
@@ -129,11 +129,11 @@ def runtime_variables(
     """
     variables = dict(defaults.base_env)
     variables.update(spec.env)
-    variables["INSTANCE_ID"] = spec.instance_id
+    variables[INSTANCE_ID_ENV] = spec.instance_id
     if spec.redeploy:
         # A changed variable is what makes Railway deploy again (a bare redeploy may reuse a
         # cached image tag: study, section 5.3).
-        variables["RECONCILER_REDEPLOY"] = str(spec.redeploy)
+        variables[REDEPLOY_ENV] = str(spec.redeploy)
     for tool in spec.tools:
         kind = TOOL_KINDS[tool]
         row = observed.get(kind)

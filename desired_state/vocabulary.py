@@ -149,7 +149,11 @@ class ReconcileResult(enum.StrEnum):
 
 
 class CallOutcome(enum.StrEnum):
-    """How one provider call ended (the ``outcome`` label of the provider-call metrics)."""
+    """How one provider call ended (the ``outcome`` label of the provider-call metrics).
+
+    Providers raise their own errors (``providers.base``); the reconciler maps each error class
+    onto one of these in one place (``reconciler.metrics.call_outcome``).
+    """
 
     OK = "ok"
     TRANSIENT = "transient"

@@ -74,11 +74,15 @@ log = logging.getLogger(__name__)
 def redact(text: str, secrets: Sequence[str] = ()) -> str:
     """Mask known secrets and anything shaped like a credential; cut to a loggable length.
 
-    A secret is masked where it stands as a whole value (not inside a longer word or token), so a
-    short value such as ``t`` masks ``t`` and leaves every other letter t alone.
+    A secret shorter than :data:`MIN_REDACTABLE_SECRET` is masked only where it stands as a whole
+    value (not inside a longer word or token), so a value such as ``t`` masks ``t`` and leaves
+    every other letter t alone. A longer one cannot occur by chance and is masked wherever it
+    appears (inside a URL-encoded query string, say).
     """
     for secret in secrets:
-        if secret:
+        if len(secret) >= MIN_REDACTABLE_SECRET:
+            text = text.replace(secret, "***")
+        elif secret:
             text = re.sub(rf"(?<![\w-]){re.escape(secret)}(?![\w-])", "***", text)
     for pattern in _SECRET_PATTERNS:
         text = pattern.sub("***", text)

@@ -22,6 +22,11 @@ def test_a_secret_inside_a_longer_token_is_not_a_match_but_a_whole_one_is() -> N
     assert redact("id xabc123 and abc1234", secrets=[secret]) == "id xabc123 and abc1234"
 
 
+def test_a_long_secret_is_masked_wherever_it_appears() -> None:
+    secret = "k3y-0123456789"
+    assert redact(f"GET /x?q%3D{secret}&z", secrets=[secret]) == "GET /x?q%3D***&z"
+
+
 def test_secret_characters_are_literal_not_a_pattern() -> None:
     assert redact("a.b and axb", secrets=["a.b"]) == "*** and axb"
 

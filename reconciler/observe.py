@@ -139,6 +139,7 @@ class Observer:
         name_prefix: str,
         list_lag_grace: float = 60.0,
         gc_grace: float = 600.0,
+        recorded_page_rows: int = RECORDED_PAGE_ROWS,
     ) -> None:
         self._pool = pool
         self._drivers = drivers
@@ -146,6 +147,7 @@ class Observer:
         self._prefix = name_prefix + "-"
         self.list_lag_grace = list_lag_grace
         self.gc_grace = gc_grace
+        self.recorded_page_rows = recorded_page_rows
 
     # -- inventory --------------------------------------------------------------------------------
 
@@ -196,12 +198,12 @@ class Observer:
             async with conn.cursor(row_factory=dict_row) as cur:
                 await cur.execute(
                     queries.SELECT_RECORDED_PAGE,
-                    {"after_instance": after[0], "after_kind": after[1], "limit": RECORDED_PAGE_ROWS},
+                    {"after_instance": after[0], "after_kind": after[1], "limit": self.recorded_page_rows},
                 )
                 page = await cur.fetchall()
             for row in page:
                 yield row
-            if len(page) < RECORDED_PAGE_ROWS:
+            if len(page) < self.recorded_page_rows:
                 return
             after = (page[-1]["instance_id"], page[-1]["kind"])
 

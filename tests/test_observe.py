@@ -5,12 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import psycopg
-import pytest
 
 from desired_state import store
 from desired_state.models import InstanceSpec, Tool
 from providers.base import DesiredResource, ResourceKind
-from reconciler import observe
 from reconciler.operator import build_plan, render_plan, why
 from reconciler.runtime import Runtime
 from tests.conftest import Sim
@@ -103,10 +101,10 @@ async def test_a_crashed_deploy_shows_in_status_and_conditions(
 
 
 async def test_a_fleet_larger_than_one_page_of_recorded_rows_is_diffed_whole(
-    runtime: Runtime, sim: Sim, conn: psycopg.AsyncConnection[Any], monkeypatch: pytest.MonkeyPatch
+    runtime: Runtime, sim: Sim, conn: psycopg.AsyncConnection[Any]
 ) -> None:
     # Recorded rows are read a page at a time; two rows a page splits every instance's five.
-    monkeypatch.setattr(observe, "RECORDED_PAGE_ROWS", 2)
+    runtime.observer.recorded_page_rows = 2
     ids = ["p1", "p2", "p3"]
     await converged(runtime, conn, *(InstanceSpec(instance_id=i, tools=(Tool.OPENROUTER,)) for i in ids))
     for key in sim.simulator.snapshot()["openrouter"]["keys"]:

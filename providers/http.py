@@ -129,7 +129,9 @@ class ProviderHTTP:
     """Sends one provider's requests and maps failures; shared by all of that provider's drivers.
 
     ``auth_headers`` are added to every request and their values are redacted from every error.
-    ``observer`` (optional) is told the outcome and latency of every call.
+    ``observer`` (optional) is told the outcome and latency of every call. ``timeout`` (seconds)
+    bounds each call; None leaves it to the injected client's own timeout, which is how a
+    process sets one for every provider at once.
     """
 
     def __init__(
@@ -139,7 +141,7 @@ class ProviderHTTP:
         base_url: str,
         auth_headers: Mapping[str, str],
         *,
-        timeout: float = 15.0,
+        timeout: float | None = None,
         observer: CallObserver | None = None,
         admission: Admission | None = None,
     ) -> None:
@@ -217,7 +219,12 @@ class ProviderHTTP:
         url = self._base_url + path
         try:
             response = await self._client.request(
-                method, url, json=json, params=cast(Any, params), headers=self._headers, timeout=self._timeout
+                method,
+                url,
+                json=json,
+                params=cast(Any, params),
+                headers=self._headers,
+                timeout=httpx.USE_CLIENT_DEFAULT if self._timeout is None else self._timeout,
             )
         except httpx.TimeoutException:
             raise Transient(self.provider, operation, "timed out") from None

@@ -71,7 +71,7 @@ def telnyx_http(
     base_url: str,
     api_key: str,
     *,
-    timeout: float = 15.0,
+    timeout: float | None = None,
     observer: CallObserver | None = None,
 ) -> ProviderHTTP:
     """The transport for Telnyx v2 (``base_url`` ends in ``/v2``), authenticated with ``api_key``."""

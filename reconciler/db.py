@@ -23,21 +23,12 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from reconciler import queries
+
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 EMBEDDED_DIR = Path(".reconciler") / "pgdata"
 MIGRATION_LOCK_KEY = 7_266_524_501  # any constant shared by every replica
 _MIGRATION_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
-
-CREATE_MIGRATIONS_TABLE = """
-CREATE TABLE IF NOT EXISTS schema_migrations (
-    version    INTEGER PRIMARY KEY,
-    name       TEXT NOT NULL,
-    checksum   TEXT NOT NULL,
-    applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
-)
-"""
-SELECT_APPLIED = "SELECT version, checksum FROM schema_migrations"
-INSERT_APPLIED = "INSERT INTO schema_migrations (version, name, checksum) VALUES (%s, %s, %s)"
 
 
 class DatabaseError(Exception):
@@ -73,10 +64,10 @@ def migrate(url: str, directory: Path = MIGRATIONS_DIR) -> list[str]:
     migrations = load_migrations(directory)
     applied_now: list[str] = []
     with connect(url, autocommit=True) as conn:
-        conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK_KEY,))
+        conn.execute(queries.ADVISORY_LOCK, (MIGRATION_LOCK_KEY,))
         try:
-            conn.execute(CREATE_MIGRATIONS_TABLE)
-            applied = dict(conn.execute(SELECT_APPLIED).fetchall())
+            conn.execute(queries.CREATE_MIGRATIONS_TABLE)
+            applied = dict(conn.execute(queries.SELECT_APPLIED).fetchall())
             for migration in migrations:
                 if migration.version in applied:
                     if applied[migration.version] != migration.checksum:
@@ -86,10 +77,10 @@ def migrate(url: str, directory: Path = MIGRATIONS_DIR) -> list[str]:
                     continue
                 with conn.transaction():
                     conn.execute(migration.sql.encode())
-                    conn.execute(INSERT_APPLIED, (migration.version, migration.name, migration.checksum))
+                    conn.execute(queries.INSERT_APPLIED, (migration.version, migration.name, migration.checksum))
                 applied_now.append(migration.name)
         finally:
-            conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_KEY,))
+            conn.execute(queries.ADVISORY_UNLOCK, (MIGRATION_LOCK_KEY,))
     return applied_now
 
 
@@ -142,11 +133,11 @@ class EmbeddedPostgres:
 def create_database(url: str, name: str, template: str | None = None) -> str:
     """Create database ``name`` (dropping an old one) on the server of ``url``; return its URL."""
     with connect(url, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        conn.execute(queries.DROP_DATABASE.format(sql.Identifier(name)))
         if template:
-            create = sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(name), sql.Identifier(template))
+            create = queries.CREATE_DATABASE_FROM_TEMPLATE.format(sql.Identifier(name), sql.Identifier(template))
         else:
-            create = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
+            create = queries.CREATE_DATABASE.format(sql.Identifier(name))
         conn.execute(create)
     return with_database(url, name)
 

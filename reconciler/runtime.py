@@ -22,9 +22,9 @@ from typing import Any
 import httpx
 from psycopg_pool import AsyncConnectionPool
 
-from providers._http import Admission, ProviderHTTP
 from providers.agentmail import AgentMailInboxDriver
 from providers.base import ConfigError, DesiredResource, Observed, ResourceDriver, ResourceKind
+from providers.http import Admission, ProviderHTTP
 from providers.openrouter import OpenRouterKeyDriver
 from providers.railway import (
     RailwayClient,
@@ -69,6 +69,10 @@ class UnconfiguredDriver:
 
     async def delete(self, external_id: str, want: DesiredResource) -> None:
         raise self._refuse("delete")
+
+    async def list_managed(self, prefix: str) -> None:
+        """Nothing of ours can exist at a provider we have no credential for."""
+        return None
 
 
 def resource_defaults(settings: Settings) -> ResourceDefaults:
@@ -213,7 +217,6 @@ class Runtime:
         self.observer = Observer(
             self.pool,
             self.drivers,
-            self.railway,
             self.metrics,
             name_prefix=settings.name_prefix,
             list_lag_grace=self.options.list_lag_grace,

@@ -7,35 +7,13 @@ import json
 import os
 import signal
 import socket
-import sys
 from pathlib import Path
 
 import httpx
 import psycopg
 
-from reconciler.demo import simulated_env
 from tests.conftest import Sim
-
-CLI = [sys.executable, "-c", "import cli; cli.main()"]
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def cli_env(db_url: str, sim: Sim | None = None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAILWAY_", "OPENROUTER_", "AGENTMAIL_"))}
-    env["SERVICE_DATABASE_URL"] = db_url
-    env["PYTHONPATH"] = str(ROOT)
-    if sim is not None:
-        env.update(simulated_env(sim.root, sim.simulator.railway.project_id))
-    return env
-
-
-async def run_cli(*args: str, env: dict[str, str], timeout: float = 60) -> tuple[int, str, str]:
-    process = await asyncio.create_subprocess_exec(
-        *CLI, *args, env=env, cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-    )
-    out, err = await asyncio.wait_for(process.communicate(), timeout)
-    assert process.returncode is not None
-    return process.returncode, out.decode(), err.decode()
+from tests.support import CLI, ROOT, cli_env, run_cli
 
 
 def free_port() -> int:

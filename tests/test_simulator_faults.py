@@ -19,8 +19,8 @@ import pytest
 import typer.testing
 
 import cli
-from providers._http import ProviderHTTP
 from providers.base import Throttled, Transient
+from providers.http import ProviderHTTP
 from providers.railway import THROTTLE_SECONDS, RailwayClient, RailwayConfig, railway_auth_headers
 from providers.simulated.app import Simulator, SimulatorSettings
 from providers.simulated.faults import (

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from desired_state.models import SpecError, Tool, parse_instance, parse_instances
-from providers._http import parse_retry_after, redact
+from providers.http import parse_retry_after, redact
 from reconciler.settings import SettingsError, load_settings
 
 

@@ -23,9 +23,9 @@ from typing import Any
 import httpx
 import pytest
 import typer.testing
-from providers._http import ProviderHTTP
 
 import cli
+from providers.http import ProviderHTTP
 from providers.railway import RailwayClient, RailwayConfig, railway_auth_headers
 from providers.simulated.app import Simulator, SimulatorSettings
 

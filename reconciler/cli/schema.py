@@ -40,7 +40,7 @@ def migrate_command(
             environment_id=settings.railway_environment_id,
             drop=drop,
         )
-    console.print(f"applied {', '.join(applied)}" if applied else "schema is up to date")
+    console.print(f"applied {', '.join(applied)}" if applied else "schema is up to date", soft_wrap=True)
     for line in report.lines():
         console.print(line)
     if report.problems:

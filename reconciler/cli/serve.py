@@ -58,7 +58,7 @@ def run_command(
         require_railway(settings)
     if api:
         try:
-            api_key = settings.require_api_key().reveal()
+            api_key = settings.require_api_key().get_secret_value()
         except SettingsError as exc:
             fail(f"{exc} (or run with --no-api)", EXIT_BAD_INPUT)
     with database(settings) as url:

@@ -31,6 +31,7 @@ EXIT_BAD_INPUT: Final = 2
 EXIT_FAILURE: Final = 1
 
 RUN_MIGRATE: Final = "run `reconciler migrate` first"
+SELECT_SCHEMA_VERSION: Final = "SELECT max(version) FROM schema_migrations"
 INSTANCE_ID_RULE: Final = "1-32 characters of A-Z, a-z, 0-9, '_' or '-'"
 
 
@@ -88,7 +89,7 @@ def require_current_schema(url: str) -> None:
     latest = max(m.version for m in load_migrations())  # load_migrations refuses an empty set
     try:
         with db.connect(url) as conn:  # an unreachable server: a DatabaseError, one line
-            row = conn.execute("SELECT max(version) FROM schema_migrations").fetchone()
+            row = conn.execute(SELECT_SCHEMA_VERSION).fetchone()
     except psycopg.errors.UndefinedTable:
         fail(f"the database has no schema yet: {RUN_MIGRATE}")
     if row is None or (row[0] or 0) < latest:

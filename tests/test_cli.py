@@ -283,23 +283,25 @@ async def test_a_table_missing_behind_a_current_version_number_is_one_line(db_ur
 
 async def test_run_serves_metrics_on_the_host_it_was_given(db_url: str, sim: Sim) -> None:
     host = "127.0.0.2"  # loopback too, yet a server bound to every interface also answers 127.0.0.1
-    port = free_port()
-    env = cli_env(db_url, sim) | {"SERVICES_API_KEY": "test-api-key", "PORT": str(free_port())}
+    port, api_port = free_port(), free_port()
+    env = cli_env(db_url, sim) | {"SERVICES_API_KEY": "test-api-key", "PORT": str(api_port)}
     process = await asyncio.create_subprocess_exec(
         *CLI, "run", "--no-loop", "--host", host, "--metrics-port", str(port),
         env=env, cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     try:
         async with httpx.AsyncClient() as client:
-            for _ in range(100):
+            for _ in range(200):  # the API answers last, once SIGTERM is handled
                 try:
-                    answer = await client.get(f"http://{host}:{port}/metrics")
+                    healthy = await client.get(f"http://{host}:{api_port}/healthz")
                     break
                 except httpx.ConnectError:
                     await asyncio.sleep(0.1)
-            assert answer.status_code == 200
-            with pytest.raises(httpx.ConnectError):
-                await client.get(f"http://127.0.0.1:{port}/metrics")
+            assert healthy.status_code == 200
+            assert (await client.get(f"http://{host}:{port}/metrics")).status_code == 200
+            for address in ("127.0.0.1", "localhost"):
+                with pytest.raises(httpx.ConnectError):
+                    await client.get(f"http://{address}:{port}/metrics")
     finally:
         process.send_signal(signal.SIGTERM)
         _, err = await asyncio.wait_for(process.communicate(), 20)

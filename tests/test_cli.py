@@ -208,6 +208,7 @@ async def test_nul_characters_and_undecodable_files_exit_2_naming_the_field(db_u
     files: dict[str, tuple[str | bytes, tuple[str, ...]]] = {
         "nul.yaml": ('- instanceId: nul1\n  name: "a\\0b"\n', ("[0].name: ", "must not contain NUL characters")),
         "nul.json": ('[{"instanceId": "nul2", "env": {"K": "x\\u0000y"}}]', ("[0].env", "must not contain NUL")),
+        "surrogate.json": ('[{"instanceId": "sur1", "name": "x\\ud800y"}]', ("[0].name: ",)),
         "binary.yaml": (b"\xff\xfe- instanceId: x\n", ("not UTF-8 text",)),
         "deep.json": ("[" * 100_000 + "]" * 100_000, ("not valid JSON",)),
         "long.json": ('[{"instanceId": "x", "redeploy": ' + "9" * 5000 + "}]", ("not valid JSON",)),

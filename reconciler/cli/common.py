@@ -107,4 +107,10 @@ async def async_connection(url: str) -> psycopg.AsyncConnection[Any]:
     try:
         return await psycopg.AsyncConnection.connect(url, autocommit=True)
     except psycopg.OperationalError as exc:
-        fail(f"cannot connect to Postgres: {str(exc).strip().splitlines()[0]}")
+        fail(f"cannot connect to Postgres: {first_line(exc)}")
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of a driver's message (the rest is context and hints)."""
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__

@@ -24,7 +24,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from desired_state import store
 from desired_state.models import InstanceSpec, Tool
-from providers.simulated.app import Simulator, SimulatorSettings, base_urls
+from providers.simulated.app import Simulator, SimulatorSettings, base_urls, upstream_url
 from providers.simulated.faults import FaultPlan, FaultRule
 from providers.simulated.server import serve_in_background
 from reconciler.db import create_database, migrate
@@ -54,6 +54,7 @@ def simulated_env(root: str, project_id: str) -> dict[str, str]:
         "OPENROUTER_API_URL": urls["openrouter"],
         "AGENTMAIL_API_URL": urls["agentmail"],
         "TELNYX_API_URL": urls["telnyx"],
+        "UTIL_ECHO_BASE_URL": upstream_url(root),
         "XMTP_ENV": "dev",
     }
 

@@ -21,6 +21,9 @@ def simulate_command(
     host: Annotated[str, typer.Option(help="Address to bind (loopback by default).")] = "127.0.0.1",
     deploy_seconds: Annotated[float, typer.Option(help="How long a simulated Railway deploy takes.")] = 3.0,
     seed: Annotated[int | None, typer.Option(help="Seed for reproducible ids and fault decisions.")] = None,
+    project_id: Annotated[
+        str | None, typer.Option(envvar="RAILWAY_PROJECT_ID", help="Railway project id to serve (default: seeded).")
+    ] = None,
     provider: Annotated[
         str, typer.Option(help="Provider the fault flags below apply to when a value names none (default: all).")
     ] = "*",
@@ -41,14 +44,14 @@ def simulate_command(
         list[str] | None, typer.Option(help="Fault: seconds a new resource stays out of listings.")
     ] = None,
 ) -> None:
-    """Serve simulated Railway, OpenRouter, AgentMail and Telnyx APIs for local testing.
+    """Serve simulated Railway, OpenRouter, AgentMail and Telnyx APIs (and util.echo's upstream) for testing.
 
     Fault flags repeat, and a value may start with PROVIDER[:OPERATION]= to aim it.
     Example: --rate-limit railway:volumeCreate=1/30s. Grammar: docs/simulator.md.
     """
     import uvicorn
 
-    from providers.simulated.app import Simulator, SimulatorSettings, base_urls
+    from providers.simulated.app import Simulator, SimulatorSettings
     from providers.simulated.faults import FaultFlagError, parse_fault_flags
 
     try:
@@ -65,16 +68,14 @@ def simulate_command(
             timeout_mode=timeout_mode or (),
             list_lag=list_lag or (),
         )
-    except FaultFlagError as exc:
+        settings = SimulatorSettings(deploy_seconds, seed, faults, railway_project_id=project_id or None)
+        simulator = Simulator(settings)
+    except (FaultFlagError, ValueError) as exc:
         fail(str(exc), EXIT_BAD_INPUT)
-    simulator = Simulator(SimulatorSettings(deploy_seconds=deploy_seconds, seed=seed, faults=faults))
     root = f"http://{host}:{port}"
-    urls = base_urls(root)
     console.print("Simulated providers; point the reconciler at them with:")
-    for name, url in urls.items():
-        console.print(f"  {name.upper()}_API_URL={url}")
-    console.print(f"  RAILWAY_PROJECT_ID={simulator.railway.project_id}", soft_wrap=True)
-    console.print("  RAILWAY_ENVIRONMENT_NAME=production")
+    for variable, value in simulator.client_env(root).items():
+        console.print(f"  {variable}={value}", markup=False, highlight=False, soft_wrap=True)
     console.print(f"Every resource held: GET {root}/_admin/resources")
     console.print(f"Fault knobs: GET or PUT {root}/_admin/faults", soft_wrap=True)
     console.print(f"Requests served: GET {root}/_admin/requests", soft_wrap=True)

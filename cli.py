@@ -17,10 +17,13 @@ import psycopg
 import typer
 
 from reconciler.cli import instances, operate, schema, serve, simulate
-from reconciler.cli.common import EXIT_FAILURE, RUN_MIGRATE, CommandError, err_console
+from reconciler.cli.common import EXIT_BAD_INPUT, EXIT_FAILURE, RUN_MIGRATE, CommandError, err_console
 from reconciler.db import DatabaseError
 from reconciler.logs import configure_logging
 from reconciler.settings import SettingsError
+
+# What callers of this module (the console script, tests driving ``app``) use.
+__all__ = ["EXIT_BAD_INPUT", "EXIT_FAILURE", "CommandError", "app", "main"]
 
 app = typer.Typer(
     help="Provisioning reconciler: converges desired agent instances onto Railway, OpenRouter, AgentMail and Telnyx.",

@@ -10,6 +10,12 @@ Migrations are the numbered ``.sql`` files of ``migrations/``. :func:`migrate` a
 not yet recorded in ``schema_migrations``, each in its own transaction, while holding a
 session advisory lock, so any number of replicas may run it at start-up at once and running it
 twice changes nothing.
+
+``migrations/`` is a package whose ``*.sql`` files are package data, found with
+:mod:`importlib.resources`: the same code reads them from the source tree, an editable install
+or a wheel (a path computed from this file's location found nothing in a wheel, and ``migrate``
+then reported an up-to-date schema on an empty database). Finding no migration at all is an
+error, never "nothing to apply".
 """
 
 from __future__ import annotations
@@ -17,6 +23,8 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
+from importlib.resources import files
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +33,7 @@ from psycopg import sql
 
 from reconciler import queries
 
-MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+MIGRATIONS_PACKAGE = "migrations"
 EMBEDDED_DIR = Path(".reconciler") / "pgdata"
 MIGRATION_LOCK_KEY = 7_266_524_501  # any constant shared by every replica
 _MIGRATION_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
@@ -46,20 +54,24 @@ class Migration:
         return hashlib.sha256(self.sql.encode()).hexdigest()
 
 
-def load_migrations(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
+def load_migrations(directory: Traversable | None = None) -> list[Migration]:
+    """The migrations in ``directory`` (default: the ``migrations`` package), in version order."""
+    source = files(MIGRATIONS_PACKAGE) if directory is None else directory
     migrations = []
-    for path in sorted(directory.glob("*.sql")):
-        match = _MIGRATION_NAME.match(path.name)
+    for entry in sorted((e for e in source.iterdir() if e.name.endswith(".sql")), key=lambda e: e.name):
+        match = _MIGRATION_NAME.match(entry.name)
         if not match:
-            raise DatabaseError(f"migration file {path.name} must be named NNNN_description.sql")
-        migrations.append(Migration(int(match.group(1)), path.stem, path.read_text()))
+            raise DatabaseError(f"migration file {entry.name} must be named NNNN_description.sql")
+        migrations.append(Migration(int(match.group(1)), entry.name.removesuffix(".sql"), entry.read_text("utf-8")))
+    if not migrations:
+        raise DatabaseError(f"no migration files found in {source}: this installation of the reconciler is incomplete")
     versions = [m.version for m in migrations]
     if len(set(versions)) != len(versions):
         raise DatabaseError("two migration files share a version number")
     return migrations
 
 
-def migrate(url: str, directory: Path = MIGRATIONS_DIR) -> list[str]:
+def migrate(url: str, directory: Traversable | None = None) -> list[str]:
     """Apply pending migrations; returns the names applied (empty when already current)."""
     migrations = load_migrations(directory)
     applied_now: list[str] = []

@@ -99,7 +99,7 @@ def build_drivers(
             "railway",
             client,
             settings.urls["RAILWAY_API_URL"],
-            railway_auth_headers(settings.railway_token.reveal(), settings.railway_token_kind),
+            railway_auth_headers(settings.railway_token.get_secret_value(), settings.railway_token_kind),
             observer=observer,
             admission=admission,
         )
@@ -129,7 +129,7 @@ def build_drivers(
             provider,
             client,
             settings.urls[url_variable],
-            {"Authorization": f"Bearer {key.reveal()}"},
+            {"Authorization": f"Bearer {key.get_secret_value()}"},
             observer=observer,
             admission=admission,
         )

@@ -233,7 +233,7 @@ async def test_a_missing_tool_key_is_a_visible_configuration_error(
 ) -> None:
 
 
-    settings = replace(runtime.settings, agentmail_key=None)
+    settings = runtime.settings.model_copy(update={"agentmail_key": None})
     async with Runtime(settings, db_url, runtime.options, Metrics(CollectorRegistry())) as bare:
         await store.put(conn, InstanceSpec(instance_id="nokey", tools=(Tool.AGENTMAIL,)))
         outcomes = await bare.worker.drain()

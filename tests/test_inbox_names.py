@@ -33,7 +33,7 @@ async def create_foreign_inbox(runtime: Runtime, username: str, client_id: str) 
     key = runtime.settings.agentmail_key
     assert key is not None
     body = {"username": username, "client_id": client_id, "display_name": "not ours"}
-    inbox = await out_of_band(runtime, "AGENTMAIL_API_URL", key.reveal(), "POST", "/inboxes", json=body)
+    inbox = await out_of_band(runtime, "AGENTMAIL_API_URL", key.get_secret_value(), "POST", "/inboxes", json=body)
     return str(inbox["inbox_id"])
 
 

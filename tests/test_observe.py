@@ -48,7 +48,7 @@ async def change_limit(runtime: Runtime, key_id: str, limit: float) -> None:
     management_key = runtime.settings.openrouter_key
     assert management_key is not None
     await out_of_band(
-        runtime, "OPENROUTER_API_URL", management_key.reveal(), "PATCH", f"/keys/{key_id}", json={"limit": limit}
+        runtime, "OPENROUTER_API_URL", management_key.get_secret_value(), "PATCH", f"/keys/{key_id}", json={"limit": limit}
     )
 
 

@@ -64,10 +64,10 @@ def run_command(
     with database(settings) as url:
         require_current_schema(url)
         if metrics_port:
-            from prometheus_client import start_http_server
+            from reconciler.metrics import serve_metrics
 
             try:
-                start_http_server(metrics_port, addr=host)
+                serve_metrics(metrics_port, host)
             except OSError as exc:
                 fail(f"cannot serve metrics on {host}:{metrics_port}: {exc.strerror}")
         options = RuntimeOptions(

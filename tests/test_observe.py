@@ -47,9 +47,8 @@ async def change_limit(runtime: Runtime, key_id: str, limit: float) -> None:
     """Someone changes a key's limit in OpenRouter's dashboard."""
     management_key = runtime.settings.openrouter_key
     assert management_key is not None
-    await out_of_band(
-        runtime, "OPENROUTER_API_URL", management_key.get_secret_value(), "PATCH", f"/keys/{key_id}", json={"limit": limit}
-    )
+    token = management_key.get_secret_value()
+    await out_of_band(runtime, "OPENROUTER_API_URL", token, "PATCH", f"/keys/{key_id}", json={"limit": limit})
 
 
 async def test_a_changed_limit_is_corrected(runtime: Runtime, sim: Sim, conn: psycopg.AsyncConnection[Any]) -> None:

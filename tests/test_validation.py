@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from desired_state.models import SpecError, Tool, parse_instance, parse_instances
-from providers._http import parse_retry_after, redact
+from providers.http import parse_retry_after, redact
 from reconciler.settings import SettingsError, load_settings
 
 
@@ -83,7 +83,7 @@ def test_secrets_never_print() -> None:
     settings = load_settings({"RAILWAY_API_TOKEN": "tok-very-secret", "SERVICES_API_KEY": "k-secret"})
     assert "tok-very-secret" not in repr(settings)
     assert "k-secret" not in repr(settings)
-    assert settings.railway_token is not None and settings.railway_token.reveal() == "tok-very-secret"
+    assert settings.railway_token is not None and settings.railway_token.get_secret_value() == "tok-very-secret"
 
 
 def test_run_requires_railway_settings() -> None:

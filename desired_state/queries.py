@@ -181,31 +181,37 @@ SELECT instance_id, provider_service_id, deploy_status, url, runtime_image, prov
  ORDER BY instance_id
 """
 
-SELECT_INSTANCE = f"""
+# The instance read model (desired_state.read_model): instances, then their resources and their
+# newest events, three statements for any number of instances.
+SELECT_INSTANCES = f"""
 SELECT d.instance_id, d.name, d.spec, d.present, d.generation, d.observed_generation,
-       {_SHOWN_D_PHASE} AS phase, d.conditions, d.attempts,
-       d.next_attempt_at, d.last_error, d.created_at, d.updated_at, d.ready_at,
-       i.url, i.deploy_status
+       {_SHOWN_D_PHASE} AS phase, d.conditions, d.attempts, d.next_attempt_at, d.last_error,
+       d.created_at, d.updated_at, d.ready_at, i.url, i.deploy_status
   FROM desired_instances d
   LEFT JOIN instance_infra i ON i.instance_id = d.instance_id
- WHERE d.instance_id = %(instance_id)s
+ WHERE %(all)s OR d.instance_id = ANY(%(ids)s)
+ ORDER BY d.instance_id
 """
 
-SELECT_INSTANCE_RESOURCES = """
-SELECT kind, derived_name, external_id, status, attributes, conditions, attempts, last_error,
-       updated_at
+SELECT_INSTANCES_RESOURCES = """
+SELECT instance_id, kind, derived_name, external_id, status, attributes, conditions, attempts,
+       last_error, updated_at
   FROM observed_resources
- WHERE instance_id = %(instance_id)s
- ORDER BY kind
+ WHERE instance_id = ANY(%(ids)s)
+ ORDER BY instance_id, kind
 """
 
-SELECT_INSTANCE_EVENTS = """
-SELECT id, at, kind, action, outcome, detail
-  FROM events
- WHERE instance_id = %(instance_id)s
- ORDER BY id DESC
- LIMIT %(limit)s
+SELECT_INSTANCES_EVENTS = """
+SELECT instance_id, id, at, kind, action, outcome, detail
+  FROM (SELECT e.*, row_number() OVER (PARTITION BY e.instance_id ORDER BY e.id DESC) AS newest
+          FROM events e
+         WHERE e.instance_id = ANY(%(ids)s)) ranked
+ WHERE newest <= %(limit)s
+ ORDER BY instance_id, id DESC
 """
+
+# The database's clock: a destroy's answer counts the deletes recorded since it was asked.
+SELECT_NOW = "SELECT now()"
 
 # Keyset pagination on the primary key: the cursor is the last instance id of the previous page.
 # A NULL filter matches everything.

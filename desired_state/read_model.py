@@ -18,37 +18,7 @@ from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 from pydantic import BaseModel, Field
 
-from desired_state.vocabulary import SHOWN_PHASE_SQL
-
-_PHASE = SHOWN_PHASE_SQL.format(present="d.present", phase="d.phase")
-
-SELECT_INSTANCES = f"""
-SELECT d.instance_id, d.name, d.spec, d.present, d.generation, d.observed_generation,
-       {_PHASE} AS phase, d.conditions, d.attempts, d.next_attempt_at, d.last_error,
-       d.created_at, d.updated_at, d.ready_at, i.url, i.deploy_status
-  FROM desired_instances d
-  LEFT JOIN instance_infra i ON i.instance_id = d.instance_id
- WHERE %(all)s OR d.instance_id = ANY(%(ids)s)
- ORDER BY d.instance_id
-"""
-
-SELECT_RESOURCES = """
-SELECT instance_id, kind, derived_name, external_id, status, attributes, conditions, attempts,
-       last_error, updated_at
-  FROM observed_resources
- WHERE instance_id = ANY(%(ids)s)
- ORDER BY instance_id, kind
-"""
-
-# The newest ``limit`` events of each instance.
-SELECT_EVENTS = """
-SELECT instance_id, id, at, kind, action, outcome, detail
-  FROM (SELECT e.*, row_number() OVER (PARTITION BY e.instance_id ORDER BY e.id DESC) AS newest
-          FROM events e
-         WHERE e.instance_id = ANY(%(ids)s)) ranked
- WHERE newest <= %(limit)s
- ORDER BY instance_id, id DESC
-"""
+from desired_state import queries
 
 DEFAULT_EVENTS = 20
 
@@ -147,17 +117,17 @@ async def read_instances(
 ) -> list[InstanceView]:
     """The views of these instances (all with ``None``), in id order; unknown ids are left out."""
     async with conn.cursor(row_factory=dict_row) as cur:
-        await cur.execute(SELECT_INSTANCES, {"all": instance_ids is None, "ids": list(instance_ids or [])})
+        await cur.execute(queries.SELECT_INSTANCES, {"all": instance_ids is None, "ids": list(instance_ids or [])})
         rows = await cur.fetchall()
         ids = [row["instance_id"] for row in rows]
         resources: dict[str, list[ResourceView]] = {}
         recent: dict[str, list[EventView]] = {}
         if ids:
-            await cur.execute(SELECT_RESOURCES, {"ids": ids})
+            await cur.execute(queries.SELECT_INSTANCES_RESOURCES, {"ids": ids})
             for r in await cur.fetchall():
                 resources.setdefault(r["instance_id"], []).append(_resource(r))
             if events > 0:
-                await cur.execute(SELECT_EVENTS, {"ids": ids, "limit": events})
+                await cur.execute(queries.SELECT_INSTANCES_EVENTS, {"ids": ids, "limit": events})
                 for e in await cur.fetchall():
                     recent.setdefault(e["instance_id"], []).append(_event(e))
     return [

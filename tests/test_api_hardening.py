@@ -25,14 +25,19 @@ import pytest
 from fastapi import APIRouter, FastAPI, Request
 from prometheus_client import REGISTRY
 
+from desired_state import queries, store
 from desired_state.http import create_app
 from desired_state.http.app import ConnectionFactory
 from desired_state.http.body import MAX_BODY_BYTES, StrictJsonRoute
 from desired_state.http.errors import MAX_PROBLEM_CHARS, MAX_PROBLEMS, ApiError
+from desired_state.models import InstanceSpec
+from desired_state.vocabulary import Tool
+from providers.simulated.faults import FaultPlan, FaultRule
 from providers.simulated.server import serve_in_background
 from reconciler.db import EmbeddedPostgres
+from reconciler.runtime import Runtime
 from tests.conftest import Sim
-from tests.test_api import API_KEY, config_for, desired_count, served
+from tests.test_api import API_KEY, config_for, desired_count, looping, served
 from tests.test_chaos import private_postgres  # noqa: F401 (a fixture)
 
 JSON = {"Content-Type": "application/json"}
@@ -252,3 +257,26 @@ async def test_a_third_router_mounts_in_one_line_with_its_own_auth_and_strict_bo
         # Everything else still needs SERVICES_API_KEY.
         assert (await anonymous.get("/instances")).status_code == 401
         assert (await anonymous.get("/v1")).status_code == 401
+
+
+async def test_destroy_reports_only_what_the_teardown_deleted(
+    db_url: str, sim: Sim, runtime: Runtime, conn: psycopg.AsyncConnection[Any]
+) -> None:
+    # Every AgentMail create times out before AgentMail acts: the row records an intent, and no
+    # inbox exists. A destroy must not claim one was destroyed (issue 11).
+    never = FaultRule(provider="agentmail", operation="create_inbox", timeout_rate=1.0, timeout_seconds=0.05)
+    sim.simulator.set_faults(FaultPlan(rules=[never]))
+    await store.put(conn, InstanceSpec(instance_id="never", tools=(Tool.AGENTMAIL,)))
+    await runtime.worker.drain()
+    sim.simulator.set_faults(FaultPlan())
+    in_doubt = await (await conn.execute(queries.SELECT_RESOURCE_KINDS, {"instance_id": "never"})).fetchall()
+    assert ("agentmail_inbox",) in in_doubt  # what may exist, which the answer once reported
+
+    async with served(config_for(db_url, sim)) as api:
+        destroying = asyncio.create_task(api.client.delete("/destroy/never"))
+        while (row := await store.get(conn, "never")) is not None and row.present:
+            await asyncio.sleep(0.02)  # marked absent before the loop runs again: no retried create
+        async with looping(runtime):
+            destroyed = await destroying
+    assert destroyed.status_code == 200, destroyed.text
+    assert destroyed.json()["destroyed"]["agentmail"] is False

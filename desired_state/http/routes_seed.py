@@ -190,19 +190,26 @@ def router(state: ApiState) -> APIRouter:
         tags=["instances"],
     )
     async def destroy(request: Request, instance_id: InstanceIdPath) -> Response:
-        """Mark the instance absent and wait until every resource is gone and the row with them."""
+        """Mark the instance absent and wait until every resource is gone and the row with them.
+
+        The flags say what the teardown deleted (a delete the reconciler recorded as done since
+        this request), not what might have existed: a resource that never landed is not reported.
+        """
         async with database.connection() as conn, conn.transaction():
             # One the replaced system made (only instance_infra knows it) is imported for teardown.
             await store.adopt_for_teardown(conn, [instance_id], config.name_prefix)
             async with conn.cursor() as cur:
-                await cur.execute(queries.SELECT_RESOURCE_KINDS, {"instance_id": instance_id})
-                kinds = {row[0] for row in await cur.fetchall()}
+                await cur.execute(queries.SELECT_NOW)
+                since = (await cur.fetchone() or (None,))[0]
             found = await store.mark_absent(conn, [instance_id])
         if not found:
             raise ApiError(404, f"instance {instance_id} not found")
         log.info("destroy %s: marked absent", instance_id)
 
         async def render() -> DestroyResponse:
+            async with database.connection() as conn, conn.cursor() as cur:
+                await cur.execute(queries.SELECT_DESTROYED_KINDS, {"instance_id": instance_id, "since": since})
+                kinds = {row[0] for row in await cur.fetchall()}
             return DestroyResponse(
                 instanceId=instance_id,
                 destroyed=DestroyedFlags(

@@ -82,6 +82,20 @@ def db_url(pg_server_url: str, template_db: str) -> Iterator[str]:
 
 
 @pytest.fixture
+async def private_postgres() -> AsyncIterator[tuple[EmbeddedPostgres, str]]:
+    """A Postgres server of this test's own (migrated), so it can be stopped and restarted without
+    disturbing other tests."""
+    with tempfile.TemporaryDirectory(prefix="rpgr") as directory:
+        server = EmbeddedPostgres(Path(directory) / "data")
+        url = server.start()
+        migrate(url)
+        try:
+            yield server, url
+        finally:
+            server.stop()
+
+
+@pytest.fixture
 async def conn(db_url: str) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
     async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as connection:
         yield connection

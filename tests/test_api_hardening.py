@@ -38,7 +38,6 @@ from reconciler.db import EmbeddedPostgres
 from reconciler.runtime import Runtime
 from tests.conftest import Sim
 from tests.test_api import API_KEY, config_for, desired_count, looping, served
-from tests.test_chaos import private_postgres  # noqa: F401 (a fixture)
 
 JSON = {"Content-Type": "application/json"}
 CHUNK = 64 * 1024
@@ -184,7 +183,7 @@ def gauge(name: str) -> float | None:
 
 @pytest.mark.timeout(120)
 async def test_a_lost_database_fails_fast_and_is_found_again_fast(
-    private_postgres: tuple[EmbeddedPostgres, str], sim: Sim  # noqa: F811
+    private_postgres: tuple[EmbeddedPostgres, str], sim: Sim
 ) -> None:
     server, url = private_postgres
     async with served(config_for(url, sim)) as api, httpx.AsyncClient(base_url=api.root) as anonymous:

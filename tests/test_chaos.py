@@ -11,10 +11,7 @@ import os
 import random
 import signal
 import sys
-import tempfile
 import time
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -24,7 +21,7 @@ from desired_state import store
 from desired_state.models import InstanceSpec, Tool
 from providers.simulated.app import Simulator, SimulatorSettings
 from providers.simulated.server import serve_in_background
-from reconciler.db import EmbeddedPostgres, migrate
+from reconciler.db import EmbeddedPostgres
 from tests.conftest import Sim
 from tests.support import ROOT, cli_env
 
@@ -137,19 +134,6 @@ async def test_three_replicas_converge_and_tear_down_while_being_killed(
             if process.returncode is None:
                 process.send_signal(signal.SIGKILL)
                 await process.wait()
-
-
-@pytest.fixture
-async def private_postgres() -> AsyncIterator[tuple[EmbeddedPostgres, str]]:
-    """A Postgres of this test's own, so it can be stopped without disturbing other tests."""
-    with tempfile.TemporaryDirectory(prefix="rpgr") as directory:
-        server = EmbeddedPostgres(Path(directory) / "data")
-        url = server.start()
-        migrate(url)
-        try:
-            yield server, url
-        finally:
-            server.stop()
 
 
 @pytest.mark.slow

@@ -86,10 +86,14 @@ TOOL_CATALOGUE: Final[tuple[ToolInfo, ...]] = (
 TOOLS: Final[dict[Tool, ToolInfo]] = {info.tool: info for info in TOOL_CATALOGUE}
 TOOL_BY_KIND: Final[dict[str, Tool]] = {info.kind: info.tool for info in TOOL_CATALOGUE}
 
+REDEPLOY_ENV_KEY: Final = "RECONCILER_REDEPLOY"
+"""The variable whose change makes Railway deploy again for a bumped ``redeploy``."""
+
 RESERVED_ENV_KEYS: Final[frozenset[str]] = frozenset(
     key for info in TOOL_CATALOGUE for key in info.env_keys
-) | {"INSTANCE_ID"}
-"""Variables the reconciler sets itself; a caller's ``env`` may not set them."""
+) | {"INSTANCE_ID", REDEPLOY_ENV_KEY}
+"""Variables the reconciler sets itself; a caller's ``env`` may not set them (nor may a row
+written over SQL: migrations/0005_input_rules.sql names them too, and a test keeps both equal)."""
 
 
 class DeploymentState(enum.StrEnum):

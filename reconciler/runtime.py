@@ -42,6 +42,7 @@ from reconciler.loop import Worker
 from reconciler.metrics import Metrics, default_metrics
 from reconciler.observe import Observer
 from reconciler.plan import ResourceDefaults
+from reconciler.secrets_box import seal_stored_secrets, secret_box
 from reconciler.settings import Settings
 
 
@@ -202,12 +203,14 @@ class Runtime:
             limits = parse_limits(settings.rate_limits)
         self.admission = PostgresAdmission(self.pool, self.metrics, limits=limits)
         self.drivers, self.railway = build_drivers(settings, self.http, self.metrics, self.admission)
+        self.secrets = secret_box(settings)
         self.reconciler = Reconciler(
             self.pool,
             self.drivers,
             resource_defaults(settings),
             self.metrics,
             owner=worker_identity(),
+            secrets=self.secrets,
             settings=self.options.engine,
         )
         self.observer = Observer(
@@ -232,6 +235,7 @@ class Runtime:
 
     async def __aenter__(self) -> Runtime:
         await self.pool.open(wait=True, timeout=30)
+        await seal_stored_secrets(self.pool, self.secrets)
         return self
 
     async def __aexit__(

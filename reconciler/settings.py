@@ -128,6 +128,8 @@ class Settings:
     rate_limits: str | None = None
     """``RECONCILER_RATE_LIMITS``: per-provider calls per second shared by all replicas, such as
     ``railway=10,telnyx=5/10`` (rate, optional /burst); unset means the built-in defaults."""
+    secret_key: Secret | None = None
+    """``RECONCILER_SECRET_KEY``: seals the provider secrets we store (``reconciler.secrets_box``)."""
 
     def require_railway(self) -> None:
         """Refuse to run the loop without the Railway settings every instance needs."""
@@ -242,4 +244,5 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         pass_through={name: env[name] for name in PASS_THROUGH_VARIABLES if name in env},
         name_prefix=prefix,
         rate_limits=rate_limits,
+        secret_key=_secret(env, "RECONCILER_SECRET_KEY"),
     )

@@ -14,6 +14,7 @@ import httpx
 import psycopg
 
 from reconciler.demo import simulated_env
+from reconciler.secrets_box import embedded_key
 from tests.conftest import Sim
 
 CLI = [sys.executable, "-c", "import cli; cli.main()"]
@@ -23,6 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def cli_env(db_url: str, sim: Sim | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAILWAY_", "OPENROUTER_", "AGENTMAIL_"))}
     env["SERVICE_DATABASE_URL"] = db_url
+    env["RECONCILER_SECRET_KEY"] = embedded_key()  # the key the in-process runtimes of the tests use
     env["PYTHONPATH"] = str(ROOT)
     if sim is not None:
         env.update(simulated_env(sim.root, sim.simulator.railway.project_id))

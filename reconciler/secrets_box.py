@@ -45,11 +45,7 @@ GENERATE_HINT: Final = (
     "generate one with: python -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())'"
 )
 
-SELECT_STALE = """
-SELECT instance_id, kind, secret FROM observed_resources
- WHERE secret IS NOT NULL AND (secret NOT LIKE 'fernet:%%' OR %(check_all)s)
-"""
-SELECT_ONE_SEALED = "SELECT secret FROM observed_resources WHERE secret LIKE 'fernet:%%' LIMIT 1"
+SELECT_STORED = "SELECT instance_id, kind, secret FROM observed_resources WHERE secret IS NOT NULL"
 RESEAL = """
 UPDATE observed_resources SET secret = %(sealed)s
  WHERE instance_id = %(instance_id)s AND kind = %(kind)s AND secret = %(stored)s
@@ -63,7 +59,7 @@ class SecretKeyError(SettingsError):
 class SecretBox:
     """Seals and opens stored provider secrets. Its ``repr`` never shows a key."""
 
-    __slots__ = ("_fernet", "_primary", "rotating", "source")
+    __slots__ = ("_fernet", "_primary", "source")
 
     def __init__(self, keys: str, source: str = SETTING) -> None:
         self.source = source
@@ -75,7 +71,6 @@ class SecretBox:
         if not fernets:
             raise SecretKeyError(f"{source} is empty: {GENERATE_HINT}")
         self._primary = fernets[0]
-        self.rotating = len(fernets) > 1
         self._fernet = MultiFernet(fernets)
 
     def __repr__(self) -> str:
@@ -151,20 +146,21 @@ def secret_box(settings: Settings) -> SecretBox:
 
 
 async def seal_stored_secrets(pool: AsyncConnectionPool[Any], box: SecretBox) -> int:
-    """Check that ``box`` opens what is stored, and seal what is not sealed with its first key.
+    """Check that ``box`` opens every stored secret, and seal with its first key what is not.
 
-    Returns how many rows were sealed. Each row is a compare-and-set on the value read, so a
+    Runs before any work, so a wrong key stops the process here, with one line, rather than
+    failing one instance after another (one row per resource holding a secret: milliseconds).
+    Returns how many rows were sealed. Each is a compare-and-set on the value read, so a
     concurrent writer is never overwritten and a crash leaves readable rows.
     """
     sealed = 0
     async with pool.connection() as conn:
-        sample = await (await conn.execute(SELECT_ONE_SEALED)).fetchone()
-        if sample is not None:
-            box.open_(sample[0])  # a wrong key stops here, before any work
-        rows = await (await conn.execute(SELECT_STALE, {"check_all": box.rotating})).fetchall()
+        rows = await (await conn.execute(SELECT_STORED)).fetchall()
+        fresh = []
         for instance_id, kind, stored in rows:
-            if not box.stale(stored):
-                continue
-            params = {"instance_id": instance_id, "kind": kind, "stored": stored, "sealed": box.seal(box.open_(stored))}
+            value = box.open_(stored)
+            if box.stale(stored):
+                fresh.append({"instance_id": instance_id, "kind": kind, "stored": stored, "sealed": box.seal(value)})
+        for params in fresh:
             sealed += (await conn.execute(RESEAL, params)).rowcount
     return sealed

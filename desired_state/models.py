@@ -139,6 +139,20 @@ def _env_rules(value: dict[str, str]) -> dict[str, str]:
     return value
 
 
+def _any_case(text: str) -> str:
+    return "".join(f"[{c.upper()}{c.lower()}]" if c.isalpha() else re.escape(c) for c in text)
+
+
+RESERVED_ENV_NAME_REGEX: Final = (
+    f"^(?:{_any_case(RAILWAY_RESERVED_PREFIX)}|(?:"
+    + "|".join(_any_case(name) for name in sorted(RAILWAY_RESERVED_NAMES | RESERVED_ENV_KEYS))
+    + ")$)"
+)
+""":func:`reserved_env_name` as a JSON Schema (ECMA 262) pattern, for the published schema."""
+ENV_VALUE_REGEX: Final = r"^(?:[^\u0000$]|\$(?!\{\{))*$"
+"""An env value without NUL or a Railway reference, as a JSON Schema pattern."""
+
+
 EnvVariables = Annotated[
     dict[str, str],
     _at_most(MAX_ENV_VARS, "variables", "an object"),
@@ -146,9 +160,9 @@ EnvVariables = Annotated[
     Field(
         json_schema_extra={
             "maxProperties": MAX_ENV_VARS,
-            "propertyNames": {"pattern": ENV_NAME_PATTERN.pattern},
+            "propertyNames": {"pattern": ENV_NAME_PATTERN.pattern, "not": {"pattern": RESERVED_ENV_NAME_REGEX}},
             # The rule counts UTF-8 bytes, a schema characters: looser for non-ASCII text.
-            "additionalProperties": {"type": "string", "maxLength": MAX_ENV_VALUE_BYTES},
+            "additionalProperties": {"type": "string", "maxLength": MAX_ENV_VALUE_BYTES, "pattern": ENV_VALUE_REGEX},
         },
         description=(
             f"At most {MAX_ENV_VARS} variables. Names: [A-Za-z_][A-Za-z0-9_]*, at most "

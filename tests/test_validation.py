@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+import jsonschema
 import pytest
 from pydantic import ValidationError
 
@@ -279,3 +280,33 @@ def test_a_stored_row_breaking_any_rule_is_a_validation_error(spec: dict[str, ob
     with pytest.raises(ValidationError) as caught:
         InstanceSpec.from_row("ok", "", spec)
     assert REFERENCE not in str(describe_validation_error(caught.value))
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"OPENCLAW_PRIMARY_MODEL": "a/b"},
+        {"PORT": "1"},
+        {"Port": "1"},
+        {"PORTS": "1"},
+        {"RAILWAY_X": "1"},
+        {"railway_x": "1"},
+        {"RAILWAYX": "1"},
+        {"INSTANCE_ID": "1"},
+        {"MY_INSTANCE_ID": "1"},
+        {"TELNYX_PHONE_NUMBER": "1"},
+        {"V": "$HOME ${HOME} {{x}}"},
+        {"V": "https://${{shared.DOMAIN}}"},
+        {"V": "$${{x}}"},
+        {"V": "a\x00b"},
+    ],
+)
+def test_the_published_env_schema_says_what_the_model_checks(env: dict[str, str]) -> None:
+    schema = InstanceSpec.model_json_schema(by_alias=True)["properties"]["env"]
+    schema_accepts = jsonschema.Draft202012Validator(schema).is_valid(env)
+    try:
+        parse_instance({"instanceId": "ok", "env": env})
+        model_accepts = True
+    except SpecError:
+        model_accepts = False
+    assert schema_accepts == model_accepts

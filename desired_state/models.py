@@ -27,7 +27,7 @@ from pydantic import (
 from desired_state.vocabulary import RESERVED_ENV_KEYS, TOOLS
 from desired_state.vocabulary import Tool as Tool  # re-exported: its home is the vocabulary
 
-# -- the documented maxima (docs/api.md, docs/sql-contract.md and /openapi.json repeat them) -------
+# -- the documented maxima (the field descriptions carry them to /openapi.json; docs/sql-contract.md) --
 # The pool generates ids with nanoid (alphabet A-Za-z0-9_-), 12 characters by default. We accept
 # 1..32 of that alphabet: derived names ("convos-agent-" + id) must stay within Railway's limits.
 MAX_INSTANCE_ID_CHARS: Final = 32

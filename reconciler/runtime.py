@@ -189,6 +189,7 @@ class Runtime:
     ) -> None:
         self.settings = settings
         self.database_url = database_url
+        self.secrets = secret_box(settings)  # first: a missing or malformed key opens nothing
         self.options = options or RuntimeOptions(engine=EngineSettings())
         self.metrics = metrics or default_metrics()
         self.pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
@@ -203,7 +204,6 @@ class Runtime:
             limits = parse_limits(settings.rate_limits)
         self.admission = PostgresAdmission(self.pool, self.metrics, limits=limits)
         self.drivers, self.railway = build_drivers(settings, self.http, self.metrics, self.admission)
-        self.secrets = secret_box(settings)
         self.reconciler = Reconciler(
             self.pool,
             self.drivers,
@@ -235,7 +235,11 @@ class Runtime:
 
     async def __aenter__(self) -> Runtime:
         await self.pool.open(wait=True, timeout=30)
-        await seal_stored_secrets(self.pool, self.secrets)
+        try:
+            await seal_stored_secrets(self.pool, self.secrets)
+        except BaseException:
+            await self.__aexit__(None, None, None)
+            raise
         return self
 
     async def __aexit__(

@@ -28,15 +28,15 @@ BEGIN
     END IF;
     FOR item IN SELECT key, value FROM jsonb_each(env) LOOP
         name := left(item.key, 128);
+        IF jsonb_typeof(item.value) <> 'string' THEN
+            RETURN format('env.%s: Input should be a valid string', name);
+        END IF;
         IF upper(item.key) LIKE 'RAILWAY\_%' OR upper(item.key) = 'PORT' THEN
             RETURN format('env: %s is set by Railway and cannot be set in env', name);
         END IF;
         IF upper(item.key) IN ('INSTANCE_ID', 'RECONCILER_REDEPLOY', 'OPENROUTER_API_KEY', 'AGENTMAIL_INBOX_ID',
                                'TELNYX_PHONE_NUMBER', 'TELNYX_MESSAGING_PROFILE_ID') THEN
             RETURN format('env: %s is set by the reconciler and cannot be set in env', name);
-        END IF;
-        IF jsonb_typeof(item.value) <> 'string' THEN
-            RETURN format('env.%s: Input should be a valid string', name);
         END IF;
         IF strpos(item.value #>> '{}', '${{') > 0 THEN
             RETURN format('env: value of %s holds a Railway variable reference (''${{...}}''), '

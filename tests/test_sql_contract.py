@@ -21,6 +21,7 @@ from desired_state.models import SpecError, parse_instance
 from desired_state.vocabulary import RESERVED_ENV_KEYS
 from reconciler.db import MIGRATIONS_DIR, create_database, migrate
 from reconciler.runtime import Runtime
+from reconciler.status import instance_statuses
 from tests.conftest import Sim, simulated_runtime
 
 CREATE = """
@@ -298,6 +299,9 @@ async def _migrate_over_an_old_bad_row(url: str, sim: Sim, tmp_path: Path) -> No
         assert row["last_error"].startswith("invalid spec: spec.env: value of STEAL holds a Railway variable")
         assert REFERENCE not in row["last_error"]
         assert sim.simulator.snapshot()["railway"]["services"] == []
+        # `reconciler status` lists it (its stored spec cannot be parsed, its error says why).
+        [status] = await instance_statuses(conn, ["oldBad"])
+        assert status.phase == "Failed" and status.last_error == row["last_error"]
         # The reconciler's own writes to the row keep working; a fix from the caller converges.
         await conn.execute("UPDATE desired_instances SET spec = spec - 'env' WHERE instance_id = 'oldBad'")
         fixed = await until_converged(conn, "oldBad")

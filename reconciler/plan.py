@@ -30,6 +30,7 @@ from datetime import datetime
 from typing import Any
 
 from desired_state.models import InstanceSpec, Tool
+from desired_state.vocabulary import REDEPLOY_ENV_KEY
 from providers.base import CREATE_ORDER, DesiredResource, ResourceKind
 
 RAILWAY_KINDS: tuple[ResourceKind, ...] = (
@@ -142,7 +143,7 @@ def runtime_variables(
     if spec.redeploy:
         # A changed variable is what makes Railway deploy again (a bare redeploy may reuse a
         # cached image tag: study, section 5.3).
-        variables["RECONCILER_REDEPLOY"] = str(spec.redeploy)
+        variables[REDEPLOY_ENV_KEY] = str(spec.redeploy)
     for tool in spec.tools:
         kind = TOOL_KINDS[tool]
         row = observed.get(kind)

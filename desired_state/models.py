@@ -91,7 +91,7 @@ def reserved_env_name(name: str) -> str | None:
     return None
 
 
-def _at_most(limit: int, what: str, container: str) -> BeforeValidator:
+def at_most(limit: int, what: str, container: str) -> BeforeValidator:
     """Refuse a container longer than ``limit`` before a single item is validated.
 
     Pydantic checks ``max_length`` only after validating every item (and collects an error for
@@ -155,7 +155,7 @@ ENV_VALUE_REGEX: Final = r"^(?:[^\u0000$]|\$(?!\{\{))*$"
 
 EnvVariables = Annotated[
     dict[str, str],
-    _at_most(MAX_ENV_VARS, "variables", "an object"),
+    at_most(MAX_ENV_VARS, "variables", "an object"),
     AfterValidator(_env_rules),
     Field(
         json_schema_extra={
@@ -191,7 +191,7 @@ class InstanceSpec(BaseModel):
         max_length=MAX_NAME_CHARS,
         description=f"Human name, at most {MAX_NAME_CHARS} characters; defaults to the instance id.",
     )
-    tools: Annotated[tuple[Tool, ...], _at_most(MAX_TOOLS, "tool ids", "a list")] = Field(
+    tools: Annotated[tuple[Tool, ...], at_most(MAX_TOOLS, "tool ids", "a list")] = Field(
         default=(),
         max_length=MAX_TOOLS,
         description=f"Tools to provision, each at most once: {', '.join(TOOLS)}.",

@@ -26,12 +26,15 @@ manager may read (docs/sql-contract.md says how to restrict it).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
+import time
 import uuid
 from pathlib import Path
 from typing import Any, Final
 
+import psycopg
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from psycopg_pool import AsyncConnectionPool
 
@@ -145,14 +148,26 @@ def secret_box(settings: Settings) -> SecretBox:
     )
 
 
-async def seal_stored_secrets(pool: AsyncConnectionPool[Any], box: SecretBox) -> int:
+async def seal_stored_secrets(pool: AsyncConnectionPool[Any], box: SecretBox, *, patience: float = 30.0) -> int:
     """Check that ``box`` opens every stored secret, and seal with its first key what is not.
 
     Runs before any work, so a wrong key stops the process here, with one line, rather than
     failing one instance after another (one row per resource holding a secret: milliseconds).
-    Returns how many rows were sealed. Each is a compare-and-set on the value read, so a
-    concurrent writer is never overwritten and a crash leaves readable rows.
+    A database that goes away meanwhile is waited for, up to ``patience`` seconds, as the pool
+    waits for it when it opens. Returns how many rows were sealed. Each is a compare-and-set on
+    the value read, so a concurrent writer is never overwritten and a crash leaves readable rows.
     """
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            return await _seal_stored_secrets(pool, box)
+        except (psycopg.OperationalError, psycopg.InterfaceError):
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.5)
+
+
+async def _seal_stored_secrets(pool: AsyncConnectionPool[Any], box: SecretBox) -> int:
     sealed = 0
     async with pool.connection() as conn:
         rows = await (await conn.execute(SELECT_STORED)).fetchall()

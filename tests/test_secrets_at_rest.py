@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import stat
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -11,10 +13,11 @@ from typing import Any
 import psycopg
 import pytest
 from prometheus_client import CollectorRegistry
+from psycopg_pool import AsyncConnectionPool
 
 from desired_state import store
 from desired_state.models import InstanceSpec, Tool
-from reconciler.db import MIGRATIONS_DIR, create_database, migrate
+from reconciler.db import MIGRATIONS_DIR, EmbeddedPostgres, create_database, migrate
 from reconciler.demo import simulated_settings
 from reconciler.metrics import Metrics
 from reconciler.runtime import Runtime
@@ -190,3 +193,27 @@ def test_values_in_clear_are_read_as_they_are_and_keys_never_print() -> None:
     assert key not in repr(box)
     settings = load_settings({"RECONCILER_SECRET_KEY": key})
     assert key not in repr(settings)
+
+
+async def test_the_start_up_check_waits_for_a_database_that_goes_away(tmp_path: Path) -> None:
+    # Found by tests/test_chaos.py: Postgres stopped just after the pool opened killed the process.
+    server = EmbeddedPostgres(tmp_path / "data")
+    url = server.start()
+    try:
+        migrate(url)
+        pool: AsyncConnectionPool[Any] = AsyncConnectionPool(url, min_size=1, open=False)
+        await pool.open(wait=True)
+        try:
+            server.stop()
+
+            def restart_soon() -> str:
+                time.sleep(1.0)
+                return server.start()
+
+            restart = asyncio.get_running_loop().run_in_executor(None, restart_soon)
+            assert await seal_stored_secrets(pool, SecretBox(generate_key())) == 0
+            await restart
+        finally:
+            await pool.close()
+    finally:
+        server.stop()

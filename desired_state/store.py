@@ -10,6 +10,8 @@ or through plain SQL wakes the loop the same way.
 wake-up). ``mark_absent`` does not delete: the row stays, marked for teardown, until the
 reconciler has confirmed every provider resource gone (the finalizer of ARCHITECTURE.md 3.4).
 
+Its statements live in :mod:`desired_state.queries` with the package's others.
+
 Two writes serve the HTTP API, which must never lose a concurrent caller's change:
 
 * ``create`` inserts only when the id is new; an existing row is compared, never overwritten, so
@@ -35,108 +37,19 @@ from psycopg.types.json import Jsonb
 from pydantic import ValidationError
 
 from desired_state.models import InstanceSpec, describe_validation_error
-
-UPSERT_DESIRED = """
-INSERT INTO desired_instances (instance_id, name, spec, present)
-VALUES (%(instance_id)s, %(name)s, %(spec)s, TRUE)
-ON CONFLICT (instance_id) DO UPDATE
-   SET name = EXCLUDED.name, spec = EXCLUDED.spec, present = TRUE
- WHERE (desired_instances.name, desired_instances.spec, desired_instances.present)
-       IS DISTINCT FROM (EXCLUDED.name, EXCLUDED.spec, TRUE)
-RETURNING (xmax = 0) AS inserted, generation
-"""
-
-# Create-if-absent: an existing row is left alone (compared by ``create``, never overwritten).
-INSERT_IF_ABSENT = """
-INSERT INTO desired_instances (instance_id, name, spec, present)
-VALUES (%(instance_id)s, %(name)s, %(spec)s, TRUE)
-ON CONFLICT (instance_id) DO NOTHING
-RETURNING generation
-"""
-
-COMPARE_EXISTING = """
-SELECT generation, present, (name = %(name)s AND spec = %(spec)s) AS same
-  FROM desired_instances WHERE instance_id = %(instance_id)s
-"""
-
-SELECT_SPEC_FOR_CHANGE = """
-SELECT name, spec, present, generation FROM desired_instances WHERE instance_id = %(instance_id)s
-FOR NO KEY UPDATE
-"""
-
-# Compare-and-set: lands only if nobody changed the row since it was read.
-UPDATE_IF_GENERATION = """
-UPDATE desired_instances SET name = %(name)s, spec = %(spec)s
- WHERE instance_id = %(instance_id)s AND generation = %(generation)s AND present
-RETURNING generation
-"""
-
-# An instance only the seed's instance_infra records (made by the system this one replaces, see
-# reconciler/legacy.py) becomes a desired row marked absent, with a resource row for everything
-# it may hold: known ids are deleted directly, the rest are found by derived name (an intent
-# without an id is how the engine says "this may exist: look it up"). Then the usual finalizer
-# tears it down. Telnyx numbers were recorded by phone number, not id (and bought without our
-# reference), so they are found by that number.
-ADOPT_FOR_TEARDOWN = """
-WITH legacy AS (
-    SELECT i.instance_id, i.provider_service_id, i.volume_id
-      FROM instance_infra i
-     WHERE i.instance_id = ANY(%(ids)s)
-       AND NOT EXISTS (SELECT 1 FROM desired_instances d WHERE d.instance_id = i.instance_id)
-), tools AS (
-    SELECT s.instance_id, s.tool_id, s.resource_id
-      FROM instance_services s JOIN legacy USING (instance_id)
-     WHERE s.tool_id IN ('openrouter', 'agentmail', 'telnyx')
-), adopted AS (
-    INSERT INTO desired_instances (instance_id, spec, present, phase)
-    SELECT l.instance_id,
-           jsonb_build_object(
-               'tools', coalesce((SELECT jsonb_agg(t.tool_id ORDER BY t.tool_id) FROM tools t
-                                   WHERE t.instance_id = l.instance_id), '[]'::jsonb),
-               'env', '{}'::jsonb),
-           FALSE, 'Deleting'
-      FROM legacy l
-    ON CONFLICT (instance_id) DO NOTHING
-    RETURNING instance_id
-), resources AS (
-    SELECT l.instance_id, 'railway_service' AS kind, l.provider_service_id AS external_id,
-           '{}'::jsonb AS attributes
-      FROM legacy l
-    UNION ALL SELECT l.instance_id, 'railway_volume', l.volume_id, '{}'::jsonb FROM legacy l
-    UNION ALL SELECT l.instance_id, 'railway_domain', NULL, '{}'::jsonb FROM legacy l
-    UNION ALL
-    SELECT t.instance_id,
-           CASE t.tool_id WHEN 'openrouter' THEN 'openrouter_key'
-                          WHEN 'agentmail' THEN 'agentmail_inbox' ELSE 'telnyx_number' END,
-           CASE WHEN t.tool_id = 'telnyx' THEN NULL ELSE t.resource_id END,
-           CASE WHEN t.tool_id = 'telnyx' THEN jsonb_build_object('phone_number', t.resource_id)
-                ELSE '{}'::jsonb END
-      FROM tools t
-), recorded AS (
-    INSERT INTO observed_resources (instance_id, kind, derived_name, external_id, status, attributes, intent_at)
-    SELECT r.instance_id, r.kind, %(prefix)s || '-' || r.instance_id, r.external_id,
-           'ready', r.attributes, CASE WHEN r.external_id IS NULL THEN now() END
-      FROM resources r JOIN adopted USING (instance_id)
+from desired_state.queries import (
+    ADOPT_FOR_TEARDOWN,
+    COMPARE_EXISTING,
+    INSERT_IF_ABSENT,
+    MARK_ABSENT,
+    SELECT_ALL,
+    SELECT_ONE,
+    SELECT_SOME,
+    SELECT_SPEC_FOR_CHANGE,
+    UPDATE_IF_GENERATION,
+    UPSERT_DESIRED,
 )
-INSERT INTO events (instance_id, kind, action, outcome, detail)
-SELECT instance_id, NULL, 'adopt_for_teardown', 'ok', '{"from": "instance_infra"}'::jsonb FROM adopted
-RETURNING instance_id
-"""
-
-MARK_ABSENT = """
-UPDATE desired_instances SET present = FALSE
- WHERE instance_id = ANY(%(ids)s)
-RETURNING instance_id
-"""
-
-SELECT_DESIRED_COLUMNS = """
-SELECT instance_id, name, spec, present, generation, observed_generation, phase, attempts,
-       next_attempt_at, last_error, created_at, updated_at, ready_at
-  FROM desired_instances
-"""
-SELECT_ONE = SELECT_DESIRED_COLUMNS + " WHERE instance_id = %(instance_id)s"
-SELECT_ALL = SELECT_DESIRED_COLUMNS + " ORDER BY instance_id"
-SELECT_SOME = SELECT_DESIRED_COLUMNS + " WHERE instance_id = ANY(%(ids)s) ORDER BY instance_id"
+from desired_state.vocabulary import TOOL_CATALOGUE, Phase, Tool
 
 
 class PutOutcome(enum.StrEnum):
@@ -261,7 +174,17 @@ async def adopt_for_teardown(conn: AsyncConnection[Any], instance_ids: Iterable[
     Returns the ids imported; ``mark_absent`` then finds them like any other row.
     """
     async with conn.cursor() as cur:
-        await cur.execute(ADOPT_FOR_TEARDOWN, {"ids": list(instance_ids), "prefix": name_prefix})
+        await cur.execute(
+            ADOPT_FOR_TEARDOWN,
+            {
+                "ids": list(instance_ids),
+                "prefix": name_prefix,
+                "tool_ids": [info.tool.value for info in TOOL_CATALOGUE],
+                "tool_kinds": [info.kind for info in TOOL_CATALOGUE],
+                "telnyx": Tool.TELNYX.value,
+                "deleting": Phase.DELETING.value,
+            },
+        )
         return [row[0] for row in await cur.fetchall()]
 
 

@@ -86,12 +86,15 @@ TOOL_CATALOGUE: Final[tuple[ToolInfo, ...]] = (
 TOOLS: Final[dict[Tool, ToolInfo]] = {info.tool: info for info in TOOL_CATALOGUE}
 TOOL_BY_KIND: Final[dict[str, Tool]] = {info.kind: info.tool for info in TOOL_CATALOGUE}
 
-REDEPLOY_ENV_KEY: Final = "RECONCILER_REDEPLOY"
-"""The variable whose change makes Railway deploy again for a bumped ``redeploy``."""
+INSTANCE_ID_ENV: Final = "INSTANCE_ID"
+"""The variable that tells an instance's runtime its own id."""
+REDEPLOY_ENV: Final = "RECONCILER_REDEPLOY"
+"""The variable carrying the spec's ``redeploy`` count: changing a variable is what makes Railway
+deploy again."""
 
 RESERVED_ENV_KEYS: Final[frozenset[str]] = frozenset(
     key for info in TOOL_CATALOGUE for key in info.env_keys
-) | {"INSTANCE_ID", REDEPLOY_ENV_KEY}
+) | {INSTANCE_ID_ENV, REDEPLOY_ENV}
 """Variables the reconciler sets itself; a caller's ``env`` may not set them (nor may a row
 written over SQL: migrations/0005_input_rules.sql names them too, and a test keeps both equal)."""
 
@@ -147,7 +150,11 @@ class ReconcileResult(enum.StrEnum):
 
 
 class CallOutcome(enum.StrEnum):
-    """How one provider call ended (the ``outcome`` label of the provider-call metrics)."""
+    """How one provider call ended (the ``outcome`` label of the provider-call metrics).
+
+    Providers raise their own errors (``providers.base``); the reconciler maps each error class
+    onto one of these in one place (``reconciler.metrics.call_outcome``).
+    """
 
     OK = "ok"
     TRANSIENT = "transient"

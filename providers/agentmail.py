@@ -11,11 +11,20 @@ key in the ``Authorization`` header, base URL ending in ``/v0``)::
 
 **Crash safety comes from AgentMail itself.** ``client_id`` is AgentMail's idempotency key: a
 create repeated with the same ``client_id`` answers 200 with the *original* inbox instead of a
-duplicate. We send the derived name as both ``username`` and ``client_id``, so a create that
-crashed after the provider acted is simply repeated. The one case left is a username already
-taken (403 ``resource_taken`` / 409 ``already_exists``): then we list our inboxes, and if one
-carries our ``client_id`` it is ours and is returned; otherwise somebody else holds the address
-and that is a ``Conflict`` for a human.
+duplicate. We send the derived name as ``client_id`` (exactly, so lookups and the garbage
+collector find our inboxes by it), so a create that crashed after the provider acted is simply
+repeated. The one case left is a username already taken (403 ``resource_taken`` / 409
+``already_exists``): then we list our inboxes, and if one carries our ``client_id`` it is ours
+and is returned; otherwise somebody else holds the address, which retrying cannot change:
+:class:`~providers.base.NameTaken`, a terminal error that names the address.
+
+**Usernames are case-insensitive at AgentMail** (an address is lower-cased), while instance ids
+are not: ``concA`` and ``conca`` would both ask for ``convos-agent-conca``. So the username is
+:func:`inbox_username` of the derived name: the name itself when it is lower-case (what every
+inbox made before this rule has, so nothing existing changes), else the lower-cased name, a dot
+and a digest of the exact name. Instance ids have no dots, so such a username can never be
+another instance's. An inbox made under the old rule for a mixed-case id still carries its exact
+``client_id``, so it is still found and adopted.
 
 The inbox id *is* the email address. Like the official SDK we put it in the path with a raw
 ``@`` (httpx leaves ``@`` alone in a path); anything else unsafe in it is percent-encoded.
@@ -23,12 +32,13 @@ The inbox id *is* the email address. Like the official SDK we put it in the path
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 from urllib.parse import quote
 
-from providers._http import ProviderHTTP, require
-from providers.base import ConfigError, Conflict, DesiredResource, Observed, ResourceKind, Transient
+from providers.base import ConfigError, Conflict, DesiredResource, NameTaken, Observed, ResourceKind, Transient
+from providers.http import ProviderHTTP, require
 
 PROVIDER = "agentmail"
 PAGE_LIMIT = 100
@@ -49,6 +59,16 @@ class _UsernameTaken(Conflict):
 
 
 _TAKEN_CODES = {"resource_taken": _UsernameTaken, "already_exists": _UsernameTaken}
+USERNAME_DIGEST_CHARS = 10
+
+
+def inbox_username(name: str) -> str:
+    """The inbox username for a derived name; two names that differ only in case never share one."""
+    lowered = name.lower()
+    if lowered == name:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:USERNAME_DIGEST_CHARS]
+    return f"{lowered}.{digest}"
 
 
 class AgentMailInboxDriver:
@@ -75,7 +95,8 @@ class AgentMailInboxDriver:
 
     async def create(self, want: DesiredResource) -> Observed:
         domain, display_name = _params(want)
-        body: dict[str, Any] = {"username": want.name, "display_name": display_name, "client_id": want.name}
+        username = inbox_username(want.name)
+        body: dict[str, Any] = {"username": username, "display_name": display_name, "client_id": want.name}
         if domain is not None:
             body["domain"] = domain
         try:
@@ -86,8 +107,11 @@ class AgentMailInboxDriver:
             ours = await self.lookup(want)
             if ours is not None:
                 return ours
-            raise Conflict(
-                PROVIDER, "create_inbox", f"username {want.name!r} is held by an inbox we do not own"
+            raise NameTaken(
+                PROVIDER,
+                "create_inbox",
+                f"username {username!r} is held by an inbox we do not own (AgentMail usernames are "
+                "case-insensitive); free the address or choose another instance id",
             ) from taken
         return _observed("create_inbox", answer)
 

@@ -10,7 +10,8 @@ Error hierarchy (what the reconciler does with each)::
     ├── Transient                 5xx, timeouts, connection errors, malformed answers: retry with backoff
     ├── Throttled(retry_after)    429 or a provider-specific "too quickly": defer exactly, not an error
     ├── NotFound                  the resource is not there: on delete it means "already gone"
-    ├── Conflict                  409/422 style clashes (name taken, number already sold)
+    ├── Conflict                  409/422 style clashes (a number already sold): retry
+    │   └── NameTaken             our derived name is held by someone else: terminal, for a human
     └── ConfigError               401/403, bad input, missing setting: needs a human, slow retry only
 
 A driver manages exactly one kind of resource for one instance. Its contract, which every
@@ -24,6 +25,11 @@ implementation must honour for the crash-safety promise of ARCHITECTURE.md secti
 * ``observe(external_id, want)`` reads it; raises ``NotFound`` if it is gone.
 * ``update(external_id, want)`` brings the fields we own to ``want``.
 * ``delete(external_id, want)`` removes it; raises ``NotFound`` if it was already gone.
+* ``list_managed(prefix)`` lists every resource of its kind whose name starts with ``prefix``,
+  all pages, in a number of calls that does not grow with the fleet (a page at a time): the
+  observer's batched read and the garbage collector's inventory. A kind that has no name of ours
+  and hangs off another resource (a Railway volume or domain) is not listed on its own and
+  answers None; so does a provider that is not configured (nothing of ours can exist there).
 
 Drivers never retry in long internal loops: throttling is surfaced to the reconciler, which
 records it durably and defers.
@@ -68,6 +74,14 @@ class NotFound(ProviderError):
 
 class Conflict(ProviderError):
     """The request clashes with existing provider state."""
+
+
+class NameTaken(Conflict):
+    """The resource's derived name is held at the provider by something we do not own.
+
+    Unlike other conflicts, waiting cannot resolve it: a human must free the name (or the caller
+    choose another id). Nothing was created, so the reconciler records no create in doubt.
+    """
 
 
 class ConfigError(ProviderError):
@@ -122,7 +136,10 @@ class Observed:
 
     ``attributes`` are non-secret and safe to store and show. ``secret`` is a value the provider
     returns only once (an OpenRouter key); it is kept out of ``repr``. ``ready`` is False while
-    the provider is still converging on its side (a Railway deployment that is building).
+    the provider is still converging on its side (a Telnyx number whose purchase is pending).
+    ``status`` is the provider's own word for the resource's state, passed on raw: where that
+    word is all there is (a Railway ``DeploymentStatus``), the reconciler decides what it means
+    (``desired_state.vocabulary.DEPLOYMENT_STATES``) and the driver leaves ``ready`` alone.
     """
 
     external_id: str
@@ -131,6 +148,8 @@ class Observed:
     secret: str | None = field(default=None, repr=False)
     ready: bool = True
     status: str = "ready"
+    secrets: Mapping[str, str] = field(default_factory=dict, repr=False)
+    """Live values we compare but never store or show (a Railway service's variables, as listed)."""
 
 
 @runtime_checkable
@@ -148,3 +167,5 @@ class ResourceDriver(Protocol):
     async def update(self, external_id: str, want: DesiredResource) -> Observed: ...
 
     async def delete(self, external_id: str, want: DesiredResource) -> None: ...
+
+    async def list_managed(self, prefix: str) -> list[Observed] | None: ...

@@ -29,8 +29,8 @@ from collections.abc import AsyncIterator, Mapping
 from typing import Any
 from urllib.parse import quote
 
-from providers._http import ProviderHTTP, require
 from providers.base import ConfigError, DesiredResource, Observed, ResourceKind, Transient
+from providers.http import ProviderHTTP, require
 
 PROVIDER = "openrouter"
 LIMIT_RESETS = frozenset({"daily", "weekly", "monthly"})

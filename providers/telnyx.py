@@ -37,8 +37,8 @@ from typing import Any
 
 import httpx
 
-from providers._http import CallObserver, ProviderHTTP, require
 from providers.base import Conflict, DesiredResource, NotFound, Observed, ResourceKind, Transient
+from providers.http import CallObserver, ProviderHTTP, require
 
 PROVIDER = "telnyx"
 SEARCH_LIMIT = 20
@@ -71,7 +71,7 @@ def telnyx_http(
     base_url: str,
     api_key: str,
     *,
-    timeout: float = 15.0,
+    timeout: float | None = None,
     observer: CallObserver | None = None,
 ) -> ProviderHTTP:
     """The transport for Telnyx v2 (``base_url`` ends in ``/v2``), authenticated with ``api_key``."""

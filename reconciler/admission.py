@@ -29,58 +29,8 @@ from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
 from providers.base import ProviderError, Throttled, Transient
+from reconciler import queries
 from reconciler.metrics import Metrics
-
-ENSURE_ROW = """
-INSERT INTO provider_limits (provider, tokens) VALUES (%(provider)s, %(burst)s)
-ON CONFLICT (provider) DO NOTHING
-"""
-
-# Take a token if the provider is not blocked and the refilled bucket holds one. Returns nothing
-# when refused; then WAIT_TIME says for how long.
-CONSUME_ALLOWANCE = """
-UPDATE provider_limits
-   SET tokens = LEAST(%(burst)s, tokens + %(rate)s * EXTRACT(EPOCH FROM clock_timestamp() - refilled_at)) - 1,
-       refilled_at = clock_timestamp()
- WHERE provider = %(provider)s
-   AND COALESCE(blocked_until, '-infinity') <= clock_timestamp()
-   AND COALESCE(circuit_open_until, '-infinity') <= clock_timestamp()
-   AND LEAST(%(burst)s, tokens + %(rate)s * EXTRACT(EPOCH FROM clock_timestamp() - refilled_at)) >= 1
-RETURNING consecutive_failures
-"""
-
-WAIT_TIME = """
-SELECT GREATEST(
-           EXTRACT(EPOCH FROM COALESCE(blocked_until, clock_timestamp()) - clock_timestamp()),
-           EXTRACT(EPOCH FROM COALESCE(circuit_open_until, clock_timestamp()) - clock_timestamp()),
-           (1 - LEAST(%(burst)s, tokens + %(rate)s * EXTRACT(EPOCH FROM clock_timestamp() - refilled_at)))
-               / %(rate)s,
-           0),
-       COALESCE(circuit_open_until > clock_timestamp(), FALSE)
-  FROM provider_limits WHERE provider = %(provider)s
-"""
-
-BLOCK_FOR = """
-UPDATE provider_limits
-   SET blocked_until = GREATEST(COALESCE(blocked_until, '-infinity'),
-                                clock_timestamp() + %(seconds)s * interval '1 second')
- WHERE provider = %(provider)s
-"""
-
-RECORD_FAILURE = """
-UPDATE provider_limits
-   SET consecutive_failures = consecutive_failures + 1,
-       circuit_open_until = CASE WHEN consecutive_failures + 1 >= %(threshold)s
-                                 THEN clock_timestamp() + %(open_seconds)s * interval '1 second'
-                                 ELSE circuit_open_until END
- WHERE provider = %(provider)s
-RETURNING circuit_open_until > clock_timestamp()
-"""
-
-RECORD_SUCCESS = """
-UPDATE provider_limits SET consecutive_failures = 0, circuit_open_until = NULL
- WHERE provider = %(provider)s AND (consecutive_failures > 0 OR circuit_open_until IS NOT NULL)
-"""
 
 
 @dataclass(frozen=True)
@@ -122,7 +72,7 @@ def parse_limits(text: str | None) -> dict[str, Limit]:
 
 @dataclass
 class PostgresAdmission:
-    """The :class:`providers._http.Admission` of the reconciler. One per process."""
+    """The :class:`providers.http.Admission` of the reconciler. One per process."""
 
     pool: AsyncConnectionPool[AsyncConnection[Any]]
     metrics: Metrics
@@ -142,14 +92,14 @@ class PostgresAdmission:
         while True:
             async with self.pool.connection() as conn:  # not held while sleeping
                 if provider not in self._ensured:
-                    await conn.execute(ENSURE_ROW, params)
+                    await conn.execute(queries.ENSURE_LIMIT_ROW, params)
                     self._ensured.add(provider)
-                taken = await (await conn.execute(CONSUME_ALLOWANCE, params)).fetchone()
+                taken = await (await conn.execute(queries.CONSUME_ALLOWANCE, params)).fetchone()
                 if taken is not None:
                     if taken[0]:
                         self._failing.add(provider)
                     return
-                row = await (await conn.execute(WAIT_TIME, params)).fetchone()
+                row = await (await conn.execute(queries.ADMISSION_WAIT, params)).fetchone()
             wait, circuit_open = (float(row[0]), bool(row[1])) if row else (0.0, False)
             if circuit_open:
                 raise Throttled(provider, operation, "circuit open after repeated failures", wait)
@@ -170,13 +120,13 @@ class PostgresAdmission:
                 return  # the common case costs no round trip
             self._failing.discard(provider)
             async with self.pool.connection() as conn:
-                await conn.execute(RECORD_SUCCESS, params)
+                await conn.execute(queries.RECORD_PROVIDER_SUCCESS, params)
             return
         async with self.pool.connection() as conn:
             if isinstance(error, Throttled):
-                await conn.execute(BLOCK_FOR, params | {"seconds": error.retry_after})
+                await conn.execute(queries.BLOCK_PROVIDER_FOR, params | {"seconds": error.retry_after})
                 return
-            row = await (await conn.execute(RECORD_FAILURE, params)).fetchone()
+            row = await (await conn.execute(queries.RECORD_PROVIDER_FAILURE, params)).fetchone()
         self._failing.add(provider)
         if row and row[0]:
             self.metrics.circuit_open.labels(provider).set(1)  # refresh_gauges resets it from the table

@@ -17,19 +17,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-# Railway deployment statuses (the 13 values of DeploymentStatus) by what they mean for us.
-DEPLOY_READY = frozenset({"SUCCESS", "SLEEPING"})
-DEPLOY_FAILED = frozenset({"FAILED", "CRASHED", "REMOVED", "SKIPPED"})
-DEPLOY_PROGRESSING = frozenset(
-    {"QUEUED", "WAITING", "INITIALIZING", "BUILDING", "DEPLOYING", "NEEDS_APPROVAL", "REMOVING"}
-)
+from desired_state.vocabulary import Phase
 
 
 @dataclass(frozen=True)
 class PassResult:
     """What one reconcile pass concluded, in condition terms."""
 
-    phase: str
+    phase: Phase
     ready_reason: str
     ready_message: str = ""
     error: str | None = None
@@ -37,7 +32,7 @@ class PassResult:
 
 def conditions(result: PassResult, generation: int, now: datetime | None = None) -> dict[str, Any]:
     at = (now or datetime.now(UTC)).isoformat()
-    ready = result.phase == "Ready"
+    ready = result.phase == Phase.READY
     return {
         "Ready": {
             "status": "True" if ready else "False",

@@ -10,6 +10,12 @@ Migrations are the numbered ``.sql`` files of ``migrations/``. :func:`migrate` a
 not yet recorded in ``schema_migrations``, each in its own transaction, while holding a
 session advisory lock, so any number of replicas may run it at start-up at once and running it
 twice changes nothing.
+
+``migrations/`` is a package whose ``*.sql`` files are package data, found with
+:mod:`importlib.resources`: the same code reads them from the source tree, an editable install
+or a wheel (a path computed from this file's location found nothing in a wheel, and ``migrate``
+then reported an up-to-date schema on an empty database). Finding no migration at all is an
+error, never "nothing to apply".
 """
 
 from __future__ import annotations
@@ -17,27 +23,20 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
+from importlib.resources import files
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
 import psycopg
 from psycopg import sql
 
-MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+from reconciler import queries
+
+MIGRATIONS_PACKAGE = "migrations"
 EMBEDDED_DIR = Path(".reconciler") / "pgdata"
 MIGRATION_LOCK_KEY = 7_266_524_501  # any constant shared by every replica
 _MIGRATION_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
-
-CREATE_MIGRATIONS_TABLE = """
-CREATE TABLE IF NOT EXISTS schema_migrations (
-    version    INTEGER PRIMARY KEY,
-    name       TEXT NOT NULL,
-    checksum   TEXT NOT NULL,
-    applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
-)
-"""
-SELECT_APPLIED = "SELECT version, checksum FROM schema_migrations"
-INSERT_APPLIED = "INSERT INTO schema_migrations (version, name, checksum) VALUES (%s, %s, %s)"
 
 
 class DatabaseError(Exception):
@@ -55,28 +54,32 @@ class Migration:
         return hashlib.sha256(self.sql.encode()).hexdigest()
 
 
-def load_migrations(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
+def load_migrations(directory: Traversable | None = None) -> list[Migration]:
+    """The migrations in ``directory`` (default: the ``migrations`` package), in version order."""
+    source = files(MIGRATIONS_PACKAGE) if directory is None else directory
     migrations = []
-    for path in sorted(directory.glob("*.sql")):
-        match = _MIGRATION_NAME.match(path.name)
+    for entry in sorted((e for e in source.iterdir() if e.name.endswith(".sql")), key=lambda e: e.name):
+        match = _MIGRATION_NAME.match(entry.name)
         if not match:
-            raise DatabaseError(f"migration file {path.name} must be named NNNN_description.sql")
-        migrations.append(Migration(int(match.group(1)), path.stem, path.read_text()))
+            raise DatabaseError(f"migration file {entry.name} must be named NNNN_description.sql")
+        migrations.append(Migration(int(match.group(1)), entry.name.removesuffix(".sql"), entry.read_text("utf-8")))
+    if not migrations:
+        raise DatabaseError(f"no migration files found in {source}: this installation of the reconciler is incomplete")
     versions = [m.version for m in migrations]
     if len(set(versions)) != len(versions):
         raise DatabaseError("two migration files share a version number")
     return migrations
 
 
-def migrate(url: str, directory: Path = MIGRATIONS_DIR) -> list[str]:
+def migrate(url: str, directory: Traversable | None = None) -> list[str]:
     """Apply pending migrations; returns the names applied (empty when already current)."""
     migrations = load_migrations(directory)
     applied_now: list[str] = []
     with connect(url, autocommit=True) as conn:
-        conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK_KEY,))
+        conn.execute(queries.ADVISORY_LOCK, (MIGRATION_LOCK_KEY,))
         try:
-            conn.execute(CREATE_MIGRATIONS_TABLE)
-            applied = dict(conn.execute(SELECT_APPLIED).fetchall())
+            conn.execute(queries.CREATE_MIGRATIONS_TABLE)
+            applied = dict(conn.execute(queries.SELECT_APPLIED).fetchall())
             for migration in migrations:
                 if migration.version in applied:
                     if applied[migration.version] != migration.checksum:
@@ -86,10 +89,10 @@ def migrate(url: str, directory: Path = MIGRATIONS_DIR) -> list[str]:
                     continue
                 with conn.transaction():
                     conn.execute(migration.sql.encode())
-                    conn.execute(INSERT_APPLIED, (migration.version, migration.name, migration.checksum))
+                    conn.execute(queries.INSERT_APPLIED, (migration.version, migration.name, migration.checksum))
                 applied_now.append(migration.name)
         finally:
-            conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_KEY,))
+            conn.execute(queries.ADVISORY_UNLOCK, (MIGRATION_LOCK_KEY,))
     return applied_now
 
 
@@ -142,11 +145,11 @@ class EmbeddedPostgres:
 def create_database(url: str, name: str, template: str | None = None) -> str:
     """Create database ``name`` (dropping an old one) on the server of ``url``; return its URL."""
     with connect(url, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        conn.execute(queries.DROP_DATABASE.format(sql.Identifier(name)))
         if template:
-            create = sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(name), sql.Identifier(template))
+            create = queries.CREATE_DATABASE_FROM_TEMPLATE.format(sql.Identifier(name), sql.Identifier(template))
         else:
-            create = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
+            create = queries.CREATE_DATABASE.format(sql.Identifier(name))
         conn.execute(create)
     return with_database(url, name)
 

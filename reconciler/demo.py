@@ -24,7 +24,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from desired_state import store
 from desired_state.models import InstanceSpec, Tool
-from providers.simulated.app import Simulator, SimulatorSettings, base_urls
+from desired_state.vocabulary import Phase
+from providers.simulated.app import Simulator, SimulatorSettings, base_urls, upstream_url
 from providers.simulated.faults import FaultPlan, FaultRule
 from providers.simulated.server import serve_in_background
 from reconciler.db import create_database, migrate
@@ -54,6 +55,7 @@ def simulated_env(root: str, project_id: str) -> dict[str, str]:
         "OPENROUTER_API_URL": urls["openrouter"],
         "AGENTMAIL_API_URL": urls["agentmail"],
         "TELNYX_API_URL": urls["telnyx"],
+        "UTIL_ECHO_BASE_URL": upstream_url(root),
         "XMTP_ENV": "dev",
     }
 
@@ -140,14 +142,14 @@ async def run_demo(
                 started = time.monotonic()
 
                 async def ready() -> int:
-                    return (await phase_counts(conn)).get("Ready", 0)
+                    return (await phase_counts(conn)).get(Phase.READY, 0)
 
                 converged = await _wait(console, "converging", instances, ready, time_limit)
                 elapsed = time.monotonic() - started
                 rows = await instance_statuses(conn)
                 console.print(status_table(rows))
                 calls = _provider_calls(metrics)
-                ready_count = sum(r.phase == "Ready" for r in rows)
+                ready_count = sum(r.phase == Phase.READY for r in rows)
                 per_provider = ", ".join(f"{p} {n}" for p, n in calls.items())
                 console.print(
                     f"{'Converged' if converged else 'NOT converged'}: {ready_count}/{instances} instances "

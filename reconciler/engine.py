@@ -26,6 +26,7 @@ What each provider error does to the row (all durable, all visible in ``reconcil
 Throttled      defer exactly ``retry_after`` (at least 1 s); attempts unchanged
 Transient      capped exponential backoff with jitter
 Conflict       as Transient (the next pass looks again)
+NameTaken      phase Failed like ConfigError; the create made nothing, so its intent is cleared
 NotFound       on delete: gone (success); on observe: drift, create again
 ConfigError    phase Failed, retried only at the slow config-error interval
 (other)        a bug or a deadlock: result ``error``, backoff, the type in last_error
@@ -40,7 +41,7 @@ import random
 import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import psycopg
@@ -50,11 +51,20 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 from pydantic import ValidationError
 
-from desired_state.models import InstanceSpec, Tool, describe_validation_error
+from desired_state.models import InstanceSpec, describe_validation_error
+from desired_state.vocabulary import (
+    DEPLOYMENT_STATES,
+    TOOLS,
+    DeploymentState,
+    Phase,
+    ReconcileResult,
+    Tool,
+)
 from providers.base import (
     CREATE_ORDER,
     ConfigError,
     DesiredResource,
+    NameTaken,
     NotFound,
     Observed,
     ProviderError,
@@ -63,10 +73,9 @@ from providers.base import (
     Throttled,
 )
 from reconciler import queries
-from reconciler.conditions import DEPLOY_FAILED, DEPLOY_READY, PassResult, conditions
-from reconciler.metrics import Metrics
+from reconciler.conditions import PassResult, conditions
+from reconciler.metrics import Metrics, call_outcome
 from reconciler.plan import (
-    KIND_TOOLS,
     TOOL_KINDS,
     Action,
     Blocked,
@@ -133,8 +142,8 @@ class Outcome:
 
     instance_id: str
     kind: str  # converge | teardown
-    result: str  # see metrics.RECONCILE_RESULTS
-    phase: str | None = None
+    result: ReconcileResult
+    phase: Phase | None = None
     error: str | None = None
     actions: tuple[Action, ...] = ()
 
@@ -155,7 +164,7 @@ class _Wait(Exception):
 class _Retry(Exception):
     """Internal: a resource step failed; carries the delay and how to record it."""
 
-    def __init__(self, error: ProviderError, kind: ResourceKind, delay: float, result: str) -> None:
+    def __init__(self, error: ProviderError, kind: ResourceKind, delay: float, result: ReconcileResult) -> None:
         super().__init__(str(error))
         self.error = error
         self.kind = kind
@@ -229,7 +238,7 @@ class Reconciler:
             desired = await _fetch_one(conn, queries.SELECT_DESIRED_FOR_RECONCILE, claim.instance_id)
             state = await self._load_state(conn, claim.instance_id)
         if desired is None:
-            return Outcome(claim.instance_id, "converge", "gone")
+            return Outcome(claim.instance_id, "converge", ReconcileResult.GONE)
         kind = "converge" if desired["present"] else "teardown"
         try:
             spec = InstanceSpec.from_row(desired["instance_id"], desired["name"], desired["spec"])
@@ -247,7 +256,7 @@ class Reconciler:
                 outcome = await self._teardown(claim, spec, state)
         except LeaseLost:
             self._metrics.lease_lost.inc()
-            outcome = Outcome(claim.instance_id, kind, "lease_lost")
+            outcome = Outcome(claim.instance_id, kind, ReconcileResult.LEASE_LOST)
         except _Retry as retry:
             outcome = await self._record_failure(claim, kind, retry, state, present=desired["present"])
         except _Wait as wait:
@@ -298,18 +307,23 @@ class Reconciler:
             waiting = not_ready[0]
             row = state.observed.get(waiting)
             provider_status = str(row.attributes.get("deploy_status") or row.status) if row else "pending"
-            if waiting is ResourceKind.RAILWAY_DEPLOYMENT and provider_status in DEPLOY_FAILED:
+            deployment_state = DEPLOYMENT_STATES.get(provider_status)
+            if waiting is ResourceKind.RAILWAY_DEPLOYMENT and deployment_state is DeploymentState.FAILED:
                 # Nothing to retry by ourselves: say so, and look again at the poll interval
                 # (a redeploy or a new spec is what fixes it).
-                result = PassResult("Failed", "DeployFailed", f"the Railway deployment is {provider_status}")
+                result = PassResult(Phase.FAILED, "DeployFailed", f"the Railway deployment is {provider_status}")
                 await self._finish(claim, result, delay=self.settings.poll_interval, observed=True)
-                return Outcome(claim.instance_id, "converge", "done", "Failed", actions=tuple(state.actions))
-            result = PassResult("Provisioning", "Provisioning", f"waiting for {waiting.value} ({provider_status})")
+                return Outcome(
+                    claim.instance_id, "converge", ReconcileResult.DONE, Phase.FAILED, actions=tuple(state.actions)
+                )
+            result = PassResult(Phase.PROVISIONING, "Provisioning", f"waiting for {waiting.value} ({provider_status})")
             await self._finish(claim, result, delay=self.settings.not_ready_interval)
-            return Outcome(claim.instance_id, "converge", "requeue", "Provisioning", actions=tuple(state.actions))
-        result = PassResult("Ready", "Available", "every resource exists and the deploy succeeded")
+            return Outcome(
+                claim.instance_id, "converge", ReconcileResult.REQUEUE, Phase.PROVISIONING, actions=tuple(state.actions)
+            )
+        result = PassResult(Phase.READY, "Available", "every resource exists and the deploy succeeded")
         await self._finish(claim, result, delay=self.settings.poll_interval, observed=True)
-        return Outcome(claim.instance_id, "converge", "done", "Ready", actions=tuple(state.actions))
+        return Outcome(claim.instance_id, "converge", ReconcileResult.DONE, Phase.READY, actions=tuple(state.actions))
 
     async def _teardown(self, claim: Claim, spec: InstanceSpec, state: _State) -> Outcome:
         for kind in reversed(CREATE_ORDER):
@@ -325,10 +339,12 @@ class Reconciler:
             if deleted:
                 await self._event(conn, claim, None, "delete_instance", "ok", {})
         if not deleted:
-            wanted_again = PassResult("Provisioning", "Provisioning", "wanted again while being torn down")
+            wanted_again = PassResult(Phase.PROVISIONING, "Provisioning", "wanted again while being torn down")
             await self._finish(claim, wanted_again, delay=0)
-            return Outcome(claim.instance_id, "teardown", "requeue", "Provisioning", actions=tuple(state.actions))
-        return Outcome(claim.instance_id, "teardown", "gone", None, actions=tuple(state.actions))
+            return Outcome(
+                claim.instance_id, "teardown", ReconcileResult.REQUEUE, Phase.PROVISIONING, actions=tuple(state.actions)
+            )
+        return Outcome(claim.instance_id, "teardown", ReconcileResult.GONE, None, actions=tuple(state.actions))
 
     # -- applying one action ---------------------------------------------------------------------
 
@@ -381,11 +397,23 @@ class Reconciler:
             await self._create(claim, driver, want, state)
         except ProviderError as error:
             retry = self._retry_for(error, kind)
-            if kind in state.created_in_doubt:
+            if isinstance(error, NameTaken):
+                # Refused outright: nothing was created, so no create is in doubt any more.
+                await self._clear_intent(claim, kind, state)
+            elif kind in state.created_in_doubt:
                 # Whatever failed (a timeout, a 5xx, or a later call of a create that makes
                 # several), the create may have landed.
                 retry.at_least = self.settings.create_settle_seconds
             raise retry from None
+
+    async def _clear_intent(self, claim: Claim, kind: ResourceKind, state: _State) -> None:
+        """Record that a create of ``kind`` made nothing (so teardown reports nothing destroyed)."""
+        async with self._fenced(claim) as conn:
+            await conn.execute(queries.CLEAR_INTENT, {"instance_id": claim.instance_id, "kind": kind.value})
+        state.created_in_doubt.discard(kind)
+        row = state.observed.get(kind)
+        if row is not None and row.external_id is None:
+            state.observed[kind] = replace(row, intent_at=None, status="pending")
 
     async def _recreate(self, claim: Claim, driver: ResourceDriver, want: DesiredResource, state: _State) -> None:
         """The resource is gone behind our back (or with a parent that was): record it, create anew."""
@@ -431,7 +459,10 @@ class Reconciler:
                 await self._delete_at_provider(driver, external_id, want)
         except ProviderError as error:
             raise self._retry_for(error, kind) from None
-        await self._forget(claim, kind, state, action="delete", outcome="ok")
+        # Only a resource that was there is reported deleted: an intent whose lookup found nothing
+        # made nothing (the destroy answer is built from these facts).
+        outcome = "ok" if external_id is not None else "not_found"
+        await self._forget(claim, kind, state, action="delete", outcome=outcome, external_id=external_id)
 
     @staticmethod
     async def _delete_at_provider(driver: ResourceDriver, external_id: str, want: DesiredResource) -> None:
@@ -495,7 +526,8 @@ class Reconciler:
     ) -> None:
         ready = found.ready
         if want.kind is ResourceKind.RAILWAY_DEPLOYMENT:
-            ready = ready or found.attributes.get("deploy_status") in DEPLOY_READY  # asleep is fine
+            # The driver passes Railway's raw status on; the vocabulary says what it means.
+            ready = DEPLOYMENT_STATES.get(found.status) is DeploymentState.READY
         status = "ready" if ready else "creating"
         attributes = dict(found.attributes)
         attributes.setdefault("provider_status", found.status)
@@ -535,12 +567,23 @@ class Reconciler:
             intent_at=previous.intent_at if previous else None,
         )
 
-    async def _forget(self, claim: Claim, kind: ResourceKind, state: _State, *, action: str, outcome: str) -> None:
+    async def _forget(
+        self,
+        claim: Claim,
+        kind: ResourceKind,
+        state: _State,
+        *,
+        action: str,
+        outcome: str,
+        external_id: str | None = None,
+    ) -> None:
+        """Drop our row of ``kind``; ``external_id`` names what was acted on (default: the row's)."""
         row = state.observed.get(kind)
         async with self._fenced(claim) as conn:
             await conn.execute(queries.FORGET_RESOURCE, {"instance_id": claim.instance_id, "kind": kind.value})
             if row is not None and (row.external_id is not None or row.intent_at is not None):
-                await self._event(conn, claim, kind, action, outcome, {"external_id": row.external_id})
+                acted_on = external_id if external_id is not None else row.external_id
+                await self._event(conn, claim, kind, action, outcome, {"external_id": acted_on})
         if row is not None and row.external_id is not None:
             self._metrics.resource_mutations.labels(kind.value, action).inc()
             state.progress += 1
@@ -584,13 +627,14 @@ class Reconciler:
     def _service_row(spec: InstanceSpec, tool: Tool, row: ObservedRow, state: _State) -> dict[str, Any]:
         """One ``instance_services`` row with the seed's values for this tool."""
         assert row.external_id is not None
+        env_key = TOOLS[tool].env_keys[0]
         if tool is Tool.OPENROUTER:
             return {
                 "instance_id": spec.instance_id,
                 "tool_id": tool.value,
                 "resource_id": row.external_id,
                 "meta": Jsonb({"limit": row.attributes.get("limit")}),
-                "env_key": "OPENROUTER_API_KEY",
+                "env_key": env_key,
                 "env_value": state.secrets.get(ResourceKind.OPENROUTER_KEY),
             }
         if tool is Tool.AGENTMAIL:
@@ -599,7 +643,7 @@ class Reconciler:
                 "tool_id": tool.value,
                 "resource_id": row.external_id,
                 "meta": Jsonb({}),
-                "env_key": "AGENTMAIL_INBOX_ID",
+                "env_key": env_key,
                 "env_value": row.external_id,
             }
         number = str(row.attributes.get("phone_number") or row.external_id)
@@ -613,7 +657,7 @@ class Reconciler:
                     "phoneNumberId": row.external_id,
                 }
             ),
-            "env_key": "TELNYX_PHONE_NUMBER",
+            "env_key": env_key,
             "env_value": number,
         }
 
@@ -677,23 +721,23 @@ class Reconciler:
         try:
             await self._finish(
                 claim,
-                PassResult("Failed", "InvalidSpec", message, error=message),
+                PassResult(Phase.FAILED, "InvalidSpec", message, error=message),
                 delay=self.settings.config_error_interval,
                 attempts=claim.attempts + 1,
             )
         except LeaseLost:
             self._metrics.lease_lost.inc()
-            return Outcome(claim.instance_id, "converge", "lease_lost", error=message)
-        self._metrics.reconcile_total.labels("converge", "terminal").inc()
-        return Outcome(claim.instance_id, "converge", "terminal", "Failed", error=message)
+            return Outcome(claim.instance_id, "converge", ReconcileResult.LEASE_LOST, error=message)
+        self._metrics.reconcile_total.labels("converge", ReconcileResult.TERMINAL.value).inc()
+        return Outcome(claim.instance_id, "converge", ReconcileResult.TERMINAL, Phase.FAILED, error=message)
 
     def _retry_for(self, error: ProviderError, kind: ResourceKind) -> _Retry:
         if isinstance(error, Throttled):
             # Exactly as asked, but never sooner than a second: "Retry-After: 0" would spin.
-            return _Retry(error, kind, max(MIN_THROTTLE_DELAY, error.retry_after), "throttled")
-        if isinstance(error, ConfigError):
-            return _Retry(error, kind, self.settings.config_error_interval, "terminal")
-        return _Retry(error, kind, -1.0, "retry")  # backoff computed from the attempt count
+            return _Retry(error, kind, max(MIN_THROTTLE_DELAY, error.retry_after), ReconcileResult.THROTTLED)
+        if isinstance(error, ConfigError | NameTaken):  # retrying soon cannot help: for a human
+            return _Retry(error, kind, self.settings.config_error_interval, ReconcileResult.TERMINAL)
+        return _Retry(error, kind, -1.0, ReconcileResult.RETRY)  # backoff computed from the attempt count
 
     def backoff(self, attempts: int) -> float:
         """Capped exponential backoff with full jitter in its upper half."""
@@ -701,41 +745,39 @@ class Reconciler:
         return ceiling * random.uniform(0.5, 1.0)
 
     async def _requeue(self, claim: Claim, kind: str, wait: _Wait, *, present: bool) -> Outcome:
-        phase = "Provisioning" if present else "Deleting"
+        phase = Phase.PROVISIONING if present else Phase.DELETING
         result = PassResult(phase, "Provisioning" if present else "Deleting", wait.message)
         try:
             await self._finish(claim, result, delay=wait.seconds, attempts=claim.attempts)
         except LeaseLost:
             self._metrics.lease_lost.inc()
-            return Outcome(claim.instance_id, kind, "lease_lost")
-        return Outcome(claim.instance_id, kind, "requeue", phase)
+            return Outcome(claim.instance_id, kind, ReconcileResult.LEASE_LOST)
+        return Outcome(claim.instance_id, kind, ReconcileResult.REQUEUE, phase)
 
     async def _record_unexpected(self, claim: Claim, kind: str, exc: Exception, *, present: bool) -> Outcome:
         """Record a failure that is not a provider's answer (a deadlock, a bug); retry with backoff."""
         attempts = claim.attempts + 1
         # The type only: a database error's text may quote row values.
         message = f"internal error ({type(exc).__name__}); details in the reconciler's log"
-        phase = "Provisioning" if present else "Deleting"
+        phase = Phase.PROVISIONING if present else Phase.DELETING
         result = PassResult(phase, "InternalError" if present else "Deleting", message, error=message)
         try:
             await self._finish(claim, result, delay=self.backoff(attempts), attempts=attempts)
         except LeaseLost:
             self._metrics.lease_lost.inc()
-            return Outcome(claim.instance_id, kind, "lease_lost", error=message)
-        return Outcome(claim.instance_id, kind, "error", phase, error=message)
+            return Outcome(claim.instance_id, kind, ReconcileResult.LEASE_LOST, error=message)
+        return Outcome(claim.instance_id, kind, ReconcileResult.ERROR, phase, error=message)
 
     async def _record_failure(self, claim: Claim, kind: str, retry: _Retry, state: _State, *, present: bool) -> Outcome:
-        error_class = {"throttled": "throttled", "terminal": "config_error"}.get(retry.result, "transient")
-        if retry.result == "retry" and type(retry.error).__name__ in ("Conflict", "NotFound"):
-            error_class = type(retry.error).__name__.lower().replace("notfound", "not_found")
-        self._metrics.retried.labels(retry.error.provider, error_class).inc()
-        throttled = retry.result == "throttled"
+        self._metrics.retried.labels(retry.error.provider, call_outcome(retry.error).value).inc()
+        throttled = retry.result is ReconcileResult.THROTTLED
         # Backoff grows with failures in a row *without progress*: a pass that created two
         # resources before failing on the third starts the count again.
         attempts = claim.attempts if throttled else (1 if state.progress else claim.attempts + 1)
         delay = max(retry.at_least, retry.delay if retry.delay >= 0 else self.backoff(attempts))
         message = f"{retry.kind.value}: {retry.error}"
-        phase = "Failed" if retry.result == "terminal" else ("Provisioning" if present else "Deleting")
+        terminal = retry.result is ReconcileResult.TERMINAL
+        phase = Phase.FAILED if terminal else (Phase.PROVISIONING if present else Phase.DELETING)
         log.warning(
             "reconcile of %s deferred %.1fs: %s",
             claim.instance_id,
@@ -756,13 +798,17 @@ class Reconciler:
                     },
                 )
                 await self._event(conn, claim, retry.kind, "error", retry.result, {"error": message})
-            reason = {"terminal": "ConfigError", "throttled": "Throttled"}.get(retry.result, "ProviderError")
+            reason = {ReconcileResult.TERMINAL: "ConfigError", ReconcileResult.THROTTLED: "Throttled"}.get(
+                retry.result, "ProviderError"
+            )
+            if isinstance(retry.error, NameTaken):
+                reason = "NameTaken"
             if not present:
                 reason = "Deleting"
             await self._finish(claim, PassResult(phase, reason, message, error=message), delay=delay, attempts=attempts)
         except LeaseLost:
             self._metrics.lease_lost.inc()
-            return Outcome(claim.instance_id, kind, "lease_lost", error=message)
+            return Outcome(claim.instance_id, kind, ReconcileResult.LEASE_LOST, error=message)
         return Outcome(claim.instance_id, kind, retry.result, phase, error=message, actions=tuple(state.actions))
 
     # -- loading ----------------------------------------------------------------------------------
@@ -785,4 +831,4 @@ async def _fetch_one(conn: AsyncConnection[Any], query: str, instance_id: str) -
         return await cur.fetchone()
 
 
-__all__ = ["KIND_TOOLS", "Claim", "EngineSettings", "LeaseLost", "Outcome", "Reconciler"]
+__all__ = ["Claim", "EngineSettings", "LeaseLost", "Outcome", "Reconciler"]

@@ -35,6 +35,9 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
+from desired_state.vocabulary import TOOLS, Tool
+from reconciler import queries
+
 SERVICES_LEGACY_COLUMNS = ("gateway_token", "setup_password", "wallet_key")
 """``instance_infra`` columns the old system stopped using (seed: ``--drop``)."""
 
@@ -63,34 +66,6 @@ POOL_BACKFILL_COLUMNS = (
     "agentmail_inbox_id",
 )
 """What the backfill reads, when the pool table still has it (``id`` and ``service_id`` are required)."""
-
-FILL_PROJECT_ID = """
-UPDATE instance_infra SET provider_project_id = %(project_id)s WHERE provider_project_id IS NULL
-"""
-INFRA_IS_EMPTY = "SELECT NOT EXISTS (SELECT 1 FROM instance_infra)"
-TABLE_COLUMNS = """
-SELECT column_name FROM information_schema.columns
- WHERE table_schema = current_schema() AND table_name = %(table)s
-"""
-BACKFILL_INFRA = """
-INSERT INTO instance_infra (instance_id, provider, provider_service_id, provider_env_id, provider_project_id,
-                            url, deploy_status, runtime_image, volume_id, created_at)
-VALUES (%(id)s, 'railway', %(service_id)s, %(env_id)s, %(project_id)s,
-        %(url)s, %(deploy_status)s, %(runtime_image)s, %(volume_id)s, coalesce(%(created_at)s, now()))
-ON CONFLICT DO NOTHING
-RETURNING instance_id
-"""
-POOL_PROVISIONED_IDS = "SELECT id FROM instances WHERE service_id IS NOT NULL"
-COUNT_NOT_RECORDED = """
-SELECT count(*) FROM unnest(%(ids)s::text[]) AS pool(id)
- WHERE NOT EXISTS (SELECT 1 FROM instance_infra i WHERE i.instance_id = pool.id)
-"""
-BACKFILL_TOOL = """
-INSERT INTO instance_services (instance_id, tool_id, resource_id, env_key, env_value)
-VALUES (%(instance_id)s, %(tool_id)s, %(resource_id)s, %(env_key)s, %(env_value)s)
-ON CONFLICT (instance_id, tool_id) DO NOTHING
-RETURNING id
-"""
 
 
 @dataclass
@@ -130,7 +105,7 @@ def upgrade(
     report = UpgradeReport()
     with psycopg.connect(services_url, autocommit=True) as services:
         if project_id:
-            report.project_ids_filled = services.execute(FILL_PROJECT_ID, {"project_id": project_id}).rowcount
+            report.project_ids_filled = services.execute(queries.FILL_PROJECT_ID, {"project_id": project_id}).rowcount
         if pool_url:
             try:
                 with psycopg.connect(pool_url) as pool:
@@ -151,7 +126,7 @@ def upgrade(
                             )
                         else:
                             _drop_columns(pool, "instances", POOL_LEGACY_COLUMNS, report)
-                            index = sql.SQL("DROP INDEX IF EXISTS {}").format(sql.Identifier(POOL_LEGACY_INDEX))
+                            index = queries.DROP_INDEX.format(sql.Identifier(POOL_LEGACY_INDEX))
                             pool.execute(index)
                 except psycopg.Error as exc:
                     report.problems.append(f"dropping the pool DB's legacy columns failed: {_first_line(exc)}")
@@ -165,11 +140,11 @@ def _backfill(
     environment_id: str | None,
     report: UpgradeReport,
 ) -> None:
-    empty = services.execute(INFRA_IS_EMPTY).fetchone()
+    empty = services.execute(queries.INFRA_IS_EMPTY).fetchone()
     if not empty or not empty[0]:
         report.backfill_skipped = "instance_infra already has rows (the backfill runs once, into an empty table)"
         return
-    present = {row[0] for row in pool.execute(TABLE_COLUMNS, {"table": "instances"}).fetchall()}
+    present = {row[0] for row in pool.execute(queries.TABLE_COLUMNS, {"table": "instances"}).fetchall()}
     if not present:
         report.backfill_skipped = "the pool DB has no instances table"
         return
@@ -177,7 +152,7 @@ def _backfill(
         report.backfill_skipped = "the pool's instances table has no service_id column (already dropped)"
         return
     columns = [c for c in POOL_BACKFILL_COLUMNS if c in present]
-    select = sql.SQL("SELECT {} FROM instances WHERE service_id IS NOT NULL ORDER BY id").format(
+    select = queries.SELECT_POOL_INSTANCES.format(
         sql.SQL(", ").join(sql.Identifier(c) for c in columns)
     )
     with pool.cursor(row_factory=dict_row) as cur:
@@ -186,49 +161,49 @@ def _backfill(
         for row in rows:
             values = {c: row.get(c) for c in POOL_BACKFILL_COLUMNS}
             inserted = services.execute(
-                BACKFILL_INFRA, {**values, "env_id": environment_id or "unknown", "project_id": project_id}
+                queries.BACKFILL_INFRA, {**values, "env_id": environment_id or "unknown", "project_id": project_id}
             ).fetchone()
             if inserted is None:
                 continue  # another row already holds this instance or service id
             report.backfilled_instances += 1
             tools = (
                 # The key's value was shown once, to the old system: it cannot be recovered.
-                ("openrouter", values["openrouter_key_hash"], "OPENROUTER_API_KEY", None),
-                ("agentmail", values["agentmail_inbox_id"], "AGENTMAIL_INBOX_ID", values["agentmail_inbox_id"]),
+                (Tool.OPENROUTER, values["openrouter_key_hash"], None),
+                (Tool.AGENTMAIL, values["agentmail_inbox_id"], values["agentmail_inbox_id"]),
             )
-            for tool_id, resource_id, env_key, env_value in tools:
+            for tool, resource_id, env_value in tools:
                 if not resource_id:
                     continue
                 params = {
                     "instance_id": values["id"],
-                    "tool_id": tool_id,
+                    "tool_id": tool.value,
                     "resource_id": resource_id,
-                    "env_key": env_key,
+                    "env_key": TOOLS[tool].env_keys[0],
                     "env_value": env_value,
                 }
-                if services.execute(BACKFILL_TOOL, params).fetchone() is not None:
+                if services.execute(queries.BACKFILL_TOOL, params).fetchone() is not None:
                     report.backfilled_tools += 1
 
 
 def _not_in_instance_infra(services: psycopg.Connection[Any], pool: psycopg.Connection[Any]) -> int:
     """How many pool instances with a service id ``instance_infra`` does not record."""
-    present = {row[0] for row in pool.execute(TABLE_COLUMNS, {"table": "instances"}).fetchall()}
+    present = {row[0] for row in pool.execute(queries.TABLE_COLUMNS, {"table": "instances"}).fetchall()}
     if "service_id" not in present:
         return 0
-    ids = [row[0] for row in pool.execute(POOL_PROVISIONED_IDS).fetchall()]
-    row = services.execute(COUNT_NOT_RECORDED, {"ids": ids}).fetchone()
+    ids = [row[0] for row in pool.execute(queries.POOL_PROVISIONED_IDS).fetchall()]
+    row = services.execute(queries.COUNT_NOT_RECORDED, {"ids": ids}).fetchone()
     return int(row[0]) if row else 0
 
 
 def _drop_columns(
     conn: psycopg.Connection[Any], table: str, columns: tuple[str, ...], report: UpgradeReport
 ) -> None:
-    present = {row[0] for row in conn.execute(TABLE_COLUMNS, {"table": table}).fetchall()}
+    present = {row[0] for row in conn.execute(queries.TABLE_COLUMNS, {"table": table}).fetchall()}
     for column in columns:
         if column not in present:
             continue
         conn.execute(
-            sql.SQL("ALTER TABLE {} DROP COLUMN IF EXISTS {}").format(sql.Identifier(table), sql.Identifier(column))
+            queries.DROP_COLUMN.format(sql.Identifier(table), sql.Identifier(column))
         )
         report.dropped.append(f"{table}.{column}")
 

@@ -1,7 +1,7 @@
 """Structured logs: one JSON object a line when stderr is not a terminal, plain text when it is.
 
 Fields passed with ``extra={...}`` become JSON keys. Messages are built by our own code from
-closed vocabularies and provider error texts that already went through ``providers._http.redact``;
+closed vocabularies and provider error texts that already went through ``providers.http.redact``;
 no log call in this code base is handed a credential.
 """
 

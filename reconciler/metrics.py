@@ -8,23 +8,45 @@ instance id, never anything a caller wrote, never a secret.
 
 from __future__ import annotations
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+from wsgiref.simple_server import WSGIServer
 
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from desired_state.vocabulary import PHASES, CallOutcome, NotConvergedReason, ReconcileResult
 from providers import agentmail, openrouter, railway, telnyx
-from providers.base import ResourceKind
+from providers.base import ConfigError, Conflict, NotFound, ProviderError, ResourceKind, Throttled, Transient
 
-PROVIDERS = ("railway", "openrouter", "agentmail", "telnyx")
 PROVIDER_OPERATIONS: dict[str, tuple[str, ...]] = {
-    "railway": railway.OPERATIONS,
-    "openrouter": openrouter.OPERATIONS,
-    "agentmail": agentmail.OPERATIONS,
-    "telnyx": telnyx.OPERATIONS,
+    client.PROVIDER: client.OPERATIONS for client in (railway, openrouter, agentmail, telnyx)
 }
-CALL_OUTCOMES = ("ok", "transient", "throttled", "not_found", "conflict", "config_error")
+"""Every operation name each provider's client reports (its ``operation`` labels)."""
+PROVIDERS: tuple[str, ...] = tuple(PROVIDER_OPERATIONS)
 RECONCILE_KINDS = ("converge", "teardown")
-RECONCILE_RESULTS = ("done", "requeue", "retry", "throttled", "terminal", "lease_lost", "gone", "error")
 DRIFT_FIELDS = ("gone", "config")
-NOT_CONVERGED_REASONS = ("provisioning", "retrying", "throttled", "failed", "deleting")
+MUTATION_ACTIONS = ("create", "adopt", "update", "delete", "drift")
+NOT_CONVERGED_REASONS: tuple[str, ...] = tuple(NotConvergedReason)
+"""The ``reason`` label values (:class:`NotConvergedReason`), for the loop's gauge refresh."""
+
+ERROR_OUTCOMES: dict[type[ProviderError], CallOutcome] = {
+    Transient: CallOutcome.TRANSIENT,
+    Throttled: CallOutcome.THROTTLED,
+    NotFound: CallOutcome.NOT_FOUND,
+    Conflict: CallOutcome.CONFLICT,
+    ConfigError: CallOutcome.CONFIG_ERROR,
+    ProviderError: CallOutcome.TRANSIENT,  # an unclassified failure is retried like a transient one
+}
+"""The one mapping of a provider's error (its class) to the outcome label; subclasses a provider
+keeps for itself (AgentMail's "username taken" is a Conflict) map as their base does."""
+
+
+def call_outcome(error: ProviderError | None) -> CallOutcome:
+    """How a provider call ended, as the ``outcome`` and ``error`` labels say it (None: it succeeded)."""
+    if error is None:
+        return CallOutcome.OK
+    for cls in type(error).__mro__:
+        if cls in ERROR_OUTCOMES:
+            return ERROR_OUTCOMES[cls]
+    raise TypeError(f"not a provider error: {type(error).__name__}")  # unreachable: ProviderError is mapped
 
 
 class Metrics:
@@ -140,37 +162,50 @@ class Metrics:
     def preinitialise(self) -> None:
         for kind in RECONCILE_KINDS:
             self.reconcile_seconds.labels(kind)
-            for result in RECONCILE_RESULTS:
-                self.reconcile_total.labels(kind, result)
+            for result in ReconcileResult:
+                self.reconcile_total.labels(kind, result.value)
         for provider in PROVIDERS:
             self.provider_seconds.labels(provider)
             self.throttled.labels(provider)
             for operation in PROVIDER_OPERATIONS[provider]:
-                for outcome in CALL_OUTCOMES:
-                    self.provider_calls.labels(provider, operation, outcome)
+                for outcome in CallOutcome:
+                    self.provider_calls.labels(provider, operation, outcome.value)
         for resource in ResourceKind:
-            for action in ("create", "adopt", "update", "delete", "drift"):
+            for action in MUTATION_ACTIONS:
                 self.resource_mutations.labels(resource.value, action)
-        for phase in ("Pending", "Provisioning", "Ready", "Deleting", "Failed"):
-            self.instances.labels(phase)
-        for reason in NOT_CONVERGED_REASONS:
-            self.not_converged.labels(reason)
+        for phase in PHASES:
+            self.instances.labels(phase.value)
+        for reason in NotConvergedReason:
+            self.not_converged.labels(reason.value)
         for provider in PROVIDERS:
             self.circuit_open.labels(provider)
-            for error in ("transient", "conflict", "config_error", "not_found", "throttled"):
-                self.retried.labels(provider, error)
+            for error in CallOutcome:
+                if error is not CallOutcome.OK:
+                    self.retried.labels(provider, error.value)
         for resource in ResourceKind:
             self.orphans_collected.labels(resource.value)
             self.orphans_seen.labels(resource.value)
             for drift in DRIFT_FIELDS:
                 self.drift_detected.labels(resource.value, drift)
 
-    def observe_call(self, provider: str, operation: str, outcome: str, seconds: float) -> None:
-        """The :data:`providers._http.CallObserver` hook."""
-        self.provider_calls.labels(provider, operation, outcome).inc()
+    def observe_call(self, provider: str, operation: str, error: ProviderError | None, seconds: float) -> None:
+        """The :data:`providers.http.CallObserver` hook."""
+        outcome = call_outcome(error)
+        self.provider_calls.labels(provider, operation, outcome.value).inc()
         self.provider_seconds.labels(provider).observe(seconds)
-        if outcome == "throttled":
+        if outcome is CallOutcome.THROTTLED:
             self.throttled.labels(provider).inc()
+
+
+def serve_metrics(port: int, host: str, registry: CollectorRegistry = REGISTRY) -> WSGIServer:
+    """Serve ``/metrics`` of ``registry`` on ``host:port`` from a daemon thread; the server.
+
+    The address is the one the operator configured for the process (``--host``), never a
+    wildcard of our own choosing: a process bound to 127.0.0.1 keeps its metrics private too.
+    Raises ``OSError`` when the address cannot be bound.
+    """
+    server, _ = start_http_server(port, addr=host, registry=registry)
+    return server
 
 
 _default: Metrics | None = None

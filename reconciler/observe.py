@@ -1,13 +1,16 @@
 """Batched observation, drift detection and garbage collection: one listing per provider per cycle.
 
 The per-instance reconcile never polls a converged resource. Instead, once per cycle, this
-module lists every resource each provider holds under our name prefix (paginated: a constant
-number of calls per page, never one per instance), and diffs all our rows against it:
+module asks every driver for what its provider holds under our name prefix (``list_managed`` of
+the driver protocol, paginated: a constant number of calls per page, never one per instance; a
+kind not listed on its own answers None), and diffs all our rows against it. No provider is a
+special case here; what differs is per *kind* (a deployment is compared by its live config and
+goes with its service, so it is never "gone" or garbage by itself):
 
 * a resource we recorded that the listing no longer has is flagged ``drift = 'gone'`` (after a
   grace period covering providers whose lists lag behind their writes);
 * a field we own that differs (an OpenRouter key's limit or disabled flag, an inbox's display
-  name, a service's image) is flagged ``drift = 'config'``;
+  name, a deployment's variables or image) is flagged ``drift = 'config'``;
 * a deployment whose status moved (a crash, a sleep) has its observed status refreshed, and the
   seed's ``instance_infra.deploy_status`` with it.
 
@@ -32,16 +35,24 @@ import logging
 import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
-from providers.base import DesiredResource, NotFound, Observed, ProviderError, ResourceDriver, ResourceKind
-from providers.railway import RailwayClient
-from reconciler.conditions import DEPLOY_READY
+from desired_state.vocabulary import DEPLOYMENT_STATES, DeploymentState
+from providers.base import (
+    CREATE_ORDER,
+    DesiredResource,
+    NotFound,
+    Observed,
+    ProviderError,
+    ResourceDriver,
+    ResourceKind,
+)
+from reconciler import queries
 from reconciler.metrics import Metrics
 from reconciler.plan import variables_digest
 
@@ -51,91 +62,6 @@ OBSERVER_LOCK_KEY = 7_266_524_502
 
 RECORDED_PAGE_ROWS = 1000
 """Recorded rows diffed per query: bounds the observer's memory whatever the fleet's size."""
-
-SELECT_RECORDED_PAGE = """
-SELECT o.instance_id, o.kind, o.external_id, o.attributes, o.status, o.drift,
-       EXTRACT(EPOCH FROM now() - o.updated_at) AS age_seconds,
-       s.external_id AS service_id
-  FROM observed_resources o
-  JOIN desired_instances d USING (instance_id)
-  LEFT JOIN observed_resources s ON s.instance_id = o.instance_id AND s.kind = 'railway_service'
- WHERE o.external_id IS NOT NULL AND d.present
-   AND (o.instance_id, o.kind) > (%(after_instance)s, %(after_kind)s)
- ORDER BY o.instance_id, o.kind
- LIMIT %(limit)s
-"""
-
-# Every write of the observer's first locks the instance's desired row, as a worker's fenced
-# transaction does (CHECK_FENCE), so the two take their row locks in one order and cannot deadlock.
-LOCK_DESIRED = "SELECT 1 FROM desired_instances WHERE instance_id = %(instance_id)s FOR NO KEY UPDATE"
-
-FLAG_DRIFT = """
-WITH flagged AS (
-    UPDATE observed_resources SET drift = %(drift)s
-     WHERE instance_id = %(instance_id)s AND kind = %(kind)s AND external_id = %(external_id)s
-       AND drift IS NULL
-    RETURNING instance_id
-), due AS (
-    UPDATE desired_instances SET next_attempt_at = now()
-     WHERE instance_id IN (SELECT instance_id FROM flagged)
-    RETURNING instance_id
-)
-INSERT INTO events (instance_id, kind, action, outcome, detail)
-SELECT instance_id, %(kind)s, 'drift_detected', %(drift)s, %(detail)s FROM due
-RETURNING id
-"""
-
-REFRESH_DEPLOY_STATUS = """
-WITH refreshed AS (
-    UPDATE observed_resources
-       SET attributes = attributes || jsonb_build_object('deploy_status', %(status)s::text),
-           status = CASE WHEN %(ready)s THEN status ELSE 'creating' END, updated_at = now()
-     WHERE instance_id = %(instance_id)s AND kind = 'railway_deployment'
-    RETURNING instance_id
-), published AS (
-    UPDATE instance_infra SET deploy_status = %(status)s, updated_at = now()
-     WHERE instance_id IN (SELECT instance_id FROM refreshed)
-)
-UPDATE desired_instances SET next_attempt_at = now()
- WHERE instance_id IN (SELECT instance_id FROM refreshed) AND NOT %(ready)s
-"""
-
-SELECT_LIVE_NAMES = """
-SELECT d.instance_id, o.kind, o.external_id
-  FROM desired_instances d LEFT JOIN observed_resources o USING (instance_id)
-"""
-# Instances the seed's table records without a desired row: made by the system this one replaces
-# (an upgraded database) or left by a desired row deleted with raw SQL. Never ours to collect.
-SELECT_UNMANAGED = """
-SELECT i.instance_id FROM instance_infra i
- WHERE NOT EXISTS (SELECT 1 FROM desired_instances d WHERE d.instance_id = i.instance_id)
-"""
-
-UPSERT_CANDIDATE = """
-INSERT INTO gc_candidates (kind, external_id, derived_name) VALUES (%(kind)s, %(external_id)s, %(name)s)
-ON CONFLICT (kind, external_id) DO UPDATE SET last_seen_at = now()
-RETURNING EXTRACT(EPOCH FROM now() - first_seen_at)
-"""
-FORGET_CANDIDATES_NOT_SEEN = "DELETE FROM gc_candidates WHERE last_seen_at < %(cycle_started)s"
-DATABASE_NOW = "SELECT now()"
-RECORDED_ID = "SELECT external_id FROM observed_resources WHERE instance_id = %(instance_id)s AND kind = %(kind)s"
-DELETE_CANDIDATE = "DELETE FROM gc_candidates WHERE kind = %(kind)s AND external_id = %(external_id)s"
-INSTANCE_KNOWN = """
-SELECT 1 FROM desired_instances WHERE instance_id = %(instance_id)s
- UNION ALL
-SELECT 1 FROM instance_infra WHERE instance_id = %(instance_id)s
-"""
-GC_EVENT = """
-INSERT INTO events (instance_id, kind, action, outcome, detail)
-VALUES (%(instance_id)s, %(kind)s, 'gc_delete', %(outcome)s, %(detail)s)
-"""
-
-
-@runtime_checkable
-class Lister(Protocol):
-    """A driver that can list every resource under a name prefix (all pages)."""
-
-    async def list_managed(self, prefix: str) -> list[Observed]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,19 +74,26 @@ class Listed:
 
     name: str
     attributes: Mapping[str, Any]
+    secrets: Mapping[str, str] = field(default_factory=dict, repr=False)
+    """Live values compared as a digest (a deployment's variables); empty for other kinds."""
 
     @classmethod
     def of(cls, kind: ResourceKind, observed: Observed) -> Listed:
         fields = COMPARED.get(kind, ())
-        return cls(observed.name, {f: observed.attributes[f] for f in fields if f in observed.attributes})
+        attributes = {f: observed.attributes[f] for f in fields if f in observed.attributes}
+        return cls(observed.name, attributes, observed.secrets if kind in COMPARES_SECRETS else {})
 
 
 COMPARED: dict[ResourceKind, tuple[str, ...]] = {
     ResourceKind.OPENROUTER_KEY: ("limit", "disabled"),
     ResourceKind.AGENTMAIL_INBOX: ("display_name",),
-    ResourceKind.RAILWAY_SERVICE: ("deploy_status",),
+    ResourceKind.RAILWAY_DEPLOYMENT: ("deploy_status", "image", "configured"),
 }
 """The listed fields the observer reads, by kind (see ``Observer.drift_of``)."""
+COMPARES_SECRETS = frozenset({ResourceKind.RAILWAY_DEPLOYMENT})
+"""Kinds whose listed ``secrets`` (live variables) are compared with what was applied."""
+COLLECTED_WITH_PARENT = frozenset({ResourceKind.RAILWAY_DEPLOYMENT})
+"""Listed kinds that are never garbage on their own: a deployment goes with its service."""
 
 
 @dataclass
@@ -169,8 +102,6 @@ class Inventory:
 
     resources: dict[ResourceKind, dict[str, Listed]] = field(default_factory=dict)
     failed: dict[ResourceKind, str] = field(default_factory=dict)
-    service_configs: dict[str, dict[str, Any]] | None = None
-    """Railway service id to its live config (variables, image), when it could be read."""
 
     def listed(self, kind: ResourceKind) -> bool:
         return kind in self.resources
@@ -203,49 +134,37 @@ class Observer:
         self,
         pool: AsyncConnectionPool[AsyncConnection[Any]],
         drivers: Mapping[ResourceKind, ResourceDriver],
-        railway: RailwayClient | None,
         metrics: Metrics,
         *,
         name_prefix: str,
         list_lag_grace: float = 60.0,
         gc_grace: float = 600.0,
+        recorded_page_rows: int = RECORDED_PAGE_ROWS,
     ) -> None:
         self._pool = pool
         self._drivers = drivers
-        self._railway = railway
         self._metrics = metrics
         self._prefix = name_prefix + "-"
         self.list_lag_grace = list_lag_grace
         self.gc_grace = gc_grace
+        self.recorded_page_rows = recorded_page_rows
 
     # -- inventory --------------------------------------------------------------------------------
 
     async def inventory(self) -> Inventory:
-        """One paginated listing per provider. A provider that fails is left out of this cycle."""
+        """One paginated listing per listed kind. A kind whose listing fails is left out of this cycle."""
         inventory = Inventory()
-        for kind in (ResourceKind.OPENROUTER_KEY, ResourceKind.AGENTMAIL_INBOX, ResourceKind.TELNYX_NUMBER):
+        for kind in CREATE_ORDER:
             driver = self._drivers.get(kind)
-            if not isinstance(driver, Lister):
-                continue  # not configured: nothing of ours can exist there
+            if driver is None:
+                continue
             try:
-                inventory.resources[kind] = {
-                    item.external_id: Listed.of(kind, item) for item in await driver.list_managed(self._prefix)
-                }
+                listing = await driver.list_managed(self._prefix)
             except ProviderError as exc:
                 inventory.failed[kind] = str(exc)
-        if self._railway is not None:
-            try:
-                inventory.resources[ResourceKind.RAILWAY_SERVICE] = {
-                    str(s["id"]): Listed(str(s["name"]), {"deploy_status": s.get("deploy_status")})
-                    for s in await self._railway.list_services()
-                    if str(s["name"]).startswith(self._prefix)
-                }
-            except ProviderError as exc:
-                inventory.failed[ResourceKind.RAILWAY_SERVICE] = str(exc)
-            try:
-                inventory.service_configs = await self._railway.service_configs()
-            except ProviderError as exc:
-                inventory.failed[ResourceKind.RAILWAY_DEPLOYMENT] = str(exc)
+                continue
+            if listing is not None:  # None: not listed on its own, or not configured
+                inventory.resources[kind] = {item.external_id: Listed.of(kind, item) for item in listing}
         return inventory
 
     # -- observation ------------------------------------------------------------------------------
@@ -258,14 +177,14 @@ class Observer:
             listed={k.value: len(v) for k, v in inventory.resources.items()},
             failed={k.value: v for k, v in inventory.failed.items()},
         )
-        services = inventory.resources.get(ResourceKind.RAILWAY_SERVICE)
+        deployments = inventory.resources.get(ResourceKind.RAILWAY_DEPLOYMENT)
         async with self._pool.connection() as conn:
             async for row in self._recorded(conn):
                 kind = ResourceKind(row["kind"])
-                if kind is ResourceKind.RAILWAY_DEPLOYMENT and services is not None:
-                    service = services.get(row["service_id"] or "")
-                    if service is not None:
-                        report.status_changes += await self._refresh_deployment(conn, row, service)
+                if kind is ResourceKind.RAILWAY_DEPLOYMENT and deployments is not None:
+                    deployment = deployments.get(row["external_id"])
+                    if deployment is not None:
+                        report.status_changes += await self._refresh_deployment(conn, row, deployment)
                 drift = self.drift_of(kind, row, inventory)
                 if drift is not None:
                     await self._flag_and_report(conn, row, kind, drift, report)
@@ -278,13 +197,13 @@ class Observer:
         while True:
             async with conn.cursor(row_factory=dict_row) as cur:
                 await cur.execute(
-                    SELECT_RECORDED_PAGE,
-                    {"after_instance": after[0], "after_kind": after[1], "limit": RECORDED_PAGE_ROWS},
+                    queries.SELECT_RECORDED_PAGE,
+                    {"after_instance": after[0], "after_kind": after[1], "limit": self.recorded_page_rows},
                 )
                 page = await cur.fetchall()
             for row in page:
                 yield row
-            if len(page) < RECORDED_PAGE_ROWS:
+            if len(page) < self.recorded_page_rows:
                 return
             after = (page[-1]["instance_id"], page[-1]["kind"])
 
@@ -292,12 +211,13 @@ class Observer:
         """What the listing says about one recorded resource: 'gone', 'config' or None."""
         if row["drift"] is not None:
             return None
-        if kind is ResourceKind.RAILWAY_DEPLOYMENT:
-            # The deployment's id is its service's; its live config came in the batched read.
-            live = (inventory.service_configs or {}).get(row["external_id"])
-            return "config" if live is not None and _config_drifted(row["attributes"] or {}, live) else None
         if not inventory.listed(kind):
             return None
+        if kind is ResourceKind.RAILWAY_DEPLOYMENT:
+            # Compared by its live config only: a deployment that is gone went with its service.
+            live = inventory.resources[kind].get(row["external_id"])
+            drifted = live is not None and _config_drifted(row["attributes"] or {}, live)
+            return "config" if drifted else None
         listed = inventory.resources[kind].get(row["external_id"])
         if listed is None:
             # Lists may lag behind writes: only a resource recorded a while ago counts as gone.
@@ -319,9 +239,9 @@ class Observer:
 
     async def _flag(self, conn: AsyncConnection[Any], row: Mapping[str, Any], kind: ResourceKind, drift: str) -> bool:
         async with conn.transaction():
-            await conn.execute(LOCK_DESIRED, {"instance_id": row["instance_id"]})
+            await conn.execute(queries.LOCK_DESIRED, {"instance_id": row["instance_id"]})
             cur = await conn.execute(
-                FLAG_DRIFT,
+                queries.FLAG_DRIFT,
                 {
                     "instance_id": row["instance_id"],
                     "kind": kind.value,
@@ -338,16 +258,22 @@ class Observer:
         log.info("drift detected", extra={"instance_id": row["instance_id"], "kind": kind.value, "drift": drift})
         return True
 
-    async def _refresh_deployment(self, conn: AsyncConnection[Any], row: Mapping[str, Any], service: Listed) -> int:
-        status = service.attributes.get("deploy_status")
+    async def _refresh_deployment(
+        self, conn: AsyncConnection[Any], row: Mapping[str, Any], deployment: Listed
+    ) -> int:
+        status = deployment.attributes.get("deploy_status")
         recorded = (row["attributes"] or {}).get("deploy_status")
         if status is None or status == recorded:
             return 0
         async with conn.transaction():
-            await conn.execute(LOCK_DESIRED, {"instance_id": row["instance_id"]})
+            await conn.execute(queries.LOCK_DESIRED, {"instance_id": row["instance_id"]})
             await conn.execute(
-                REFRESH_DEPLOY_STATUS,
-                {"instance_id": row["instance_id"], "status": status, "ready": status in DEPLOY_READY},
+                queries.REFRESH_DEPLOY_STATUS,
+                {
+                    "instance_id": row["instance_id"],
+                    "status": status,
+                    "ready": DEPLOYMENT_STATES.get(status) is DeploymentState.READY,
+                },
             )
         return 1
 
@@ -356,8 +282,8 @@ class Observer:
     async def orphans(self, inventory: Inventory) -> list[Orphan]:
         """Listed resources that belong to no desired row, or duplicate a live row's resource."""
         async with self._pool.connection() as conn:
-            rows = await (await conn.execute(SELECT_LIVE_NAMES)).fetchall()
-            unmanaged = {row[0] for row in await (await conn.execute(SELECT_UNMANAGED)).fetchall()}
+            rows = await (await conn.execute(queries.SELECT_LIVE_NAMES)).fetchall()
+            unmanaged = {row[0] for row in await (await conn.execute(queries.SELECT_UNMANAGED)).fetchall()}
         live: set[str] = set()
         recorded: dict[tuple[str, str], str | None] = {}
         for instance_id, kind, external_id in rows:
@@ -366,6 +292,8 @@ class Observer:
                 recorded[(instance_id, kind)] = external_id
         found: list[Orphan] = []
         for kind, items in inventory.resources.items():
+            if kind in COLLECTED_WITH_PARENT:
+                continue
             for external_id, item in items.items():
                 if not item.name.startswith(self._prefix):
                     continue
@@ -386,7 +314,7 @@ class Observer:
         """Delete orphans seen for longer than the grace period (``dry_run``: only report them)."""
         async with self._pool.connection() as conn:
             # The database's clock, which stamps last_seen_at: the process's may run ahead of it.
-            cycle_started = await _fetch_value(conn, DATABASE_NOW)
+            cycle_started = await _fetch_value(conn, queries.DATABASE_NOW)
         inventory = inventory or await self.inventory()
         report = CycleReport(listed={k.value: len(v) for k, v in inventory.resources.items()})
         found = await self.orphans(inventory)
@@ -397,7 +325,7 @@ class Observer:
                     continue
                 row = await (
                     await conn.execute(
-                        UPSERT_CANDIDATE,
+                        queries.UPSERT_CANDIDATE,
                         {"kind": orphan.kind.value, "external_id": orphan.external_id, "name": orphan.name},
                     )
                 ).fetchone()
@@ -406,7 +334,7 @@ class Observer:
                     Orphan(orphan.kind, orphan.external_id, orphan.name, orphan.instance_id, orphan.why, seen)
                 )
             if not dry_run:
-                await conn.execute(FORGET_CANDIDATES_NOT_SEEN, {"cycle_started": cycle_started})
+                await conn.execute(queries.FORGET_CANDIDATES_NOT_SEEN, {"cycle_started": cycle_started})
         if dry_run:
             return report
         for orphan in report.orphans:
@@ -420,12 +348,11 @@ class Observer:
             # have been created since, or a worker may have adopted this very resource (a lookup
             # by name finds the oldest), or started a create whose id is not recorded yet.
             if orphan.why == "no desired instance":
-                if await (await conn.execute(INSTANCE_KNOWN, {"instance_id": orphan.instance_id})).fetchone():
+                if await (await conn.execute(queries.INSTANCE_KNOWN, {"instance_id": orphan.instance_id})).fetchone():
                     return False
             else:
-                recorded = await (
-                    await conn.execute(RECORDED_ID, {"instance_id": orphan.instance_id, "kind": orphan.kind.value})
-                ).fetchone()
+                params = {"instance_id": orphan.instance_id, "kind": orphan.kind.value}
+                recorded = await (await conn.execute(queries.RECORDED_ID, params)).fetchone()
                 if recorded is not None and recorded[0] in (None, orphan.external_id):
                     return False
         driver = self._drivers[orphan.kind]
@@ -439,9 +366,9 @@ class Observer:
             log.warning("garbage collection of %s failed: %s", orphan.kind.value, exc)
             return False
         async with self._pool.connection() as conn, conn.transaction():
-            await conn.execute(DELETE_CANDIDATE, {"kind": orphan.kind.value, "external_id": orphan.external_id})
+            await conn.execute(queries.DELETE_CANDIDATE, {"kind": orphan.kind.value, "external_id": orphan.external_id})
             await conn.execute(
-                GC_EVENT,
+                queries.GC_EVENT,
                 {
                     "instance_id": orphan.instance_id,
                     "kind": orphan.kind.value,
@@ -457,7 +384,7 @@ class Observer:
     async def cycle(self, *, collect_garbage: bool) -> CycleReport | None:
         """Observe (and collect) if no other replica is doing it now; None when skipped."""
         async with self._pool.connection() as conn:
-            locked = await (await conn.execute("SELECT pg_try_advisory_lock(%s)", (OBSERVER_LOCK_KEY,))).fetchone()
+            locked = await (await conn.execute(queries.ADVISORY_TRY_LOCK, (OBSERVER_LOCK_KEY,))).fetchone()
             if not locked or not locked[0]:
                 return None
             try:
@@ -468,21 +395,24 @@ class Observer:
                     report.orphans, report.collected = collected.orphans, collected.collected
                 return report
             finally:
-                await conn.execute("SELECT pg_advisory_unlock(%s)", (OBSERVER_LOCK_KEY,))
+                await conn.execute(queries.ADVISORY_UNLOCK, (OBSERVER_LOCK_KEY,))
 
 
-def _config_drifted(applied: Mapping[str, Any], live: Mapping[str, Any]) -> bool:
+def _config_drifted(applied: Mapping[str, Any], live: Listed) -> bool:
     """Do the variables we own (names and values) or the image differ from what we applied?
 
     Only our own variables count: Railway's and anything added by hand are not ours to remove.
     """
+    if not live.attributes.get("configured"):
+        return False  # the environment's config has no entry for the service: nothing to compare
     names = applied.get("variable_names")
     if not isinstance(names, list) or "variables_digest" not in applied:
         return False  # applied before fingerprints were recorded: nothing to compare with
-    variables = live.get("variables") or {}
+    variables = live.secrets
     if variables_digest({name: variables.get(name) for name in names}) != applied["variables_digest"]:
         return True
-    return bool(applied.get("image")) and live.get("image") not in (None, applied["image"])
+    image = live.attributes.get("image")
+    return bool(applied.get("image")) and image not in (None, applied["image"])
 
 
 def _differs(applied: Mapping[str, Any], listed: Mapping[str, Any], key: str) -> bool:

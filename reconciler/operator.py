@@ -24,23 +24,6 @@ from reconciler.observe import Inventory, Observer, Orphan
 from reconciler.plan import Action, ObservedRow, ResourceDefaults, Verb, plan_instance
 from reconciler.secrets_box import SecretBox
 
-SELECT_DESIRED_ALL = """
-SELECT instance_id, name, spec, present, generation FROM desired_instances
- WHERE instance_id = ANY(%(ids)s) OR %(all)s ORDER BY instance_id
-"""
-SELECT_OBSERVED_FOR_PLAN = """
-SELECT instance_id, kind, derived_name, external_id, status, attributes, secret, secret IS NOT NULL AS has_secret,
-       applied_hash, intent_at, attempts, last_error, drift,
-       EXTRACT(EPOCH FROM now() - updated_at) AS age_seconds
-  FROM observed_resources WHERE instance_id = ANY(%(ids)s) OR %(all)s
-"""
-SELECT_WHY = """
-SELECT instance_id, present, phase, generation, observed_generation, attempts, next_attempt_at,
-       last_error, conditions, lease_owner, lease_expires_at, created_at, ready_at,
-       GREATEST(0, EXTRACT(EPOCH FROM next_attempt_at - now())) AS next_in_seconds
-  FROM desired_instances WHERE instance_id = %(instance_id)s
-"""
-
 
 @dataclass
 class InstancePlan:
@@ -88,9 +71,9 @@ async def build_plan(
     inventory = await observer.inventory()
     params = {"ids": list(instance_ids or []), "all": instance_ids is None}
     async with conn.cursor(row_factory=dict_row) as cur:
-        await cur.execute(SELECT_DESIRED_ALL, params)
+        await cur.execute(queries.SELECT_DESIRED_ALL, params)
         desired = await cur.fetchall()
-        await cur.execute(SELECT_OBSERVED_FOR_PLAN, params)
+        await cur.execute(queries.SELECT_OBSERVED_FOR_PLAN, params)
         observed_rows = await cur.fetchall()
     by_instance: dict[str, list[dict[str, Any]]] = {}
     for row in observed_rows:
@@ -170,7 +153,7 @@ _DRIFT_WORDS = {
 async def why(conn: AsyncConnection[Any], instance_id: str, events: int = 10) -> list[str] | None:
     """A human explanation of one instance's state; None if it does not exist."""
     async with conn.cursor(row_factory=dict_row) as cur:
-        await cur.execute(SELECT_WHY, {"instance_id": instance_id})
+        await cur.execute(queries.SELECT_WHY, {"instance_id": instance_id})
         row = await cur.fetchone()
         if row is None:
             return None

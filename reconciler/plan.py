@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from desired_state.models import InstanceSpec, Tool
-from desired_state.vocabulary import REDEPLOY_ENV_KEY
+from desired_state.models import InstanceSpec
+from desired_state.vocabulary import DEFAULT_PREFIX, INSTANCE_ID_ENV, REDEPLOY_ENV, TOOL_CATALOGUE, TOOLS, Tool
 from providers.base import CREATE_ORDER, DesiredResource, ResourceKind
 
 RAILWAY_KINDS: tuple[ResourceKind, ...] = (
@@ -39,26 +39,16 @@ RAILWAY_KINDS: tuple[ResourceKind, ...] = (
     ResourceKind.RAILWAY_DOMAIN,
     ResourceKind.RAILWAY_DEPLOYMENT,
 )
-TOOL_KINDS: dict[Tool, ResourceKind] = {
-    Tool.TELNYX: ResourceKind.TELNYX_NUMBER,
-    Tool.OPENROUTER: ResourceKind.OPENROUTER_KEY,
-    Tool.AGENTMAIL: ResourceKind.AGENTMAIL_INBOX,
-}
+TOOL_KINDS: dict[Tool, ResourceKind] = {info.tool: ResourceKind(info.kind) for info in TOOL_CATALOGUE}
+"""The catalogue's kind names as resource kinds (the catalogue is the one home of the mapping)."""
 KIND_TOOLS: dict[ResourceKind, Tool] = {kind: tool for tool, kind in TOOL_KINDS.items()}
-
-# The variable each tool hands to the runtime (seed registry `envKeys`).
-TOOL_ENV_KEYS: dict[Tool, tuple[str, ...]] = {
-    Tool.OPENROUTER: ("OPENROUTER_API_KEY",),
-    Tool.AGENTMAIL: ("AGENTMAIL_INBOX_ID",),
-    Tool.TELNYX: ("TELNYX_PHONE_NUMBER", "TELNYX_MESSAGING_PROFILE_ID"),
-}
 
 
 @dataclass(frozen=True)
 class ResourceDefaults:
     """Per-deployment choices that are not part of an instance's spec (from settings)."""
 
-    name_prefix: str = "convos-agent"
+    name_prefix: str = DEFAULT_PREFIX
     runtime_image: str = "ghcr.io/xmtplabs/convos-runtime:latest"
     start_command: str = "node scripts/pool-server.js"
     cpu: int = 4
@@ -139,26 +129,33 @@ def runtime_variables(
     """
     variables = dict(defaults.base_env)
     variables.update(spec.env)
-    variables["INSTANCE_ID"] = spec.instance_id
+    variables[INSTANCE_ID_ENV] = spec.instance_id
     if spec.redeploy:
         # A changed variable is what makes Railway deploy again (a bare redeploy may reuse a
         # cached image tag: study, section 5.3).
-        variables[REDEPLOY_ENV_KEY] = str(spec.redeploy)
+        variables[REDEPLOY_ENV] = str(spec.redeploy)
     for tool in spec.tools:
         kind = TOOL_KINDS[tool]
         row = observed.get(kind)
         if row is None or row.external_id is None:
             raise Blocked(f"{kind} does not exist yet")
-        if tool is Tool.OPENROUTER:
-            if kind not in secrets:
-                raise Blocked("the OpenRouter key value is not known")
-            variables["OPENROUTER_API_KEY"] = secrets[kind]
-        elif tool is Tool.AGENTMAIL:
-            variables["AGENTMAIL_INBOX_ID"] = row.external_id
-        elif tool is Tool.TELNYX:
-            variables["TELNYX_PHONE_NUMBER"] = str(row.attributes.get("phone_number", ""))
-            variables["TELNYX_MESSAGING_PROFILE_ID"] = str(row.attributes.get("messaging_profile_id", ""))
+        variables.update(zip(TOOLS[tool].env_keys, tool_values(tool, row, secrets), strict=True))
     return variables
+
+
+def tool_values(tool: Tool, row: ObservedRow, secrets: Mapping[ResourceKind, str]) -> tuple[str, ...]:
+    """The values a tool hands the runtime, in the order of its catalogue ``env_keys``.
+
+    Raises :class:`Blocked` when a value is not known (an OpenRouter key adopted without its value).
+    """
+    assert row.external_id is not None
+    if tool is Tool.OPENROUTER:
+        if row.kind not in secrets:
+            raise Blocked("the OpenRouter key value is not known")
+        return (secrets[row.kind],)
+    if tool is Tool.AGENTMAIL:
+        return (row.external_id,)
+    return (str(row.attributes.get("phone_number", "")), str(row.attributes.get("messaging_profile_id", "")))
 
 
 def desired_resource(

@@ -1,10 +1,14 @@
 """Every SQL statement the reconciler runs, as named, parameterised constants.
 
 Reading this file top to bottom is reading the reconciler's whole conversation with Postgres:
-claim due rows, check the fencing token, record observed state, publish the seed tables, finish.
+claim due rows, check the fencing token, record observed state, publish the seed tables, finish;
+then the batched observer and garbage collector, provider admission, the operator's reads,
+migrations and the in-place upgrade. No module of the package holds SQL of its own.
 """
 
 from __future__ import annotations
+
+from psycopg import sql
 
 # -- claiming -------------------------------------------------------------------------------------
 # Due rows rank in three classes: new and changed rows (a generation not yet observed), then
@@ -109,6 +113,13 @@ ON CONFLICT (instance_id, kind) DO UPDATE
    SET derived_name = EXCLUDED.derived_name, status = 'creating',
        intent_at = COALESCE(observed_resources.intent_at, now()),
        fencing_token = EXCLUDED.fencing_token, updated_at = now()
+"""
+
+# A create the provider refused outright (the name is someone else's): nothing may exist, so the
+# row no longer claims a create in doubt (teardown then has nothing to find, and reports nothing).
+CLEAR_INTENT = """
+UPDATE observed_resources SET intent_at = NULL, status = 'pending', updated_at = now()
+ WHERE instance_id = %(instance_id)s AND kind = %(kind)s AND external_id IS NULL
 """
 
 RECORD_OBSERVED = """
@@ -251,3 +262,222 @@ SELECT count(*) FILTER (WHERE next_attempt_at <= now()) AS due,
            AS oldest_due_seconds
   FROM desired_instances
 """
+
+# -- session advisory locks (one observer at a time, one migrator at a time) -------------------------
+ADVISORY_LOCK = "SELECT pg_advisory_lock(%s)"
+ADVISORY_TRY_LOCK = "SELECT pg_try_advisory_lock(%s)"
+ADVISORY_UNLOCK = "SELECT pg_advisory_unlock(%s)"
+
+# -- batched observation and garbage collection (reconciler.observe) --------------------------------
+SELECT_RECORDED_PAGE = """
+SELECT o.instance_id, o.kind, o.external_id, o.attributes, o.status, o.drift,
+       EXTRACT(EPOCH FROM now() - o.updated_at) AS age_seconds
+  FROM observed_resources o
+  JOIN desired_instances d USING (instance_id)
+ WHERE o.external_id IS NOT NULL AND d.present
+   AND (o.instance_id, o.kind) > (%(after_instance)s, %(after_kind)s)
+ ORDER BY o.instance_id, o.kind
+ LIMIT %(limit)s
+"""
+
+# Every write of the observer's first locks the instance's desired row, as a worker's fenced
+# transaction does (CHECK_FENCE), so the two take their row locks in one order and cannot deadlock.
+LOCK_DESIRED = "SELECT 1 FROM desired_instances WHERE instance_id = %(instance_id)s FOR NO KEY UPDATE"
+
+FLAG_DRIFT = """
+WITH flagged AS (
+    UPDATE observed_resources SET drift = %(drift)s
+     WHERE instance_id = %(instance_id)s AND kind = %(kind)s AND external_id = %(external_id)s
+       AND drift IS NULL
+    RETURNING instance_id
+), due AS (
+    UPDATE desired_instances SET next_attempt_at = now()
+     WHERE instance_id IN (SELECT instance_id FROM flagged)
+    RETURNING instance_id
+)
+INSERT INTO events (instance_id, kind, action, outcome, detail)
+SELECT instance_id, %(kind)s, 'drift_detected', %(drift)s, %(detail)s FROM due
+RETURNING id
+"""
+
+REFRESH_DEPLOY_STATUS = """
+WITH refreshed AS (
+    UPDATE observed_resources
+       SET attributes = attributes || jsonb_build_object('deploy_status', %(status)s::text),
+           status = CASE WHEN %(ready)s THEN status ELSE 'creating' END, updated_at = now()
+     WHERE instance_id = %(instance_id)s AND kind = 'railway_deployment'
+    RETURNING instance_id
+), published AS (
+    UPDATE instance_infra SET deploy_status = %(status)s, updated_at = now()
+     WHERE instance_id IN (SELECT instance_id FROM refreshed)
+)
+UPDATE desired_instances SET next_attempt_at = now()
+ WHERE instance_id IN (SELECT instance_id FROM refreshed) AND NOT %(ready)s
+"""
+
+SELECT_LIVE_NAMES = """
+SELECT d.instance_id, o.kind, o.external_id
+  FROM desired_instances d LEFT JOIN observed_resources o USING (instance_id)
+"""
+
+# Instances the seed's table records without a desired row: made by the system this one replaces
+# (an upgraded database) or left by a desired row deleted with raw SQL. Never ours to collect.
+SELECT_UNMANAGED = """
+SELECT i.instance_id FROM instance_infra i
+ WHERE NOT EXISTS (SELECT 1 FROM desired_instances d WHERE d.instance_id = i.instance_id)
+"""
+
+UPSERT_CANDIDATE = """
+INSERT INTO gc_candidates (kind, external_id, derived_name) VALUES (%(kind)s, %(external_id)s, %(name)s)
+ON CONFLICT (kind, external_id) DO UPDATE SET last_seen_at = now()
+RETURNING EXTRACT(EPOCH FROM now() - first_seen_at)
+"""
+
+FORGET_CANDIDATES_NOT_SEEN = "DELETE FROM gc_candidates WHERE last_seen_at < %(cycle_started)s"
+
+DATABASE_NOW = "SELECT now()"
+
+RECORDED_ID = "SELECT external_id FROM observed_resources WHERE instance_id = %(instance_id)s AND kind = %(kind)s"
+
+DELETE_CANDIDATE = "DELETE FROM gc_candidates WHERE kind = %(kind)s AND external_id = %(external_id)s"
+
+INSTANCE_KNOWN = """
+SELECT 1 FROM desired_instances WHERE instance_id = %(instance_id)s
+ UNION ALL
+SELECT 1 FROM instance_infra WHERE instance_id = %(instance_id)s
+"""
+
+GC_EVENT = """
+INSERT INTO events (instance_id, kind, action, outcome, detail)
+VALUES (%(instance_id)s, %(kind)s, 'gc_delete', %(outcome)s, %(detail)s)
+"""
+
+# -- per-provider admission: rate limit, Retry-After, circuit breaker (reconciler.admission) --------
+ENSURE_LIMIT_ROW = """
+INSERT INTO provider_limits (provider, tokens) VALUES (%(provider)s, %(burst)s)
+ON CONFLICT (provider) DO NOTHING
+"""
+
+# Take a token if the provider is not blocked and the refilled bucket holds one. Returns nothing
+# when refused; then WAIT_TIME says for how long.
+CONSUME_ALLOWANCE = """
+UPDATE provider_limits
+   SET tokens = LEAST(%(burst)s, tokens + %(rate)s * EXTRACT(EPOCH FROM clock_timestamp() - refilled_at)) - 1,
+       refilled_at = clock_timestamp()
+ WHERE provider = %(provider)s
+   AND COALESCE(blocked_until, '-infinity') <= clock_timestamp()
+   AND COALESCE(circuit_open_until, '-infinity') <= clock_timestamp()
+   AND LEAST(%(burst)s, tokens + %(rate)s * EXTRACT(EPOCH FROM clock_timestamp() - refilled_at)) >= 1
+RETURNING consecutive_failures
+"""
+
+ADMISSION_WAIT = """
+SELECT GREATEST(
+           EXTRACT(EPOCH FROM COALESCE(blocked_until, clock_timestamp()) - clock_timestamp()),
+           EXTRACT(EPOCH FROM COALESCE(circuit_open_until, clock_timestamp()) - clock_timestamp()),
+           (1 - LEAST(%(burst)s, tokens + %(rate)s * EXTRACT(EPOCH FROM clock_timestamp() - refilled_at)))
+               / %(rate)s,
+           0),
+       COALESCE(circuit_open_until > clock_timestamp(), FALSE)
+  FROM provider_limits WHERE provider = %(provider)s
+"""
+
+BLOCK_PROVIDER_FOR = """
+UPDATE provider_limits
+   SET blocked_until = GREATEST(COALESCE(blocked_until, '-infinity'),
+                                clock_timestamp() + %(seconds)s * interval '1 second')
+ WHERE provider = %(provider)s
+"""
+
+RECORD_PROVIDER_FAILURE = """
+UPDATE provider_limits
+   SET consecutive_failures = consecutive_failures + 1,
+       circuit_open_until = CASE WHEN consecutive_failures + 1 >= %(threshold)s
+                                 THEN clock_timestamp() + %(open_seconds)s * interval '1 second'
+                                 ELSE circuit_open_until END
+ WHERE provider = %(provider)s
+RETURNING circuit_open_until > clock_timestamp()
+"""
+
+RECORD_PROVIDER_SUCCESS = """
+UPDATE provider_limits SET consecutive_failures = 0, circuit_open_until = NULL
+ WHERE provider = %(provider)s AND (consecutive_failures > 0 OR circuit_open_until IS NOT NULL)
+"""
+
+# -- upgrading a database of the system this replaces (reconciler.legacy) ---------------------------
+FILL_PROJECT_ID = """
+UPDATE instance_infra SET provider_project_id = %(project_id)s WHERE provider_project_id IS NULL
+"""
+
+INFRA_IS_EMPTY = "SELECT NOT EXISTS (SELECT 1 FROM instance_infra)"
+
+TABLE_COLUMNS = """
+SELECT column_name FROM information_schema.columns
+ WHERE table_schema = current_schema() AND table_name = %(table)s
+"""
+
+BACKFILL_INFRA = """
+INSERT INTO instance_infra (instance_id, provider, provider_service_id, provider_env_id, provider_project_id,
+                            url, deploy_status, runtime_image, volume_id, created_at)
+VALUES (%(id)s, 'railway', %(service_id)s, %(env_id)s, %(project_id)s,
+        %(url)s, %(deploy_status)s, %(runtime_image)s, %(volume_id)s, coalesce(%(created_at)s, now()))
+ON CONFLICT DO NOTHING
+RETURNING instance_id
+"""
+
+POOL_PROVISIONED_IDS = "SELECT id FROM instances WHERE service_id IS NOT NULL"
+
+COUNT_NOT_RECORDED = """
+SELECT count(*) FROM unnest(%(ids)s::text[]) AS pool(id)
+ WHERE NOT EXISTS (SELECT 1 FROM instance_infra i WHERE i.instance_id = pool.id)
+"""
+
+BACKFILL_TOOL = """
+INSERT INTO instance_services (instance_id, tool_id, resource_id, env_key, env_value)
+VALUES (%(instance_id)s, %(tool_id)s, %(resource_id)s, %(env_key)s, %(env_value)s)
+ON CONFLICT (instance_id, tool_id) DO NOTHING
+RETURNING id
+"""
+
+# -- what operators ask: plan and why (reconciler.operator) -----------------------------------------
+SELECT_DESIRED_ALL = """
+SELECT instance_id, name, spec, present, generation FROM desired_instances
+ WHERE instance_id = ANY(%(ids)s) OR %(all)s ORDER BY instance_id
+"""
+
+SELECT_OBSERVED_FOR_PLAN = """
+SELECT instance_id, kind, derived_name, external_id, status, attributes, secret, secret IS NOT NULL AS has_secret,
+       applied_hash, intent_at, attempts, last_error, drift,
+       EXTRACT(EPOCH FROM now() - updated_at) AS age_seconds
+  FROM observed_resources WHERE instance_id = ANY(%(ids)s) OR %(all)s
+"""
+
+SELECT_WHY = """
+SELECT instance_id, present, phase, generation, observed_generation, attempts, next_attempt_at,
+       last_error, conditions, lease_owner, lease_expires_at, created_at, ready_at,
+       GREATEST(0, EXTRACT(EPOCH FROM next_attempt_at - now())) AS next_in_seconds
+  FROM desired_instances WHERE instance_id = %(instance_id)s
+"""
+
+# -- migrations (reconciler.db) ---------------------------------------------------------------------
+CREATE_MIGRATIONS_TABLE = """
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version    INTEGER PRIMARY KEY,
+    name       TEXT NOT NULL,
+    checksum   TEXT NOT NULL,
+    applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
+)
+"""
+
+SELECT_APPLIED = "SELECT version, checksum FROM schema_migrations"
+
+INSERT_APPLIED = "INSERT INTO schema_migrations (version, name, checksum) VALUES (%s, %s, %s)"
+
+# Identifiers (database, table, column and index names) are composed with sql.Identifier, never
+# formatted from strings: these templates take nothing else.
+DROP_DATABASE = sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)")
+CREATE_DATABASE = sql.SQL("CREATE DATABASE {}")
+CREATE_DATABASE_FROM_TEMPLATE = sql.SQL("CREATE DATABASE {} TEMPLATE {}")
+SELECT_POOL_INSTANCES = sql.SQL("SELECT {} FROM instances WHERE service_id IS NOT NULL ORDER BY id")
+DROP_COLUMN = sql.SQL("ALTER TABLE {} DROP COLUMN IF EXISTS {}")
+DROP_INDEX = sql.SQL("DROP INDEX IF EXISTS {}")

@@ -22,9 +22,9 @@ from typing import Any
 import httpx
 from psycopg_pool import AsyncConnectionPool
 
-from providers._http import Admission, ProviderHTTP
 from providers.agentmail import AgentMailInboxDriver
 from providers.base import ConfigError, DesiredResource, Observed, ResourceDriver, ResourceKind
+from providers.http import Admission, ProviderHTTP
 from providers.openrouter import OpenRouterKeyDriver
 from providers.railway import (
     RailwayClient,
@@ -71,6 +71,10 @@ class UnconfiguredDriver:
     async def delete(self, external_id: str, want: DesiredResource) -> None:
         raise self._refuse("delete")
 
+    async def list_managed(self, prefix: str) -> None:
+        """Nothing of ours can exist at a provider we have no credential for."""
+        return None
+
 
 def resource_defaults(settings: Settings) -> ResourceDefaults:
     return ResourceDefaults(
@@ -96,7 +100,7 @@ def build_drivers(
             "railway",
             client,
             settings.urls["RAILWAY_API_URL"],
-            railway_auth_headers(settings.railway_token.reveal(), settings.railway_token_kind),
+            railway_auth_headers(settings.railway_token.get_secret_value(), settings.railway_token_kind),
             observer=observer,
             admission=admission,
         )
@@ -126,7 +130,7 @@ def build_drivers(
             provider,
             client,
             settings.urls[url_variable],
-            {"Authorization": f"Bearer {key.reveal()}"},
+            {"Authorization": f"Bearer {key.get_secret_value()}"},
             observer=observer,
             admission=admission,
         )
@@ -216,7 +220,6 @@ class Runtime:
         self.observer = Observer(
             self.pool,
             self.drivers,
-            self.railway,
             self.metrics,
             name_prefix=settings.name_prefix,
             list_lag_grace=self.options.list_lag_grace,

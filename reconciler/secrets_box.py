@@ -138,7 +138,7 @@ def embedded_key(path: Path = EMBEDDED_KEY_FILE) -> str:
 def secret_box(settings: Settings) -> SecretBox:
     """The box for these settings: ``RECONCILER_SECRET_KEY``, or the embedded database's own key."""
     if settings.secret_key is not None:
-        return SecretBox(settings.secret_key.reveal())
+        return SecretBox(settings.secret_key.get_secret_value())
     if settings.database_url is None:
         path = EMBEDDED_KEY_FILE.resolve()
         return SecretBox(embedded_key(path), source=f"{SETTING} (unset; the key in {path})")

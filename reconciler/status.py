@@ -15,6 +15,7 @@ from psycopg.rows import dict_row
 from rich.table import Table
 
 from desired_state import store
+from desired_state.vocabulary import shown_phase
 from reconciler import queries
 
 
@@ -93,7 +94,7 @@ async def instance_statuses(
             name=d.spec.display_name(),
             tools=tuple(t.value for t in d.spec.tools),
             present=d.present,
-            phase=d.phase if d.present else "Deleting",
+            phase=shown_phase(d.phase, d.present),
             generation=d.generation,
             observed_generation=d.observed_generation,
             attempts=d.attempts,
@@ -109,7 +110,7 @@ async def phase_counts(conn: AsyncConnection[Any]) -> dict[str, int]:
     """Instances by phase (absent rows count as Deleting)."""
     counts: dict[str, int] = {}
     for phase, present, count in await (await conn.execute(queries.COUNT_BY_PHASE)).fetchall():
-        key = phase if present else "Deleting"
+        key = shown_phase(phase, present)
         counts[key] = counts.get(key, 0) + count
     return counts
 

@@ -25,7 +25,6 @@ from starlette.applications import Starlette
 from starlette.routing import Mount
 
 import providers.simulated
-from providers._http import ProviderHTTP
 from providers.agentmail import AgentMailInboxDriver
 from providers.base import (
     ConfigError,
@@ -37,6 +36,7 @@ from providers.base import (
     Throttled,
     Transient,
 )
+from providers.http import ProviderHTTP
 from providers.simulated.agentmail import FakeAgentMail
 from tests.openapi_contract import Recorder, SpecRequest, SpecResponse, add_default_error_response
 

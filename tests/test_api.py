@@ -393,7 +393,7 @@ async def test_shutting_down_answers_waiting_writes_with_202(db_url: str, sim: S
 
 async def test_an_instance_that_fails_answers_502_with_the_reason(db_url: str, sim: Sim) -> None:
     # The loop runs without a Telnyx key, while the API believes Telnyx is configured.
-    settings = dataclasses.replace(simulated_settings(sim.root, sim.simulator.railway.project_id), telnyx_key=None)
+    settings = simulated_settings(sim.root, sim.simulator.railway.project_id).model_copy(update={"telnyx_key": None})
     options = RuntimeOptions(engine=FAST_ENGINE, tick_seconds=0.1)
     async with (
         Runtime(settings, db_url, options, Metrics(CollectorRegistry())) as runtime,

@@ -26,7 +26,7 @@ from providers.simulated.app import Simulator, SimulatorSettings
 from providers.simulated.server import serve_in_background
 from reconciler.db import EmbeddedPostgres, migrate
 from tests.conftest import Sim
-from tests.test_cli import ROOT, cli_env
+from tests.support import ROOT, cli_env
 
 CHAOS_INSTANCES = int(os.environ.get("CHAOS_INSTANCES", "50"))
 RUN = [sys.executable, "-c", "import cli; cli.main()", "run", "--no-api", "--metrics-port", "0", "--tick", "0.2",

@@ -7,37 +7,16 @@ import json
 import os
 import signal
 import socket
-import sys
+import uuid
 from pathlib import Path
 
 import httpx
 import psycopg
+import pytest
 
-from reconciler.demo import simulated_env
-from reconciler.secrets_box import embedded_key
+from reconciler.db import create_database
 from tests.conftest import Sim
-
-CLI = [sys.executable, "-c", "import cli; cli.main()"]
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def cli_env(db_url: str, sim: Sim | None = None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAILWAY_", "OPENROUTER_", "AGENTMAIL_"))}
-    env["SERVICE_DATABASE_URL"] = db_url
-    env["RECONCILER_SECRET_KEY"] = embedded_key()  # the key the in-process runtimes of the tests use
-    env["PYTHONPATH"] = str(ROOT)
-    if sim is not None:
-        env.update(simulated_env(sim.root, sim.simulator.railway.project_id))
-    return env
-
-
-async def run_cli(*args: str, env: dict[str, str], timeout: float = 60) -> tuple[int, str, str]:
-    process = await asyncio.create_subprocess_exec(
-        *CLI, *args, env=env, cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-    )
-    out, err = await asyncio.wait_for(process.communicate(), timeout)
-    assert process.returncode is not None
-    return process.returncode, out.decode(), err.decode()
+from tests.support import CLI, ROOT, cli_env, run_cli
 
 
 def free_port() -> int:
@@ -201,3 +180,108 @@ async def test_simulate_prints_base_urls_and_serves_the_admin_route() -> None:
     finally:
         process.terminate()
         await process.wait()
+
+
+async def test_nul_characters_and_undecodable_files_exit_2_naming_the_field(db_url: str, tmp_path: Path) -> None:
+    files: dict[str, tuple[str | bytes, tuple[str, ...]]] = {
+        "nul.yaml": ('- instanceId: nul1\n  name: "a\\0b"\n', ("[0].name: ", "must not contain NUL characters")),
+        "nul.json": ('[{"instanceId": "nul2", "env": {"K": "x\\u0000y"}}]', ("[0].env", "must not contain NUL")),
+        "surrogate.json": ('[{"instanceId": "sur1", "name": "x\\ud800y"}]', ("[0].name: ",)),
+        "binary.yaml": (b"\xff\xfe- instanceId: x\n", ("not UTF-8 text",)),
+        "deep.json": ("[" * 100_000 + "]" * 100_000, ("not valid JSON",)),
+        "long.json": ('[{"instanceId": "x", "redeploy": ' + "9" * 5000 + "}]", ("not valid JSON",)),
+    }
+    for name, (content, fragments) in files.items():
+        path = tmp_path / name
+        if isinstance(content, bytes):
+            path.write_bytes(content)
+        else:
+            path.write_text(content)
+        code, _, err = await run_cli("apply", str(path), env=cli_env(db_url))
+        assert (code, err.count("\n")) == (2, 1), (name, err)
+        assert all(fragment in err for fragment in fragments) and "Traceback" not in err, (name, err)
+    with psycopg.connect(db_url) as conn:
+        assert conn.execute("SELECT count(*) FROM desired_instances").fetchone() == (0,)
+
+
+async def test_a_malformed_id_exits_2_on_every_command_that_takes_one(db_url: str, sim: Sim) -> None:
+    env = cli_env(db_url, sim)
+    for args in (["why", "a b"], ["status", "a b"], ["reconcile", "-i", "a b"], ["plan", "-i", "ok", "-i", "a/b"]):
+        code, _, err = await run_cli(*args, env=env)
+        assert code == 2, (args, err)
+        assert err.startswith("error: not an instance id: 'a") and err.count("\n") == 1, (args, err)
+
+
+async def test_every_command_on_an_unmigrated_database_says_run_migrate(
+    pg_server_url: str, sim: Sim, tmp_path: Path
+) -> None:
+    spec = tmp_path / "one.yaml"
+    spec.write_text("- instanceId: um1\n")
+    commands = [
+        ["status"],
+        ["status", "um1"],
+        ["apply", str(spec)],
+        ["delete", "um1"],
+        ["why", "um1"],
+        ["reconcile", "--all"],
+        ["plan"],
+        ["gc", "--dry-run"],
+        ["run", "--no-api", "--metrics-port", "0"],
+    ]
+    name = f"u_{uuid.uuid4().hex[:12]}"
+    empty = create_database(pg_server_url, name)
+    try:
+        for args in commands:
+            code, _, err = await run_cli(*args, env=cli_env(empty, sim))
+            assert code == 1 and err.strip().splitlines() == [
+                "error: the database has no schema yet: run `reconciler migrate` first"
+            ], (args, err)
+
+        # What a migrate that found no files used to leave: the bookkeeping table, empty.
+        with psycopg.connect(empty, autocommit=True) as conn:
+            conn.execute("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY)")
+        code, _, err = await run_cli("status", env=cli_env(empty))
+        assert code == 1 and err.strip().splitlines() == [
+            "error: the database schema is behind this version: run `reconciler migrate` first"
+        ]
+    finally:
+        with psycopg.connect(pg_server_url, autocommit=True) as conn:
+            conn.execute(psycopg.sql.SQL("DROP DATABASE {} WITH (FORCE)").format(psycopg.sql.Identifier(name)))
+
+
+async def test_a_table_missing_behind_a_current_version_number_is_one_line(db_url: str) -> None:
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute("DROP TABLE desired_instances CASCADE")
+    code, _, err = await run_cli("status", env=cli_env(db_url))
+    assert code == 1 and "Traceback" not in err
+    assert err.strip().splitlines() == [
+        'error: the database schema is behind this version (relation "desired_instances" does not exist): '
+        "run `reconciler migrate` first"
+    ]
+
+
+async def test_run_serves_metrics_on_the_host_it_was_given(db_url: str, sim: Sim) -> None:
+    host = "127.0.0.2"  # loopback too, yet a server bound to every interface also answers 127.0.0.1
+    port, api_port = free_port(), free_port()
+    env = cli_env(db_url, sim) | {"SERVICES_API_KEY": "test-api-key", "PORT": str(api_port)}
+    process = await asyncio.create_subprocess_exec(
+        *CLI, "run", "--no-loop", "--host", host, "--metrics-port", str(port),
+        env=env, cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        async with httpx.AsyncClient() as client:
+            for _ in range(200):  # the API answers last, once SIGTERM is handled
+                try:
+                    healthy = await client.get(f"http://{host}:{api_port}/healthz")
+                    break
+                except httpx.ConnectError:
+                    await asyncio.sleep(0.1)
+            assert healthy.status_code == 200
+            assert (await client.get(f"http://{host}:{port}/metrics")).status_code == 200
+            for address in ("127.0.0.1", "localhost"):
+                with pytest.raises(httpx.ConnectError):
+                    await client.get(f"http://{address}:{port}/metrics")
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, err = await asyncio.wait_for(process.communicate(), 20)
+    assert process.returncode == 0, err.decode()

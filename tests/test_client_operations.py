@@ -19,9 +19,9 @@ from starlette.routing import Mount
 from starlette.types import ASGIApp
 
 from providers import agentmail, openrouter, railway, telnyx
-from providers._http import ProviderHTTP
 from providers.agentmail import AgentMailInboxDriver
-from providers.base import DesiredResource, ResourceKind
+from providers.base import DesiredResource, ProviderError, ResourceKind
+from providers.http import ProviderHTTP
 from providers.openrouter import OpenRouterKeyDriver
 from providers.railway import (
     RailwayClient,
@@ -47,7 +47,7 @@ class Seen:
     def __init__(self) -> None:
         self.operations: set[str] = set()
 
-    def __call__(self, provider: str, operation: str, outcome: str, seconds: float) -> None:
+    def __call__(self, provider: str, operation: str, error: ProviderError | None, seconds: float) -> None:
         self.operations.add(operation)
 
 

@@ -4,56 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
-import pytest
 from prometheus_client import CollectorRegistry
 from psycopg.rows import dict_row
 
 from desired_state import store
 from desired_state.models import InstanceSpec, Tool
 from providers.base import ResourceKind
+from providers.simulated.faults import FaultPlan, FaultRule, Latency
 from reconciler.engine import Claim
 from reconciler.metrics import Metrics
 from reconciler.runtime import Runtime
-from reconciler.status import phase_counts
 from tests.conftest import FAST_ENGINE, Sim, simulated_runtime
+from tests.support import all_ready, held, settle, until
 
 ALL_TOOLS = (Tool.OPENROUTER, Tool.AGENTMAIL, Tool.TELNYX)
-
-
-async def settle(runtime: Runtime, done: Callable[[], Any], timeout: float = 20.0) -> None:
-    """Run passes until ``done()`` (sync or async) is true."""
-    deadline = time.monotonic() + timeout
-    while True:
-        await runtime.worker.drain()
-        result = done()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return
-        assert time.monotonic() < deadline, "did not converge in time"
-        await asyncio.sleep(0.05)
-
-
-async def all_ready(conn: psycopg.AsyncConnection[Any], count: int) -> bool:
-    return (await phase_counts(conn)).get("Ready", 0) == count
-
-
-def held(sim: Sim) -> dict[str, list[str]]:
-    """Derived names of everything each provider holds, per resource type."""
-    out: dict[str, list[str]] = {}
-    for provider, kinds in sim.simulator.snapshot().items():
-        for kind, items in kinds.items():
-            if kind in ("messaging_profiles", "deployments"):
-                continue
-            out[f"{provider}.{kind}"] = sorted(str(item["name"]) for item in items)
-    return out
 
 
 async def test_apply_converge_then_delete_leaves_nothing(
@@ -264,7 +233,7 @@ async def test_a_missing_tool_key_is_a_visible_configuration_error(
 ) -> None:
 
 
-    settings = replace(runtime.settings, agentmail_key=None)
+    settings = runtime.settings.model_copy(update={"agentmail_key": None})
     async with Runtime(settings, db_url, runtime.options, Metrics(CollectorRegistry())) as bare:
         await store.put(conn, InstanceSpec(instance_id="nokey", tools=(Tool.AGENTMAIL,)))
         outcomes = await bare.worker.drain()
@@ -340,25 +309,31 @@ async def test_new_work_is_claimed_first_even_behind_an_old_backlog_and_polls_ne
 
 
 async def test_an_instance_wanted_again_during_its_teardown_is_rebuilt_not_half_deleted(
-    runtime: Runtime, sim: Sim, conn: psycopg.AsyncConnection[Any], monkeypatch: Any
+    runtime: Runtime, sim: Sim, conn: psycopg.AsyncConnection[Any]
 ) -> None:
     spec = InstanceSpec(instance_id="again", tools=(Tool.OPENROUTER,))
     await store.put(conn, spec)
     await settle(runtime, lambda: all_ready(conn, 1))
     await store.mark_absent(conn, ["again"])
 
-    # The caller wants it back while the teardown is deleting the Railway service (the last step).
-    service_driver = runtime.drivers[ResourceKind.RAILWAY_SERVICE]
-    delete = service_driver.delete
+    # The caller wants it back while the teardown is deleting the Railway service (the last
+    # step): the simulator holds that call for a second, and the row says it is in flight.
+    slow_delete = FaultRule(provider="railway", operation="serviceDelete", latency=Latency(fixed_ms=1000))
+    sim.simulator.set_faults(FaultPlan(rules=[slow_delete]))
+    teardown = asyncio.create_task(runtime.worker.drain())
 
-    async def delete_then_want_again(*args: Any, **kwargs: Any) -> None:
-        await delete(*args, **kwargs)
-        await store.put(conn, spec)
+    async def deleting_the_service() -> bool:
+        cur = await conn.execute(
+            "SELECT 1 FROM observed_resources WHERE instance_id = 'again' AND kind = 'railway_service'"
+            " AND status = 'deleting'"
+        )
+        return await cur.fetchone() is not None
 
-    monkeypatch.setattr(service_driver, "delete", delete_then_want_again)
-    first = await runtime.worker.drain()
+    await until(deleting_the_service, 10.0, message="the teardown did not reach the service")
+    await store.put(conn, spec)
+    first = await teardown
     assert (first[0].kind, first[0].result) == ("teardown", "requeue")
-    monkeypatch.undo()
+    sim.simulator.set_faults(FaultPlan())
 
     await settle(runtime, lambda: all_ready(conn, 1))
     row = await store.get(conn, "again")
@@ -380,7 +355,7 @@ async def test_stopping_a_busy_loop_lets_the_passes_in_flight_finish_and_logs_no
         await store.put_many(conn, [InstanceSpec(instance_id=f"busy{i}") for i in range(8)])
         stop = asyncio.Event()
         loop = asyncio.create_task(runtime.worker.run_forever(stop))
-        await settle_without_draining(lambda: all_ready(conn, 8))
+        await until(lambda: all_ready(conn, 8), 30.0, interval=0.1, message="did not converge in time")
         caplog.clear()
         stop.set()
         await asyncio.wait_for(loop, timeout=15)
@@ -391,30 +366,27 @@ async def test_stopping_a_busy_loop_lets_the_passes_in_flight_finish_and_logs_no
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
 
 
-async def settle_without_draining(done: Callable[[], Any], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not await done():
-        assert time.monotonic() < deadline, "did not converge in time"
-        await asyncio.sleep(0.1)
-
-
 async def test_an_unexpected_error_is_recorded_on_the_row_with_backoff_not_left_on_a_held_claim(
-    runtime: Runtime, sim: Sim, conn: psycopg.AsyncConnection[Any], monkeypatch: pytest.MonkeyPatch
+    runtime: Runtime, sim: Sim, conn: psycopg.AsyncConnection[Any]
 ) -> None:
-    driver = runtime.drivers[ResourceKind.RAILWAY_SERVICE]
-
-    async def bug(*args: Any, **kwargs: Any) -> Any:
-        raise RuntimeError("a bug with secret-looking text sk-or-v1-abc")
-
-    monkeypatch.setattr(driver, "create", bug)
+    # Not a provider's answer: the database refuses the pass's first write with an error no retry
+    # inside the pass can fix (a trigger standing in for a bug), its text secret-looking.
+    await conn.execute(
+        """
+        CREATE FUNCTION refuse_service_rows() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN RAISE EXCEPTION 'a bug with secret-looking text sk-or-v1-abc'; END $$;
+        CREATE TRIGGER refuse_service_rows BEFORE INSERT ON observed_resources
+           FOR EACH ROW WHEN (NEW.kind = 'railway_service') EXECUTE FUNCTION refuse_service_rows();
+        """
+    )
     await store.put(conn, InstanceSpec(instance_id="oops"))
     [outcome] = await runtime.worker.drain()
     assert outcome.result == "error"
     row = await store.get(conn, "oops")
     assert row is not None and row.attempts == 1 and row.next_attempt_at > datetime.now(UTC)
-    assert row.last_error == "internal error (RuntimeError); details in the reconciler's log"
+    assert row.last_error == "internal error (RaiseException); details in the reconciler's log"
     leased = await (await conn.execute("SELECT lease_owner FROM desired_instances")).fetchone()
     assert leased == (None,)
 
-    monkeypatch.undo()
+    await conn.execute("DROP TRIGGER refuse_service_rows ON observed_resources")
     await settle(runtime, lambda: all_ready(conn, 1))

@@ -11,12 +11,10 @@ import pytest
 
 from desired_state import store
 from desired_state.models import InstanceSpec, Tool
-from providers.base import ResourceKind, Transient
-from providers.simulated.faults import FaultPlan, FaultRule, early_calls
+from providers.simulated.faults import FaultPlan, FaultRule, Latency, early_calls
 from reconciler.runtime import Runtime
 from tests.conftest import FAST_ENGINE, Sim, simulated_runtime
-from tests.test_chaos import held_names
-from tests.test_converge import all_ready, settle
+from tests.support import all_ready, held, settle, until
 
 HOSTILE = FaultPlan(
     rules=[
@@ -64,7 +62,7 @@ async def test_everything_converges_through_faults_and_no_retry_after_is_ignored
     assert early_calls(served, in_flight=0.05) == []
 
     sim.simulator.set_faults(FaultPlan())
-    names = held_names(sim.simulator)
+    names = held(sim)
     every = sorted(f"convos-agent-f{i}" for i in range(12))
     assert names["railway.services"] == every
     assert names["openrouter.keys"] == sorted(f"convos-agent-f{i}" for i in range(0, 12, 3))
@@ -93,32 +91,26 @@ async def test_a_create_that_landed_but_whose_answer_was_lost_is_adopted_not_dup
     db_url: str,
     sim: Sim,
     conn: psycopg.AsyncConnection[Any],
-    monkeypatch: pytest.MonkeyPatch,
     spec_changed_meanwhile: bool,
 ) -> None:
-    # New keys stay out of listings for a second, and the first create's answer is lost (a 502
-    # after the provider made the key): the retry's lookup by name must not come too early,
-    # even when a spec change makes the instance due again at once.
-    sim.simulator.set_faults(FaultPlan(rules=[FaultRule(provider="openrouter", operation="create_key", list_lag=1.0)]))
+    # New keys stay out of listings for a second, and the first create's answer is lost: the
+    # simulator holds it longer than the client waits (a timeout), then makes the key anyway.
+    # The retry's lookup by name must not come too early, even when a spec change makes the
+    # instance due again at once.
+    slow_create = FaultRule(
+        provider="openrouter", operation="create_key", list_lag=1.0, latency=Latency(fixed_ms=800)
+    )
+    sim.simulator.set_faults(FaultPlan(rules=[slow_create]))
     # Longer than the lag (with create_settle_seconds=0 this test sees a second key).
     engine = dataclasses.replace(FAST_ENGINE, create_settle_seconds=2.0)
-    async with simulated_runtime(db_url, sim, engine) as runtime:
-        driver = runtime.drivers[ResourceKind.OPENROUTER_KEY]
-        create = driver.create
-        lost: list[str] = []
+    async with simulated_runtime(db_url, sim, engine, http_timeout=0.3) as runtime:
         spec = InstanceSpec(instance_id="dup", tools=(Tool.OPENROUTER,))
-
-        async def create_then_lose_the_answer(want: Any) -> Any:
-            made = await create(want)
-            if not lost:
-                lost.append(made.external_id)
-                raise Transient("openrouter", "create_key", "HTTP 502: bad gateway")
-            return made
-
-        monkeypatch.setattr(driver, "create", create_then_lose_the_answer)
         await store.put(conn, spec)
         await runtime.worker.drain()
-        assert lost, "the first create did not run"
+        row = await store.get(conn, "dup")
+        assert row is not None and row.last_error is not None and "timed out" in row.last_error
+        await until(lambda: sim.simulator.snapshot()["openrouter"]["keys"], 5.0, message="the create never landed")
+        sim.simulator.set_faults(FaultPlan(rules=[slow_create.model_copy(update={"latency": None})]))
         if spec_changed_meanwhile:
             await store.put(conn, InstanceSpec(instance_id="dup", tools=(Tool.OPENROUTER,), env={"MODE": "changed"}))
         await settle(runtime, lambda: all_ready(conn, 1), timeout=30)

@@ -16,8 +16,8 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from providers._http import ProviderHTTP
 from providers.base import Transient
+from providers.http import ProviderHTTP
 
 PAGE = {"data": [{"id": f"item-{n}", "name": "x" * 200} for n in range(2000)]}
 

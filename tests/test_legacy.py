@@ -15,8 +15,7 @@ from reconciler.db import create_database
 from reconciler.legacy import upgrade
 from reconciler.runtime import Runtime
 from tests.conftest import Sim
-from tests.test_cli import cli_env, run_cli
-from tests.test_converge import all_ready, held, settle
+from tests.support import all_ready, cli_env, held, run_cli, settle
 
 # The pool manager's instances table before the infrastructure moved out of it (seed, study 3.2).
 POOL_SCHEMA = """

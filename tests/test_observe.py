@@ -5,16 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 import psycopg
-import pytest
 
 from desired_state import store
 from desired_state.models import InstanceSpec, Tool
 from providers.base import DesiredResource, ResourceKind
-from reconciler import observe
 from reconciler.operator import build_plan, render_plan, why
 from reconciler.runtime import Runtime
 from tests.conftest import Sim
-from tests.test_converge import all_ready, held, settle
+from tests.support import all_ready, held, out_of_band, settle
 
 
 async def converged(runtime: Runtime, conn: psycopg.AsyncConnection[Any], *specs: InstanceSpec) -> None:
@@ -45,11 +43,18 @@ async def test_a_key_deleted_out_of_band_is_detected_and_recreated(
     assert (await runtime.observer.observe()).drift == []
 
 
+async def change_limit(runtime: Runtime, key_id: str, limit: float) -> None:
+    """Someone changes a key's limit in OpenRouter's dashboard."""
+    management_key = runtime.settings.openrouter_key
+    assert management_key is not None
+    token = management_key.get_secret_value()
+    await out_of_band(runtime, "OPENROUTER_API_URL", token, "PATCH", f"/keys/{key_id}", json={"limit": limit})
+
+
 async def test_a_changed_limit_is_corrected(runtime: Runtime, sim: Sim, conn: psycopg.AsyncConnection[Any]) -> None:
     await converged(runtime, conn, InstanceSpec(instance_id="d2", tools=(Tool.OPENROUTER,)))
     [key] = sim.simulator.snapshot()["openrouter"]["keys"]
-    http = runtime.drivers[ResourceKind.OPENROUTER_KEY]._http  # type: ignore[attr-defined]
-    await http.request("update_key", "PATCH", f"/keys/{key['id']}", json={"limit": 999.0})
+    await change_limit(runtime, key["id"], 999.0)
 
     report = await runtime.observer.observe()
     assert report.drift == [("d2", "openrouter_key", "config")]
@@ -95,15 +100,14 @@ async def test_a_crashed_deploy_shows_in_status_and_conditions(
 
 
 async def test_a_fleet_larger_than_one_page_of_recorded_rows_is_diffed_whole(
-    runtime: Runtime, sim: Sim, conn: psycopg.AsyncConnection[Any], monkeypatch: pytest.MonkeyPatch
+    runtime: Runtime, sim: Sim, conn: psycopg.AsyncConnection[Any]
 ) -> None:
     # Recorded rows are read a page at a time; two rows a page splits every instance's five.
-    monkeypatch.setattr(observe, "RECORDED_PAGE_ROWS", 2)
+    runtime.observer.recorded_page_rows = 2
     ids = ["p1", "p2", "p3"]
     await converged(runtime, conn, *(InstanceSpec(instance_id=i, tools=(Tool.OPENROUTER,)) for i in ids))
-    http = runtime.drivers[ResourceKind.OPENROUTER_KEY]._http  # type: ignore[attr-defined]
     for key in sim.simulator.snapshot()["openrouter"]["keys"]:
-        await http.request("update_key", "PATCH", f"/keys/{key['id']}", json={"limit": 999.0})
+        await change_limit(runtime, key["id"], 999.0)
     services = {s["name"]: s["id"] for s in sim.simulator.snapshot()["railway"]["services"]}
     sim.simulator.railway.crash(services["convos-agent-p3"])
 

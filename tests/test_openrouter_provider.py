@@ -26,7 +26,6 @@ from starlette.applications import Starlette
 from starlette.routing import Mount
 
 import providers.simulated
-from providers._http import ProviderHTTP
 from providers.base import (
     ConfigError,
     DesiredResource,
@@ -36,6 +35,7 @@ from providers.base import (
     Throttled,
     Transient,
 )
+from providers.http import ProviderHTTP
 from providers.openrouter import OpenRouterKeyDriver
 from providers.simulated.openrouter import FakeOpenRouter
 from tests.openapi_contract import Recorder, SpecRequest, SpecResponse, add_default_error_response

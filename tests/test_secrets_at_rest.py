@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import stat
 import time
 import uuid
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +14,11 @@ import psycopg
 import pytest
 from prometheus_client import CollectorRegistry
 from psycopg_pool import AsyncConnectionPool
+from pydantic import SecretStr
 
 from desired_state import store
 from desired_state.models import InstanceSpec, Tool
-from reconciler.db import MIGRATIONS_DIR, EmbeddedPostgres, create_database, migrate
+from reconciler.db import MIGRATIONS_PACKAGE, EmbeddedPostgres, create_database, migrate
 from reconciler.demo import simulated_settings
 from reconciler.metrics import Metrics
 from reconciler.runtime import Runtime
@@ -30,17 +31,16 @@ from reconciler.secrets_box import (
     seal_stored_secrets,
     secret_box,
 )
-from reconciler.settings import Secret, load_settings
+from reconciler.settings import load_settings
 from tests.conftest import Sim, simulated_runtime
-from tests.test_cli import cli_env, run_cli
-from tests.test_converge import all_ready, settle
+from tests.support import all_ready, cli_env, run_cli, settle
 
 SELECT_SECRET = "SELECT secret FROM observed_resources WHERE instance_id = %s AND kind = 'openrouter_key'"
 
 
 def keyed_runtime(db_url: str, sim: Sim, runtime: Runtime, key: str) -> Runtime:
-    settings = dataclasses.replace(
-        simulated_settings(sim.root, sim.simulator.railway.project_id), secret_key=Secret(key)
+    settings = simulated_settings(sim.root, sim.simulator.railway.project_id).model_copy(
+        update={"secret_key": SecretStr(key)}
     )
     return Runtime(settings, db_url, runtime.options, Metrics(CollectorRegistry()))
 
@@ -100,8 +100,8 @@ async def test_an_upgrade_seals_rows_written_in_clear_and_keeps_the_key(
     try:
         before = tmp_path / "migrations"
         before.mkdir()
-        for migration in sorted(MIGRATIONS_DIR.glob("*.sql")):
-            if migration.name < "0008":
+        for migration in sorted(files(MIGRATIONS_PACKAGE).iterdir(), key=lambda entry: entry.name):
+            if migration.name.endswith(".sql") and migration.name < "0008":
                 (before / migration.name).write_text(migration.read_text())
         migrate(url, before)
         async with (

@@ -19,8 +19,8 @@ import pytest
 import typer.testing
 
 import cli
-from providers._http import ProviderHTTP
 from providers.base import Throttled, Transient
+from providers.http import ProviderHTTP
 from providers.railway import THROTTLE_SECONDS, RailwayClient, RailwayConfig, railway_auth_headers
 from providers.simulated.app import Simulator, SimulatorSettings
 from providers.simulated.faults import (
@@ -60,7 +60,7 @@ def simulator(*rules: FaultRule, seed: int | None = 5, clock: Clock | None = Non
     """A simulator with ``rules`` in force; ``clock`` (if given) drives every fake's fault layer."""
     made = Simulator(SimulatorSettings(deploy_seconds=0, seed=seed, faults=FaultPlan(rules=list(rules))))
     if clock is not None:
-        for fake in made.providers.values():
+        for fake in made.fakes.values():
             fake.faults.clock = clock
     return made
 
@@ -410,6 +410,24 @@ async def test_queued_failures_match_their_operation() -> None:
         assert (await client.get(KEYS)).status_code == 200
         assert [(await client.get(KEYS + "/k")).status_code for _ in range(3)] == [500, 500, 404]
     assert sim.requests()["openrouter"]["operations"]["get_key"]["faults"] == {"queued": 2}
+
+
+async def test_a_queued_failure_after_serving_makes_a_create_land_and_its_answer_get_lost() -> None:
+    sim = simulator()
+    sim.openrouter.faults.fail_next(502, "lost on the way back", operation="create_key", after_serving=True)
+    sim.railway.faults.fail_next(504, operation="serviceCreate", after_serving=True)
+    async with client_of(sim) as client:
+        lost = await client.post(KEYS, json={"name": "landed"})
+        assert lost.status_code == 502
+        assert lost.json() == {"error": {"code": 502, "message": "lost on the way back"}}
+        assert [k["name"] for k in sim.snapshot()["openrouter"]["keys"]] == ["landed"]  # it was made all the same
+        assert (await client.post(KEYS, json={"name": "next"})).status_code == 201  # once only
+        create = {"projectId": sim.railway.project_id, "name": "svc"}
+        assert (await graphql(client, SERVICE_CREATE, input=create)).status_code == 504
+        assert [s["name"] for s in sim.snapshot()["railway"]["services"]] == ["svc"]
+    served = sim.requests()
+    assert served["openrouter"]["operations"]["create_key"]["statuses"] == {"201": 1, "502": 1}
+    assert served["railway"]["operations"]["serviceCreate"]["faults"] == {"queued": 1}
 
 
 # --- flags ------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from psycopg.rows import dict_row
 
 from desired_state.models import SpecError, parse_instance
 from desired_state.vocabulary import RESERVED_ENV_KEYS
-from reconciler.db import MIGRATIONS_DIR, create_database, migrate
+from reconciler.db import MIGRATIONS_PACKAGE, create_database, migrate
 from reconciler.runtime import Runtime
 from reconciler.status import instance_statuses
 from tests.conftest import Sim, simulated_runtime
@@ -278,8 +279,8 @@ async def test_migrate_keeps_a_row_stored_before_the_rules_and_the_loop_fails_it
 async def _migrate_over_an_old_bad_row(url: str, sim: Sim, tmp_path: Path) -> None:
     before_rules = tmp_path / "migrations"
     before_rules.mkdir()
-    for migration in sorted(MIGRATIONS_DIR.glob("*.sql")):
-        if migration.name < "0005":
+    for migration in sorted(files(MIGRATIONS_PACKAGE).iterdir(), key=lambda entry: entry.name):
+        if migration.name.endswith(".sql") and migration.name < "0005":
             (before_rules / migration.name).write_text(migration.read_text())
     migrate(url, before_rules)
     with psycopg.connect(url, autocommit=True) as conn:

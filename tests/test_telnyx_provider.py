@@ -35,7 +35,6 @@ from starlette.applications import Starlette
 from starlette.routing import Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from providers._http import ProviderHTTP
 from providers.base import (
     ConfigError,
     Conflict,
@@ -46,6 +45,7 @@ from providers.base import (
     Throttled,
     Transient,
 )
+from providers.http import ProviderHTTP
 from providers.simulated.telnyx import FakeTelnyx, load_spec
 from providers.telnyx import MAX_PURCHASE_ATTEMPTS, TelnyxNumberDriver, telnyx_http
 from tests.openapi_contract import (

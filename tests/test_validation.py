@@ -23,8 +23,8 @@ from desired_state.models import (
     parse_instance,
     parse_instances,
 )
-from desired_state.vocabulary import REDEPLOY_ENV_KEY, RESERVED_ENV_KEYS, TOOLS
-from providers._http import parse_retry_after, redact
+from desired_state.vocabulary import REDEPLOY_ENV, RESERVED_ENV_KEYS, TOOLS
+from providers.http import parse_retry_after, redact
 from reconciler.settings import PASS_THROUGH_VARIABLES, SettingsError, load_settings
 
 
@@ -102,7 +102,7 @@ def test_secrets_never_print() -> None:
     settings = load_settings({"RAILWAY_API_TOKEN": "tok-very-secret", "SERVICES_API_KEY": "k-secret"})
     assert "tok-very-secret" not in repr(settings)
     assert "k-secret" not in repr(settings)
-    assert settings.railway_token is not None and settings.railway_token.reveal() == "tok-very-secret"
+    assert settings.railway_token is not None and settings.railway_token.get_secret_value() == "tok-very-secret"
 
 
 def test_run_requires_railway_settings() -> None:
@@ -231,7 +231,7 @@ def test_reserved_env_names_are_refused(name: str, owner: str) -> None:
 def test_reserved_names_cover_every_tool_key_and_what_the_reconciler_sets() -> None:
     for info in TOOLS.values():
         assert set(info.env_keys) <= RESERVED_ENV_KEYS
-    assert {"INSTANCE_ID", REDEPLOY_ENV_KEY} <= RESERVED_ENV_KEYS
+    assert {"INSTANCE_ID", REDEPLOY_ENV} <= RESERVED_ENV_KEYS
 
 
 def test_pass_through_settings_stay_allowed_unless_the_reconciler_sets_them_per_instance() -> None:

@@ -19,7 +19,7 @@ Each fake speaks its own provider's error envelope, so nothing here builds one: 
   ``created_at``/``updated_at`` strings every provider returns.
 
 Making a fake misbehave (latency, error rates, 429s, rate limits, timeouts, list lag, queued
-failures) is :mod:`providers.simulated.faults`, shared by all four fakes.
+failures) is :mod:`providers.simulated.fault_layer`, shared by every fake.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ Requests need a bearer token (any non-empty one). Bad bodies answer 400 Validati
 ``{name, errors: [{path, message}], ...}``; other errors use ErrorResponse ``{name, message,
 code}``.
 
-:attr:`FakeAgentMail.faults` is the shared fault layer (:mod:`providers.simulated.faults`); its
+:attr:`FakeAgentMail.faults` is the shared fault layer (:mod:`providers.simulated.fault_layer`); its
 operation names are :data:`OPERATIONS`: ``list_inboxes``, ``create_inbox``, ``get_inbox``,
 ``update_inbox``, ``delete_inbox``. With list lag, a new inbox is left out of ``GET /inboxes`` for
 a while (an idempotent create replay and ``GET /inboxes/{id}`` still find it).
@@ -49,7 +49,7 @@ from providers.simulated._common import (
     missing_bearer,
     parse_body,
 )
-from providers.simulated.faults import Faults, route_operations
+from providers.simulated.fault_layer import Faults, route_operations
 
 OPERATIONS = ("list_inboxes", "create_inbox", "get_inbox", "update_inbox", "delete_inbox")
 """The fault layer's names for this fake's routes, in route order."""
@@ -135,8 +135,9 @@ class FakeAgentMail:
         app = Starlette(routes=routes, exception_handlers=envelope_handlers(error_body))
         return self.faults.wrap(app, route_operations(routes))
 
-    def snapshot(self) -> dict[str, list[dict[str, Any]]]:
-        """Every inbox held, with the fields an operator checks (never a secret)."""
+    def snapshot(self, *, reveal_secrets: bool = True) -> dict[str, list[dict[str, Any]]]:
+        """Every inbox held, with the fields an operator checks (never a secret; ``reveal_secrets``
+        changes nothing)."""
         with self._lock:
             inboxes = [
                 {

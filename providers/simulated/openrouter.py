@@ -15,7 +15,7 @@ Every key object carries every field the spec marks required, plus ``external_us
 README section 2). Requests need a bearer token (any non-empty one) and a valid body; every
 error answers in OpenRouter's envelope ``{"error": {"code": <status>, "message": ...}}``.
 
-:attr:`FakeOpenRouter.faults` is the shared fault layer (:mod:`providers.simulated.faults`); its
+:attr:`FakeOpenRouter.faults` is the shared fault layer (:mod:`providers.simulated.fault_layer`); its
 operation names are :data:`OPERATIONS`: ``list_keys``, ``create_key``, ``get_key``,
 ``update_key``, ``delete_key``. With list lag, a new key is left out of ``GET /keys`` for a while.
 """
@@ -41,7 +41,7 @@ from providers.simulated._common import (
     missing_bearer,
     parse_body,
 )
-from providers.simulated.faults import Faults, route_operations
+from providers.simulated.fault_layer import Faults, route_operations
 
 OPERATIONS = ("list_keys", "create_key", "get_key", "update_key", "delete_key")
 """The fault layer's names for this fake's routes, in route order."""
@@ -102,8 +102,9 @@ class FakeOpenRouter:
         app = Starlette(routes=routes, exception_handlers=envelope_handlers(error_body))
         return self.faults.wrap(app, route_operations(routes))
 
-    def snapshot(self) -> dict[str, list[dict[str, Any]]]:
-        """Every key held, with the fields an operator checks (never a secret)."""
+    def snapshot(self, *, reveal_secrets: bool = True) -> dict[str, list[dict[str, Any]]]:
+        """Every key held, with the fields an operator checks (never a secret, so ``reveal_secrets``
+        changes nothing: the plaintext key is in the create answer only)."""
         fields = ("name", "limit", "limit_reset", "disabled")
         with self._lock:
             keys = [{"id": h, **{f: key[f] for f in fields}} for h, key in self._keys.items()]

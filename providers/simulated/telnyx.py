@@ -21,30 +21,25 @@ the number). Every request needs ``Authorization: Bearer <any token>``; request 
 checked against the spec's schemas (400 when they do not match); every error uses the envelope
 ``{"errors": [{code, title, detail, source?, meta?}]}``.
 
-:attr:`FakeTelnyx.faults` is the shared fault layer (:mod:`providers.simulated.faults`); its
+:attr:`FakeTelnyx.faults` is the shared fault layer (:mod:`providers.simulated.fault_layer`); its
 operation names are :data:`OPERATIONS` (``search_numbers``, ``order_number``, ``list_numbers``,
 ``update_messaging``...). With list lag, new orders, numbers and messaging profiles are left out
 of their listings for a while; GET by id still finds them.
+
+This module holds the state and the route handlers; the stateless contract (spec, body checks,
+error envelope, records, inventory, JSON shapes) is :mod:`providers.simulated.telnyx_wire`.
 """
 
 from __future__ import annotations
 
-import functools
 import math
 import random
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any, TypeVar
 
-import yaml
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import best_match
-from referencing import Registry
-from referencing.jsonschema import DRAFT202012
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -52,188 +47,41 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from providers.simulated._common import (
-    NO_BODY,
     FakeRandom,
-    InvalidJSON,
     envelope_handlers,
     error_response,
     iso_timestamp,
     missing_bearer,
-    read_json,
 )
-from providers.simulated.faults import Faults, route_operations
-
-SPEC_PATH = Path(__file__).parent / "specs" / "telnyx-numbers.openapi.yaml"
-_SPEC_URI = "urn:telnyx-numbers-openapi"
-
-MAX_PAGE_SIZE = 250
-"""The spec's ``page[size]`` maximum."""
-DEFAULT_SEARCH_LIMIT = 20
-"""Results of a search without ``filter[limit]`` (the spec names no default)."""
-SEARCH_FEATURES = frozenset(
-    {"sms", "mms", "voice", "fax", "emergency", "hd_voice", "international_sms", "local_calling"}
+from providers.simulated.fault_layer import Faults, route_operations
+from providers.simulated.telnyx_wire import (
+    DEFAULT_SEARCH_LIMIT,
+    MAX_PAGE_SIZE,
+    OPERATIONS,
+    SEARCH_FEATURES,
+    SPEC_PATH,
+    ApiError,
+    ForSale,
+    Number,
+    Order,
+    Profile,
+    available_json,
+    error_body,
+    int_param,
+    load_spec,
+    make_inventory,
+    matches_digits,
+    messaging_json,
+    order_json,
+    profile_json,
+    schema_fields,
+    search_meta,
+    validated_body,
 )
 
-# (area code, state, city): where the inventory's numbers live.
-_AREAS = (
-    ("212", "NY", "New York"),
-    ("312", "IL", "Chicago"),
-    ("415", "CA", "San Francisco"),
-    ("512", "TX", "Austin"),
-    ("617", "MA", "Boston"),
-    ("720", "CO", "Denver"),
-    ("206", "WA", "Seattle"),
-    ("305", "FL", "Miami"),
-)
-_SMS_FEATURES = ("sms", "mms", "voice", "fax", "emergency")
-_VOICE_ONLY_FEATURES = ("voice", "fax", "emergency")
-_VOICE_ONLY_EVERY = 10
-"""Every tenth inventory number cannot do SMS, so a search must ask for ``filter[features]=sms``."""
-
-# Numeric error codes in Telnyx's style; 10007 and 10009 are the ones the spec itself shows.
-_CODES = {400: "10015", 401: "10009", 404: "10005", 422: "10015", 429: "10011"}
-_TITLES = {
-    400: "Bad Request",
-    401: "Authentication failed",
-    404: "Resource not found",
-    422: "Unprocessable entity",
-    429: "Too many requests",
-}
+__all__ = ["OPERATIONS", "SPEC_PATH", "FakeTelnyx", "error_body", "load_spec"]
 
 _T = TypeVar("_T")
-
-OPERATIONS = (
-    "search_numbers",
-    "list_orders",
-    "order_number",
-    "get_order",
-    "list_numbers",
-    "get_number",
-    "update_number",
-    "release_number",
-    "get_messaging",
-    "update_messaging",
-    "list_profiles",
-    "create_profile",
-    "get_profile",
-)
-"""The fault layer's names for this fake's routes, in route order."""
-
-
-class _ApiError(Exception):
-    """Raised by a handler; becomes one Telnyx error envelope."""
-
-    def __init__(
-        self,
-        status: int,
-        detail: str,
-        *,
-        title: str | None = None,
-        pointer: str | None = None,
-        parameter: str | None = None,
-    ) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.detail = detail
-        self.title = title
-        self.pointer = pointer
-        self.parameter = parameter
-
-
-def error_body(
-    status: int,
-    detail: str,
-    *,
-    title: str | None = None,
-    pointer: str | None = None,
-    parameter: str | None = None,
-) -> dict[str, Any]:
-    """The Telnyx error envelope ``{"errors": [{code, title, detail, source?, meta}]}``."""
-    code = _CODES.get(status, "10007")
-    error: dict[str, Any] = {
-        "code": code,
-        "title": title or _TITLES.get(status, "Unexpected error"),
-        "detail": detail,
-        "meta": {"url": f"https://developers.telnyx.com/docs/overview/errors/{code}"},
-    }
-    source = {k: v for k, v in (("pointer", pointer), ("parameter", parameter)) if v is not None}
-    if source:
-        error["source"] = source
-    return {"errors": [error]}
-
-
-@functools.cache
-def load_spec() -> dict[str, Any]:
-    """The Telnyx OpenAPI document this simulator serves (parsed once)."""
-    spec: dict[str, Any] = yaml.safe_load(SPEC_PATH.read_text(encoding="utf-8"))
-    return spec
-
-
-@functools.cache
-def _body_validator(schema_name: str) -> Draft202012Validator:
-    # OpenAPI 3.1 schemas are JSON Schema 2020-12; $refs resolve inside the spec document.
-    registry: Registry[Any] = Registry().with_resource(_SPEC_URI, DRAFT202012.create_resource(load_spec()))
-    return Draft202012Validator({"$ref": f"{_SPEC_URI}#/components/schemas/{schema_name}"}, registry=registry)
-
-
-def _schema_fields(schema_name: str) -> Mapping[str, Any]:
-    """The properties the spec defines for a component schema."""
-    fields: Mapping[str, Any] = load_spec()["components"]["schemas"][schema_name]["properties"]
-    return fields
-
-
-@dataclass
-class _ForSale:
-    phone_number: str
-    state: str
-    city: str
-    features: tuple[str, ...]
-    sold: bool = False
-
-
-@dataclass
-class _Profile:
-    id: str
-    name: str
-    settings: dict[str, Any]
-    created_at: datetime
-    updated_at: datetime
-
-
-@dataclass
-class _Number:
-    id: str
-    listing: _ForSale
-    customer_reference: str | None
-    order_profile_id: str | None
-    connection_id: str | None
-    billing_group_id: str | None
-    created_at: datetime
-    updated_at: datetime
-    ready_at: float
-    status: str = "purchase-pending"
-    activated_at: datetime | None = None
-    messaging_profile_id: str | None = None
-    messaging_product: str = "P2P"
-    tags: list[str] = field(default_factory=list)
-    external_pin: str | None = None
-    hd_voice_enabled: bool = False
-
-    @property
-    def phone_number(self) -> str:
-        return self.listing.phone_number
-
-
-@dataclass
-class _Order:
-    id: str
-    lines: list[tuple[str, str]]
-    """(order line id, E.164 number)."""
-    customer_reference: str | None
-    messaging_profile_id: str | None
-    connection_id: str | None
-    billing_group_id: str | None
-    created_at: datetime
 
 
 class FakeTelnyx:
@@ -263,12 +111,12 @@ class FakeTelnyx:
         self._lock = threading.Lock()
         self._inventory_size = inventory
         self._ids = FakeRandom(seed)
-        self._for_sale: list[_ForSale] = []
-        self._numbers: dict[str, _Number] = {}
+        self._for_sale: list[ForSale] = []
+        self._numbers: dict[str, Number] = {}
         self._pending: set[str] = set()
         """Ids of numbers still ``purchase-pending``."""
-        self._profiles: dict[str, _Profile] = {}
-        self._orders: dict[str, _Order] = {}
+        self._profiles: dict[str, Profile] = {}
+        self._orders: dict[str, Order] = {}
         self.faults = Faults("telnyx", error_body, seed=seed, clock=clock)
         """The fault layer, in front of everything (the bearer-token check included)."""
         self._last_stamp = datetime.min.replace(tzinfo=UTC)
@@ -281,7 +129,9 @@ class FakeTelnyx:
     def asgi(self) -> ASGIApp:
         return self._app
 
-    def snapshot(self) -> dict[str, list[dict[str, Any]]]:
+    def snapshot(self, *, reveal_secrets: bool = True) -> dict[str, list[dict[str, Any]]]:
+        """Every number and messaging profile held (no secret among them; ``reveal_secrets`` changes
+        nothing)."""
         with self._lock:
             self._settle()
             return {
@@ -308,7 +158,7 @@ class FakeTelnyx:
             self._profiles.clear()
             self._orders.clear()
             self.faults.reset()
-            self._for_sale = _make_inventory(self._inventory_size, random.Random(self._seed))
+            self._for_sale = make_inventory(self._inventory_size, random.Random(self._seed))
 
     # -- plumbing --------------------------------------------------------------------------------
 
@@ -333,13 +183,11 @@ class FakeTelnyx:
 
     def _build_app(self, routes: list[Route]) -> Starlette:
         async def api_error(_: Request, exc: Exception) -> Response:
-            assert isinstance(exc, _ApiError)
-            body = error_body(
-                exc.status, exc.detail, title=exc.title, pointer=exc.pointer, parameter=exc.parameter
-            )
+            assert isinstance(exc, ApiError)
+            body = error_body(exc.status, exc.detail, title=exc.title, pointer=exc.pointer, parameter=exc.parameter)
             return error_response(exc.status, body)
 
-        handlers = {**envelope_handlers(error_body), _ApiError: api_error}
+        handlers = {**envelope_handlers(error_body), ApiError: api_error}
         return Starlette(routes=routes, exception_handlers=handlers)
 
     @staticmethod
@@ -378,7 +226,7 @@ class FakeTelnyx:
                 if number.messaging_profile_id is None and number.order_profile_id in self._profiles:
                     number.messaging_profile_id = number.order_profile_id
 
-    def _find(self, ref: str) -> _Number:
+    def _find(self, ref: str) -> Number:
         """A held number by numeric id or E.164; 404 otherwise."""
         if ref.startswith("+"):
             for number in self._numbers.values():
@@ -386,18 +234,18 @@ class FakeTelnyx:
                     return number
         elif ref in self._numbers:
             return self._numbers[ref]
-        raise _ApiError(404, f"Phone number {ref} not found")
+        raise ApiError(404, f"Phone number {ref} not found")
 
-    def _find_ready(self, ref: str) -> _Number:
+    def _find_ready(self, ref: str) -> Number:
         number = self._find(ref)
         if number.status == "purchase-pending":
             # What the real API answers while a fresh purchase is still being provisioned.
-            raise _ApiError(404, f"Phone number {ref} not found")
+            raise ApiError(404, f"Phone number {ref} not found")
         return number
 
     def _page(self, request: Request, items: Sequence[_T]) -> tuple[Sequence[_T], dict[str, int]]:
-        number = _int_param(request, "page[number]", 1, minimum=1)
-        asked = _int_param(request, "page[size]", self.page_size, minimum=1, maximum=MAX_PAGE_SIZE)
+        number = int_param(request, "page[number]", 1, minimum=1)
+        asked = int_param(request, "page[size]", self.page_size, minimum=1, maximum=MAX_PAGE_SIZE)
         size = min(asked, self.page_size)
         start = (number - 1) * size
         meta = {
@@ -412,7 +260,7 @@ class FakeTelnyx:
 
     async def _search(self, request: Request) -> Response:
         query = request.query_params
-        limit = _int_param(request, "filter[limit]", DEFAULT_SEARCH_LIMIT, minimum=1)
+        limit = int_param(request, "filter[limit]", DEFAULT_SEARCH_LIMIT, minimum=1)
         features = {
             item.strip()
             for key in ("filter[features]", "filter[features][]")  # SDK comma-joins; the seed used []
@@ -422,10 +270,10 @@ class FakeTelnyx:
         }
         unknown = features - SEARCH_FEATURES
         if unknown:
-            raise _ApiError(400, f"Unknown feature {sorted(unknown)[0]!r}", parameter="filter[features]")
+            raise ApiError(400, f"Unknown feature {sorted(unknown)[0]!r}", parameter="filter[features]")
         if query.get("filter[country_code]", "US").upper() != "US":
-            return JSONResponse({"data": [], "meta": _search_meta(0), "metadata": _search_meta(0)})
-        tests: dict[str, Callable[[_ForSale, str], bool]] = {
+            return JSONResponse({"data": [], "meta": search_meta(0), "metadata": search_meta(0)})
+        tests: dict[str, Callable[[ForSale, str], bool]] = {
             "filter[phone_number][starts_with]": lambda n, v: n.phone_number[2:].startswith(v),
             "filter[phone_number][ends_with]": lambda n, v: n.phone_number.endswith(v),
             "filter[phone_number][contains]": lambda n, v: v in n.phone_number,
@@ -437,37 +285,35 @@ class FakeTelnyx:
             matches = [
                 n
                 for n in self._for_sale
-                if not n.sold
-                and features.issubset(n.features)
-                and all(test(n, value) for test, value in given)
+                if not n.sold and features.issubset(n.features) and all(test(n, value) for test, value in given)
             ]
-        data = [_available_json(n) for n in matches[:limit]]
-        meta = _search_meta(len(data))
+        data = [available_json(n) for n in matches[:limit]]
+        meta = search_meta(len(data))
         return JSONResponse({"data": data, "meta": meta, "metadata": meta})
 
     async def _create_order(self, request: Request) -> Response:
-        body = await _validated_body(request, "CreateNumberOrderRequest")
+        body = await validated_body(request, "CreateNumberOrderRequest")
         wanted = [line["phone_number"] for line in body.get("phone_numbers", [])]
         if not wanted:
-            raise _ApiError(422, "At least one phone number is required", pointer="/phone_numbers")
+            raise ApiError(422, "At least one phone number is required", pointer="/phone_numbers")
         if len(set(wanted)) != len(wanted):
-            raise _ApiError(422, "A phone number is listed twice", pointer="/phone_numbers")
+            raise ApiError(422, "A phone number is listed twice", pointer="/phone_numbers")
         profile_id = body.get("messaging_profile_id")
         with self._lock:
             if profile_id is not None and profile_id not in self._profiles:
-                raise _ApiError(422, "Messaging profile not found", pointer="/messaging_profile_id")
+                raise ApiError(422, "Messaging profile not found", pointer="/messaging_profile_id")
             listings = {n.phone_number: n for n in self._for_sale}
             for index, phone_number in enumerate(wanted):
                 listing = listings.get(phone_number)
                 if listing is None or listing.sold:
-                    raise _ApiError(
+                    raise ApiError(
                         422,
                         f"Number {phone_number} is not available for purchase",
                         title="Number not available",
                         pointer=f"/phone_numbers/{index}/phone_number",
                     )
             now = self._stamp()
-            order = _Order(
+            order = Order(
                 id=self._ids.uuid(),
                 lines=[(self._ids.uuid(), phone_number) for phone_number in wanted],
                 customer_reference=body.get("customer_reference"),
@@ -480,7 +326,7 @@ class FakeTelnyx:
             for phone_number in wanted:
                 listing = listings[phone_number]
                 listing.sold = True
-                number = _Number(
+                number = Number(
                     id="1" + self._ids.digits(18),
                     listing=listing,
                     customer_reference=order.customer_reference,
@@ -496,7 +342,7 @@ class FakeTelnyx:
                 self.faults.created("order_number", number.id)
             self.faults.created("order_number", order.id)
             self._settle()
-            return JSONResponse({"data": _order_json(order, detailed=True)})
+            return JSONResponse({"data": order_json(order, detailed=True)})
 
     async def _list_orders(self, request: Request) -> Response:
         reference = request.query_params.get("filter[customer_reference]")
@@ -507,24 +353,24 @@ class FakeTelnyx:
                 if (reference is None or o.customer_reference == reference) and self.faults.is_listed(o.id)
             ]
             page, meta = self._page(request, orders)
-            return JSONResponse({"data": [_order_json(o, detailed=False) for o in page], "meta": meta})
+            return JSONResponse({"data": [order_json(o, detailed=False) for o in page], "meta": meta})
 
     async def _get_order(self, request: Request) -> Response:
         with self._lock:
             order = self._orders.get(request.path_params["order_id"])
             if order is None:
-                raise _ApiError(404, "Number order not found")
-            return JSONResponse({"data": _order_json(order, detailed=True)})
+                raise ApiError(404, "Number order not found")
+            return JSONResponse({"data": order_json(order, detailed=True)})
 
     # -- phone numbers ---------------------------------------------------------------------------
 
     async def _list_numbers(self, request: Request) -> Response:
         query = request.query_params
-        tests: dict[str, Callable[[_Number, str], bool]] = {
+        tests: dict[str, Callable[[Number, str], bool]] = {
             "filter[customer_reference]": lambda n, v: n.customer_reference == v,
             "filter[tag]": lambda n, v: v in n.tags,
             "filter[status]": lambda n, v: n.status == v,
-            "filter[phone_number]": _matches_digits,
+            "filter[phone_number]": matches_digits,
         }
         given = [(test, query[key]) for key, test in tests.items() if key in query]
         sort = query.get("sort")
@@ -549,7 +395,7 @@ class FakeTelnyx:
             return JSONResponse({"data": self._number_json(number)})
 
     async def _update_number(self, request: Request) -> Response:
-        body = await _validated_body(request, "UpdatePhoneNumberRequest")
+        body = await validated_body(request, "UpdatePhoneNumberRequest")
         with self._lock:
             self._settle()
             number = self._find_ready(request.path_params["ref"])
@@ -573,7 +419,7 @@ class FakeTelnyx:
             number.updated_at = self._stamp()
             detailed = self._number_json(number)
             # PhoneNumberDeletedDetailed has fewer fields, and none of them nullable.
-            deleted_fields = _schema_fields("PhoneNumberDeletedDetailed")
+            deleted_fields = schema_fields("PhoneNumberDeletedDetailed")
             data = {k: v for k, v in detailed.items() if k in deleted_fields and v is not None}
             return JSONResponse({"data": data})
 
@@ -581,10 +427,10 @@ class FakeTelnyx:
         with self._lock:
             self._settle()
             number = self._find(request.path_params["ref"])
-            return JSONResponse({"data": _messaging_json(number)})
+            return JSONResponse({"data": messaging_json(number)})
 
     async def _update_messaging(self, request: Request) -> Response:
-        body = await _validated_body(request, "UpdatePhoneNumberMessagingSettingsRequest")
+        body = await validated_body(request, "UpdatePhoneNumberMessagingSettingsRequest")
         with self._lock:
             self._settle()
             number = self._find_ready(request.path_params["ref"])
@@ -593,16 +439,16 @@ class FakeTelnyx:
                 number.messaging_profile_id = None
             elif profile_id is not None:
                 if profile_id not in self._profiles:
-                    raise _ApiError(422, "Messaging profile not found", pointer="/messaging_profile_id")
+                    raise ApiError(422, "Messaging profile not found", pointer="/messaging_profile_id")
                 number.messaging_profile_id = profile_id
             if body.get("messaging_product") is not None:
                 number.messaging_product = body["messaging_product"]
             if body.get("tags") is not None:
                 number.tags = list(dict.fromkeys(body["tags"]))
             number.updated_at = self._stamp()
-            return JSONResponse({"data": _messaging_json(number)})
+            return JSONResponse({"data": messaging_json(number)})
 
-    def _number_json(self, number: _Number) -> dict[str, Any]:
+    def _number_json(self, number: Number) -> dict[str, Any]:
         profile = self._profiles.get(number.messaging_profile_id or "")
         return {
             "id": number.id,
@@ -652,14 +498,14 @@ class FakeTelnyx:
                 and self.faults.is_listed(p.id)
             ]
             page, meta = self._page(request, profiles)
-            return JSONResponse({"data": [_profile_json(p) for p in page], "meta": meta})
+            return JSONResponse({"data": [profile_json(p) for p in page], "meta": meta})
 
     async def _create_profile(self, request: Request) -> Response:
-        body = await _validated_body(request, "CreateMessagingProfileRequest")
-        known = _schema_fields("MessagingProfile")  # the create schema is open; keep what a profile has
+        body = await validated_body(request, "CreateMessagingProfileRequest")
+        known = schema_fields("MessagingProfile")  # the create schema is open; keep what a profile has
         with self._lock:
             now = self._stamp()
-            profile = _Profile(
+            profile = Profile(
                 id=self._ids.uuid(),
                 name=body["name"],
                 settings={k: v for k, v in body.items() if k in known and k != "name"},
@@ -668,173 +514,14 @@ class FakeTelnyx:
             )
             self._profiles[profile.id] = profile
             self.faults.created("create_profile", profile.id)
-            return JSONResponse({"data": _profile_json(profile)})
+            return JSONResponse({"data": profile_json(profile)})
 
     async def _get_profile(self, request: Request) -> Response:
         with self._lock:
             profile = self._profiles.get(request.path_params["profile_id"])
             if profile is None:
-                raise _ApiError(404, "Messaging profile not found")
-            return JSONResponse({"data": _profile_json(profile)})
+                raise ApiError(404, "Messaging profile not found")
+            return JSONResponse({"data": profile_json(profile)})
 
 
 # -- helpers without state ---------------------------------------------------------------------
-
-
-def _int_param(request: Request, name: str, default: int, *, minimum: int, maximum: int | None = None) -> int:
-    raw = request.query_params.get(name)
-    if raw is None:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise _ApiError(400, f"{name} must be an integer", parameter=name) from None
-    if value < minimum or (maximum is not None and value > maximum):
-        bound = f"between {minimum} and {maximum}" if maximum is not None else f"at least {minimum}"
-        raise _ApiError(400, f"{name} must be {bound}", parameter=name)
-    return value
-
-
-async def _validated_body(request: Request, schema_name: str) -> dict[str, Any]:
-    """The JSON body, checked against the spec's ``schema_name``; 400 in the envelope otherwise."""
-    try:
-        body = await read_json(request)
-    except InvalidJSON:
-        raise _ApiError(400, "The request body is not valid JSON") from None
-    if body is NO_BODY:
-        raise _ApiError(400, "A request body is required")
-    error = best_match(_body_validator(schema_name).iter_errors(body))
-    if error is not None:
-        pointer = "/" + "/".join(str(step) for step in error.absolute_path)
-        raise _ApiError(400, error.message, title="Invalid parameter", pointer=pointer)
-    assert isinstance(body, dict)  # every schema used here is an object
-    return body
-
-
-def _make_inventory(size: int, rng: random.Random) -> list[_ForSale]:
-    numbers: dict[str, _ForSale] = {}
-    while len(numbers) < size:
-        area, state, city = rng.choice(_AREAS)
-        # NANP: the exchange starts with 2-9; line numbers are free.
-        phone_number = f"+1{area}{rng.randint(200, 999)}{rng.randint(0, 9999):04d}"
-        features = _VOICE_ONLY_FEATURES if len(numbers) % _VOICE_ONLY_EVERY == 9 else _SMS_FEATURES
-        numbers.setdefault(phone_number, _ForSale(phone_number, state, city, features))
-    return list(numbers.values())
-
-
-def _matches_digits(number: _Number, digits: str) -> bool:
-    # The spec: "Requires at least three digits. Non-numerical characters will result in no values".
-    return len(digits) >= 3 and digits.isdigit() and digits in number.phone_number
-
-
-def _search_meta(count: int) -> dict[str, int]:
-    return {"total_results": count, "best_effort_results": 0}
-
-
-def _available_json(listing: _ForSale) -> dict[str, Any]:
-    return {
-        "record_type": "available_phone_number",
-        "phone_number": listing.phone_number,
-        "vanity_format": "",
-        "best_effort": False,
-        "quickship": True,
-        "reservable": True,
-        "features": [{"name": name} for name in listing.features],
-        "cost_information": {"currency": "USD", "monthly_cost": "1.00", "upfront_cost": "1.00"},
-        "region_information": [
-            {"region_type": "country_code", "region_name": "US"},
-            {"region_type": "state", "region_name": listing.state},
-            {"region_type": "location", "region_name": listing.city},
-        ],
-    }
-
-
-def _order_json(order: _Order, *, detailed: bool) -> dict[str, Any]:
-    """NumberOrderWithPhoneNumbers (``detailed``) or the listing's NumberOrder shape."""
-    if detailed:
-        lines: list[dict[str, Any]] = [
-            {
-                "id": line_id,
-                "record_type": "number_order_phone_number",
-                "phone_number": phone_number,
-                "status": "success",
-                "requirements_met": True,
-                "requirements_status": "approved",
-                "regulatory_requirements": [],
-                "country_code": "US",
-                "phone_number_type": "local",
-            }
-            for line_id, phone_number in order.lines
-        ]
-    else:
-        lines = [{"id": line_id, "phone_number": phone_number} for line_id, phone_number in order.lines]
-    optional = {
-        "customer_reference": order.customer_reference,
-        "messaging_profile_id": order.messaging_profile_id,
-        "connection_id": order.connection_id,
-        "billing_group_id": order.billing_group_id,
-    }
-    return {
-        "id": order.id,
-        "record_type": "number_order",
-        "status": "success",
-        "phone_numbers": lines,
-        "phone_numbers_count": len(lines),
-        "requirements_met": True,
-        "sub_number_orders_ids": [order.id],
-        "created_at": iso_timestamp(order.created_at),
-        "updated_at": iso_timestamp(order.created_at),
-        # These are plain strings in the spec (not nullable): left out when unset.
-        **{k: v for k, v in optional.items() if v is not None},
-    }
-
-
-def _messaging_json(number: _Number) -> dict[str, Any]:
-    sms = "sms" in number.listing.features
-    feature_set = {"domestic_two_way": True, "international_inbound": False, "international_outbound": False}
-    return {
-        "record_type": "messaging_settings",
-        "id": number.id,
-        "phone_number": number.phone_number,
-        "country_code": "US",
-        "type": "long-code",
-        "messaging_profile_id": number.messaging_profile_id,
-        "messaging_product": number.messaging_product,
-        "traffic_type": number.messaging_product,
-        "eligible_messaging_products": ["A2P", "P2P"],
-        "features": {"sms": feature_set if sms else None, "mms": feature_set if sms else None},
-        "tags": list(number.tags),
-        "created_at": iso_timestamp(number.created_at),
-        "updated_at": iso_timestamp(number.updated_at),
-    }
-
-
-def _profile_json(profile: _Profile) -> dict[str, Any]:
-    defaults: Mapping[str, Any] = {
-        "enabled": True,
-        "webhook_url": None,
-        "webhook_failover_url": None,
-        "webhook_api_version": "2",
-        "number_pool_settings": None,
-        "url_shortener_settings": None,
-        "alpha_sender": None,
-        "daily_spend_limit_enabled": False,
-        "mms_fall_back_to_sms": False,
-        "mms_transcoding": False,
-        "mobile_only": False,
-        "smart_encoding": False,
-        "redaction_enabled": False,
-        "redaction_level": 2,
-        "ai_assistant_id": None,
-        "resource_group_id": None,
-        "health_webhook_url": None,
-    }
-    return {
-        "record_type": "messaging_profile",
-        "id": profile.id,
-        "name": profile.name,
-        **defaults,
-        **profile.settings,
-        "created_at": iso_timestamp(profile.created_at),
-        "updated_at": iso_timestamp(profile.updated_at),
-    }

@@ -27,6 +27,7 @@ credential echoed by a provider (or present in a URL) never reaches a log line o
 from __future__ import annotations
 
 import email.utils
+import logging
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -48,8 +49,9 @@ _SECRET_PATTERNS = (
     re.compile(r"(?i)bearer\s+[A-Za-z0-9._~+/=-]+"),
 )
 
-CallObserver = Callable[[str, str, str, float], None]
-"""``(provider, operation, outcome, seconds)``: told about every call, for metrics."""
+CallObserver = Callable[[str, str, ProviderError | None, float], None]
+"""``(provider, operation, error, seconds)``: told about every call (``error`` None on success),
+for metrics. The provider's raw answer is passed on; the caller decides what label it is."""
 
 AnswerCheck = Callable[[httpx.Response, Any], None]
 """``(response, decoded body)``: a provider's own check of a 2xx answer, which may raise a
@@ -61,11 +63,27 @@ ErrorCodes = Mapping[str, CodedError]
 the status mapping: AgentMail says "username taken" with a 403 ``resource_taken``, a Conflict."""
 
 
+MIN_REDACTABLE_SECRET = 8
+"""A credential shorter than this is too short to redact safely: its value may well occur in a
+text by chance (as a word or a number), so masking it hides that text and unmasked it may be
+guessed. :class:`ProviderHTTP` warns about such a credential when it is built (at start-up)."""
+
+log = logging.getLogger(__name__)
+
+
 def redact(text: str, secrets: Sequence[str] = ()) -> str:
-    """Mask known secrets and anything shaped like a credential; cut to a loggable length."""
+    """Mask known secrets and anything shaped like a credential; cut to a loggable length.
+
+    A secret shorter than :data:`MIN_REDACTABLE_SECRET` is masked only where it stands as a whole
+    value (not inside a longer word or token), so a value such as ``t`` masks ``t`` and leaves
+    every other letter t alone. A longer one cannot occur by chance and is masked wherever it
+    appears (inside a URL-encoded query string, say).
+    """
     for secret in secrets:
-        if secret:
+        if len(secret) >= MIN_REDACTABLE_SECRET:
             text = text.replace(secret, "***")
+        elif secret:
+            text = re.sub(rf"(?<![\w-]){re.escape(secret)}(?![\w-])", "***", text)
     for pattern in _SECRET_PATTERNS:
         text = pattern.sub("***", text)
     if len(text) > MAX_ERROR_TEXT:
@@ -94,18 +112,6 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     return max(0.0, when.timestamp() - current)
 
 
-def _outcome_of(exc: ProviderError | None) -> str:
-    if exc is None:
-        return "ok"
-    return {
-        Transient: "transient",
-        Throttled: "throttled",
-        NotFound: "not_found",
-        Conflict: "conflict",
-        ConfigError: "config_error",
-    }.get(type(exc), "error")
-
-
 class Admission(Protocol):
     """Decides whether a provider call may go out now; told how each call went.
 
@@ -123,7 +129,9 @@ class ProviderHTTP:
     """Sends one provider's requests and maps failures; shared by all of that provider's drivers.
 
     ``auth_headers`` are added to every request and their values are redacted from every error.
-    ``observer`` (optional) is told the outcome and latency of every call.
+    ``observer`` (optional) is told the outcome and latency of every call. ``timeout`` (seconds)
+    bounds each call; None leaves it to the injected client's own timeout, which is how a
+    process sets one for every provider at once.
     """
 
     def __init__(
@@ -133,7 +141,7 @@ class ProviderHTTP:
         base_url: str,
         auth_headers: Mapping[str, str],
         *,
-        timeout: float = 15.0,
+        timeout: float | None = None,
         observer: CallObserver | None = None,
         admission: Admission | None = None,
     ) -> None:
@@ -143,6 +151,15 @@ class ProviderHTTP:
         self._base_url = base_url.rstrip("/")
         self._headers = dict(auth_headers)
         self._secrets = tuple(v.split(" ", 1)[-1] for v in auth_headers.values())
+        for name, secret in zip(auth_headers, self._secrets, strict=True):
+            if len(secret) < MIN_REDACTABLE_SECRET:
+                log.warning(
+                    "the %s credential (%s header) is shorter than %d characters: too short to redact "
+                    "safely from error texts",
+                    provider,
+                    name,
+                    MIN_REDACTABLE_SECRET,
+                )
         self._timeout = timeout
         self._observer = observer
 
@@ -184,7 +201,7 @@ class ProviderHTTP:
             raise
         finally:
             if self._observer is not None:
-                self._observer(self.provider, operation, _outcome_of(error), time.monotonic() - started)
+                self._observer(self.provider, operation, error, time.monotonic() - started)
             # Only an answer says anything about the provider's health: a cancelled call must
             # not close an open circuit as if it had succeeded.
             if self._admission is not None and answered:
@@ -202,7 +219,12 @@ class ProviderHTTP:
         url = self._base_url + path
         try:
             response = await self._client.request(
-                method, url, json=json, params=cast(Any, params), headers=self._headers, timeout=self._timeout
+                method,
+                url,
+                json=json,
+                params=cast(Any, params),
+                headers=self._headers,
+                timeout=httpx.USE_CLIENT_DEFAULT if self._timeout is None else self._timeout,
             )
         except httpx.TimeoutException:
             raise Transient(self.provider, operation, "timed out") from None

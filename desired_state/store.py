@@ -129,8 +129,14 @@ class DesiredInstance:
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> DesiredInstance:
+        try:
+            spec = InstanceSpec.from_row(row["instance_id"], row["name"], row["spec"])
+        except ValidationError:
+            # Written over SQL (or before a rule existed) and breaking a rule: listed with its id
+            # and name only; the reconciler's last_error on the row names the rule.
+            spec = InstanceSpec.model_construct(instance_id=row["instance_id"], name=row["name"])
         return cls(
-            spec=InstanceSpec.from_row(row["instance_id"], row["name"], row["spec"]),
+            spec=spec,
             present=row["present"],
             generation=row["generation"],
             observed_generation=row["observed_generation"],

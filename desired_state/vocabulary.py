@@ -95,7 +95,8 @@ deploy again."""
 RESERVED_ENV_KEYS: Final[frozenset[str]] = frozenset(
     key for info in TOOL_CATALOGUE for key in info.env_keys
 ) | {INSTANCE_ID_ENV, REDEPLOY_ENV}
-"""Variables the reconciler sets itself; a caller's ``env`` may not set them."""
+"""Variables the reconciler sets itself; a caller's ``env`` may not set them (nor may a row
+written over SQL: migrations/0005_input_rules.sql names them too, and a test keeps both equal)."""
 
 
 class DeploymentState(enum.StrEnum):

@@ -88,6 +88,7 @@ from reconciler.plan import (
     params_hash,
     wanted_kinds,
 )
+from reconciler.secrets_box import SecretBox
 
 log = logging.getLogger(__name__)
 
@@ -194,9 +195,11 @@ class Reconciler:
         metrics: Metrics,
         *,
         owner: str,
+        secrets: SecretBox,
         settings: EngineSettings | None = None,
     ) -> None:
         self._pool = pool
+        self.secrets = secrets
         self._drivers = drivers
         self.defaults = defaults
         self._metrics = metrics
@@ -540,7 +543,7 @@ class Reconciler:
                     "external_id": found.external_id,
                     "status": status,
                     "attributes": Jsonb(attributes),
-                    "secret": found.secret,
+                    "secret": None if found.secret is None else self.secrets.seal(found.secret),
                     "applied_hash": applied_hash,
                     "token": claim.token,
                 },
@@ -810,15 +813,14 @@ class Reconciler:
 
     # -- loading ----------------------------------------------------------------------------------
 
-    @staticmethod
-    async def _load_state(conn: AsyncConnection[Any], instance_id: str) -> _State:
+    async def _load_state(self, conn: AsyncConnection[Any], instance_id: str) -> _State:
         state = _State()
         async with conn.cursor(row_factory=dict_row) as cur:
             await cur.execute(queries.SELECT_OBSERVED, {"instance_id": instance_id})
             for row in await cur.fetchall():
                 kind = ResourceKind(row["kind"])
                 if row["secret"] is not None:
-                    state.secrets[kind] = row["secret"]
+                    state.secrets[kind] = self.secrets.open_(row["secret"])
                 state.observed[kind] = ObservedRow.from_row(row)
         return state
 

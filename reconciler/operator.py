@@ -17,11 +17,12 @@ from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 from pydantic import ValidationError
 
-from desired_state.models import InstanceSpec
+from desired_state.models import InstanceSpec, describe_validation_error
 from providers.base import ResourceKind
 from reconciler import queries
 from reconciler.observe import Inventory, Observer, Orphan
 from reconciler.plan import Action, ObservedRow, ResourceDefaults, Verb, plan_instance
+from reconciler.secrets_box import SecretBox
 
 
 @dataclass
@@ -64,6 +65,8 @@ async def build_plan(
     observer: Observer,
     defaults: ResourceDefaults,
     instance_ids: Sequence[str] | None = None,
+    *,
+    secrets: SecretBox,
 ) -> Plan:
     inventory = await observer.inventory()
     params = {"ids": list(instance_ids or []), "all": instance_ids is None}
@@ -82,12 +85,14 @@ async def build_plan(
         try:
             spec: InstanceSpec | None = InstanceSpec.from_row(row["instance_id"], row["name"], row["spec"])
         except ValidationError as exc:
-            plans.append(InstancePlan(row["instance_id"], row["generation"], [], error=f"invalid spec: {exc}"))
+            problems = "; ".join(describe_validation_error(exc, "spec."))
+            plans.append(InstancePlan(row["instance_id"], row["generation"], [], error=f"invalid spec: {problems}"))
             continue
         # Secret values take part in the deployment's digest (never printed): the same comparison
         # the engine makes.
-        secrets = {ResourceKind(r["kind"]): r["secret"] for r in by_instance.get(row["instance_id"], []) if r["secret"]}
-        actions = plan_instance(spec, row["present"], defaults, observed, secrets)
+        rows = by_instance.get(row["instance_id"], [])
+        values = {ResourceKind(r["kind"]): secrets.open_(r["secret"]) for r in rows if r["secret"]}
+        actions = plan_instance(spec, row["present"], defaults, observed, values)
         plans.append(InstancePlan(row["instance_id"], row["generation"], actions, drift))
     orphans = await observer.orphans(inventory) if instance_ids is None else []
     return Plan(plans, orphans, {k.value: v for k, v in inventory.failed.items()})

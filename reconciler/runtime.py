@@ -42,6 +42,7 @@ from reconciler.loop import Worker
 from reconciler.metrics import Metrics, default_metrics
 from reconciler.observe import Observer
 from reconciler.plan import ResourceDefaults
+from reconciler.secrets_box import seal_stored_secrets, secret_box
 from reconciler.settings import Settings
 
 
@@ -192,6 +193,7 @@ class Runtime:
     ) -> None:
         self.settings = settings
         self.database_url = database_url
+        self.secrets = secret_box(settings)  # first: a missing or malformed key opens nothing
         self.options = options or RuntimeOptions(engine=EngineSettings())
         self.metrics = metrics or default_metrics()
         self.pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
@@ -212,6 +214,7 @@ class Runtime:
             resource_defaults(settings),
             self.metrics,
             owner=worker_identity(),
+            secrets=self.secrets,
             settings=self.options.engine,
         )
         self.observer = Observer(
@@ -235,6 +238,11 @@ class Runtime:
 
     async def __aenter__(self) -> Runtime:
         await self.pool.open(wait=True, timeout=30)
+        try:
+            await seal_stored_secrets(self.pool, self.secrets)
+        except BaseException:
+            await self.__aexit__(None, None, None)
+            raise
         return self
 
     async def __aexit__(

@@ -211,6 +211,8 @@ class Settings(BaseSettings):
     )
     """Per-provider calls per second shared by all replicas, such as ``railway=10,telnyx=5/10``
     (rate, optional /burst); unset means the built-in defaults."""
+    secret_key: Credential = _variable("RECONCILER_SECRET_KEY")
+    """Seals the provider secrets we store (``reconciler.secrets_box``)."""
 
     # The seed's instance variables, handed to every instance as set (some are secrets).
     openclaw_primary_model: SecretStr | None = _variable("OPENCLAW_PRIMARY_MODEL")

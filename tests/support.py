@@ -21,6 +21,7 @@ import psycopg
 
 from reconciler.demo import simulated_env
 from reconciler.runtime import Runtime
+from reconciler.secrets_box import embedded_key
 from reconciler.status import phase_counts
 from tests.conftest import Sim
 
@@ -104,6 +105,7 @@ async def out_of_band(runtime: Runtime, url_variable: str, key: str, method: str
 def cli_env(db_url: str, sim: Sim | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAILWAY_", "OPENROUTER_", "AGENTMAIL_"))}
     env["SERVICE_DATABASE_URL"] = db_url
+    env["RECONCILER_SECRET_KEY"] = embedded_key()  # the key the in-process runtimes of the tests use
     env["PYTHONPATH"] = str(ROOT)
     if sim is not None:
         env.update(simulated_env(sim.root, sim.simulator.railway.project_id))

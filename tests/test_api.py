@@ -100,7 +100,9 @@ async def desired_count(conn: psycopg.AsyncConnection[Any]) -> int:
 
 
 async def openrouter_secrets(conn: psycopg.AsyncConnection[Any]) -> list[str]:
-    rows = await (await conn.execute("SELECT secret FROM observed_resources WHERE secret IS NOT NULL")).fetchall()
+    # The values in clear (observed_resources.secret is sealed: reconciler/secrets_box.py).
+    query = "SELECT env_value FROM instance_services WHERE tool_id = 'openrouter' AND env_value IS NOT NULL"
+    rows = await (await conn.execute(query)).fetchall()
     return [row[0] for row in rows]
 
 

@@ -182,14 +182,14 @@ async def test_plan_shows_creates_then_nothing_then_drift_and_orphans(
     runtime: Runtime, sim: Sim, conn: psycopg.AsyncConnection[Any]
 ) -> None:
     await store.put(conn, InstanceSpec(instance_id="p1", tools=(Tool.OPENROUTER,)))
-    plan = await build_plan(conn, runtime.observer, runtime.reconciler.defaults)
+    plan = await build_plan(conn, runtime.observer, runtime.reconciler.defaults, secrets=runtime.secrets)
     text = "\n".join(render_plan(plan))
     assert "  + openrouter_key" in text and "  + railway_deployment" in text
     assert text.endswith("Plan: 5 to add, 0 to change, 0 to destroy.")
     assert sim.simulator.snapshot()["openrouter"]["keys"] == []  # planning changed nothing
 
     await settle(runtime, lambda: all_ready(conn, 1))
-    plan = await build_plan(conn, runtime.observer, runtime.reconciler.defaults)
+    plan = await build_plan(conn, runtime.observer, runtime.reconciler.defaults, secrets=runtime.secrets)
     assert not plan.has_changes and "No changes." in "\n".join(render_plan(plan))
 
     [key] = sim.simulator.snapshot()["openrouter"]["keys"]
@@ -197,7 +197,7 @@ async def test_plan_shows_creates_then_nothing_then_drift_and_orphans(
     await driver.delete(key["id"], DesiredResource(ResourceKind.OPENROUTER_KEY, "p1", "convos-agent-p1"))
     await driver.create(DesiredResource(ResourceKind.OPENROUTER_KEY, "x9", "convos-agent-x9", params={"limit": 1.0}))
     runtime.observer.list_lag_grace = 0
-    plan = await build_plan(conn, runtime.observer, runtime.reconciler.defaults)
+    plan = await build_plan(conn, runtime.observer, runtime.reconciler.defaults, secrets=runtime.secrets)
     text = "\n".join(render_plan(plan))
     assert "~ p1 openrouter_key: missing from the provider" in text
     assert "openrouter_key" in text and "convos-agent-x9: no desired instance" in text
@@ -225,7 +225,7 @@ async def test_a_variable_changed_out_of_band_is_detected_and_corrected(
         {"e": await railway.environment_id(), "p": patch},
     )
 
-    plan = await build_plan(conn, runtime.observer, runtime.reconciler.defaults)
+    plan = await build_plan(conn, runtime.observer, runtime.reconciler.defaults, secrets=runtime.secrets)
     assert "~ v1 railway_deployment: fields we own differ" in "\n".join(render_plan(plan))
     report = await runtime.observer.observe()
     assert report.drift == [("v1", "railway_deployment", "config")]

@@ -6,16 +6,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
+import uuid
 from collections.abc import AsyncIterator
+from importlib.resources import files
+from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 from psycopg.rows import dict_row
 
+from desired_state.models import SpecError, parse_instance
+from desired_state.vocabulary import RESERVED_ENV_KEYS
+from reconciler.db import MIGRATIONS_PACKAGE, create_database, migrate
 from reconciler.runtime import Runtime
-from tests.conftest import Sim
+from reconciler.status import instance_statuses
+from tests.conftest import Sim, simulated_runtime
 
 CREATE = """
 INSERT INTO desired_instances (instance_id, name, spec)
@@ -196,3 +204,106 @@ async def test_the_database_refuses_what_can_never_be_valid(db_url: str, instanc
     async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as conn:
         with pytest.raises(psycopg.errors.CheckViolation):
             await conn.execute(CREATE, (instance_id, "", spec))
+
+
+# -- input rules for plain-SQL writers (migration 0005) -------------------------------------------
+
+REFERENCE = "${{convos-agent-OTHER.OPENROUTER_API_KEY}}"
+REFUSED_ENVS = [
+    {"STEAL": REFERENCE},
+    {"URL": "https://${{shared.DOMAIN}}/x"},
+    *({name: "x"} for name in sorted(RESERVED_ENV_KEYS)),
+    {"PORT": "8080"},
+    {"port": "8080"},
+    {"RAILWAY_ENVIRONMENT": "production"},
+    {"instance_id": "other"},
+    {"A": 5},
+]
+
+
+def model_problem(env: dict[str, Any]) -> str:
+    with pytest.raises(SpecError) as caught:
+        parse_instance({"instanceId": "ok", "env": env})
+    (problem,) = caught.value.problems
+    return problem
+
+
+@pytest.mark.parametrize("env", REFUSED_ENVS, ids=lambda env: next(iter(env)))
+async def test_sql_writers_meet_the_env_rules_of_the_api_in_the_same_words(db_url: str, env: dict[str, Any]) -> None:
+    async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as conn:
+        with pytest.raises(psycopg.errors.CheckViolation) as caught:
+            await conn.execute(CREATE, ("envRules", "", json.dumps({"env": env})))
+        assert caught.value.diag.constraint_name == "desired_instances_env_rules"
+        assert caught.value.diag.message_primary == f"invalid spec: {model_problem(env)}"
+        assert REFERENCE not in str(caught.value)
+        assert await row_of(conn, "envRules") is None
+
+
+async def test_a_sql_configure_that_adds_a_reference_is_refused_and_changes_nothing(db_url: str) -> None:
+    async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as conn:
+        await conn.execute(CREATE, ("cfgRef", "", '{"env": {"OPENCLAW_PRIMARY_MODEL": "a/b", "XMTP_ENV": "dev"}}'))
+        with pytest.raises(psycopg.errors.CheckViolation, match="env: value of STEAL holds a Railway variable"):
+            await conn.execute(
+                "UPDATE desired_instances SET spec = jsonb_set(spec, '{env}', spec->'env' || %s::jsonb)"
+                " WHERE instance_id = 'cfgRef'",
+                (json.dumps({"STEAL": REFERENCE}),),
+            )
+        row = await row_of(conn, "cfgRef")
+        assert row is not None and row["generation"] == 1
+
+
+async def test_nul_characters_are_refused_by_postgres_itself_before_any_row_is_written(db_url: str) -> None:
+    async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as conn:
+        # jsonb cannot hold \u0000: Postgres refuses it with SQLSTATE 22P05 (docs/sql-contract.md).
+        with pytest.raises(psycopg.errors.UntranslatableCharacter, match="unsupported Unicode escape sequence"):
+            await conn.execute(CREATE, ("nulEnv", "", '{"env": {"A": "x\\u0000y"}}'))
+        # A NUL in a text parameter never leaves the client.
+        with pytest.raises(psycopg.DataError, match="NUL"):
+            await conn.execute(CREATE, ("nulName", "a\x00b", "{}"))
+        assert await row_of(conn, "nulEnv") is None and await row_of(conn, "nulName") is None
+
+
+async def test_migrate_keeps_a_row_stored_before_the_rules_and_the_loop_fails_it_visibly(
+    pg_server_url: str, sim: Sim, tmp_path: Path
+) -> None:
+    name = f"t_{uuid.uuid4().hex[:16]}"
+    url = create_database(pg_server_url, name)
+    try:
+        await _migrate_over_an_old_bad_row(url, sim, tmp_path)
+    finally:
+        with psycopg.connect(pg_server_url, autocommit=True) as conn:
+            drop = psycopg.sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)")
+            conn.execute(drop.format(psycopg.sql.Identifier(name)))
+
+
+async def _migrate_over_an_old_bad_row(url: str, sim: Sim, tmp_path: Path) -> None:
+    before_rules = tmp_path / "migrations"
+    before_rules.mkdir()
+    for migration in sorted(files(MIGRATIONS_PACKAGE).iterdir(), key=lambda entry: entry.name):
+        if migration.name.endswith(".sql") and migration.name < "0005":
+            (before_rules / migration.name).write_text(migration.read_text())
+    migrate(url, before_rules)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(CREATE, ("oldBad", "", json.dumps({"env": {"STEAL": REFERENCE, "OK": "1"}})))
+    assert "0005_input_rules" in migrate(url)
+
+    async with (
+        simulated_runtime(url, sim) as runtime,
+        looping(runtime),
+        await psycopg.AsyncConnection.connect(url, autocommit=True) as conn,
+    ):
+        await conn.execute("NOTIFY reconciler_wake, 'oldBad'")
+        deadline = time.monotonic() + 20
+        while (row := await row_of(conn, "oldBad")) is None or row["phase"] != "Failed":
+            assert time.monotonic() < deadline, row
+            await asyncio.sleep(0.05)
+        assert row["last_error"].startswith("invalid spec: spec.env: value of STEAL holds a Railway variable")
+        assert REFERENCE not in row["last_error"]
+        assert sim.simulator.snapshot()["railway"]["services"] == []
+        # `reconciler status` lists it (its stored spec cannot be parsed, its error says why).
+        [status] = await instance_statuses(conn, ["oldBad"])
+        assert status.phase == "Failed" and status.last_error == row["last_error"]
+        # The reconciler's own writes to the row keep working; a fix from the caller converges.
+        await conn.execute("UPDATE desired_instances SET spec = spec - 'env' WHERE instance_id = 'oldBad'")
+        fixed = await until_converged(conn, "oldBad")
+        assert fixed["last_error"] is None

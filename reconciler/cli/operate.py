@@ -82,7 +82,9 @@ def plan_command(
 
         async def compute() -> Any:
             async with Runtime(settings, url) as runtime, await async_connection(url) as conn:
-                return await build_plan(conn, runtime.observer, runtime.reconciler.defaults, instance or None)
+                return await build_plan(
+                    conn, runtime.observer, runtime.reconciler.defaults, instance or None, secrets=runtime.secrets
+                )
 
         plan = run_async(compute())
     for line in render_plan(plan):

@@ -132,20 +132,24 @@ async def test_large_or_wrong_bodies_are_refused_and_errors_stay_bounded(
         started = time.monotonic()
         many = await api.client.post("/create-instance", content=json.dumps(tools).encode(), headers=JSON)
         assert many.status_code == 400, many.text[:300]
-        assert many.json() == {"error": "body: holds more than 2000 JSON values"}
+        assert many.json() == {"error": "tools: has 500000 items; a body may hold at most 2000 JSON values"}
         assert time.monotonic() - started < 10
         # Deep structure that json.loads is slowest on, just under the cap.
         nested = b'{"instanceId": "nest", "env": {"A": [' + b",".join([b"[]"] * 2_000_000) + b"]}}"
         assert len(nested) < MAX_BODY_BYTES
         refused = await api.client.post("/create-instance", content=nested, headers=JSON)
-        assert refused.status_code == 400 and "holds more than" in refused.json()["error"]
+        assert refused.status_code == 400 and refused.json()["error"].startswith("env.A: has 2000000 items")
 
         # Many problems: the first ones, then a count; each cut short, the input never echoed whole.
-        fields = {f"unknown{n}_" + "x" * 1000: 1 for n in range(40)}
-        problems = await api.client.post("/create-instance", json={"instanceId": "probs", **fields})
+        wrong = {"x" * 5000: 1, "instanceIds": list(range(39))}
+        problems = await api.client.post("/status/batch", json=wrong)
         assert problems.status_code == 400
         details = problems.json()["details"]
         assert len(details) == MAX_PROBLEMS + 1 and details[-1] == "... and 30 more problems"
+        assert details[0] == "instanceIds.0: Input should be a valid string"
+        long_name = await api.client.post("/status/batch", json={"x" * 5000: 1})
+        assert long_name.status_code == 400 and len(long_name.json()["error"]) == MAX_PROBLEM_CHARS
+        assert long_name.json()["error"].endswith("...")
         assert all(len(line) <= MAX_PROBLEM_CHARS for line in details)
         assert len(problems.content) < (MAX_PROBLEMS + 1) * MAX_PROBLEM_CHARS * 2 + 200
 

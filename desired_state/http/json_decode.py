@@ -89,6 +89,10 @@ def check_strings(value: Any, where: str = "") -> None:
     _check(value, sys.maxsize, tuple(where.split(".")) if where else ())
 
 
+def _too_many(path: tuple[str, ...], items: int, max_values: int) -> str:
+    return f"{_where(path)}: has {items} items; a body may hold at most {max_values} JSON values"
+
+
 def _check(value: Any, max_values: int, root: tuple[str, ...] = ()) -> None:
     """One walk: count values, refuse NUL and lone surrogates; stops at the first breach."""
     stack: list[tuple[Any, tuple[str, ...]]] = [(value, root)]
@@ -108,13 +112,13 @@ def _check(value: Any, max_values: int, root: tuple[str, ...] = ()) -> None:
                     raise DecodeError([f"{_where(path)}: is not valid Unicode text"]) from None
         elif isinstance(item, dict):
             if len(item) > max_values:
-                raise DecodeError([f"body: holds more than {max_values} JSON values"])
+                raise DecodeError([_too_many(path, len(item), max_values)])
             for key, member in item.items():
                 stack.append((key, path or ("body",)))
                 stack.append((member, (*path, key)))
         elif isinstance(item, list):
             if len(item) > max_values:
-                raise DecodeError([f"body: holds more than {max_values} JSON values"])
+                raise DecodeError([_too_many(path, len(item), max_values)])
             stack.extend((member, (*path, str(index))) for index, member in enumerate(item))
 
 

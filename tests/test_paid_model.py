@@ -48,7 +48,7 @@ LEASE = 15.0
 RETRY_DELAY = timedelta(0)  # a re-queued job is due at once, so re-claims (and stale claims) are common
 CALLERS = ("ada@example.com", "bob@example.com")
 GRANTS = (30, 6)
-SERVICES = (LIMITED, SHORT, RERUN, RERUN, RERUN, FREE, PRICY, ECHO)  # re-claims (RERUN) are the subtle part
+SERVICES = (LIMITED, LIMITED, SHORT, RERUN, RERUN, RERUN, FREE, PRICY, ECHO)  # weighted to the subtle parts
 WINDOWS = {LIMITED: ((2, 60.0), (3, 3600.0))}
 RESET = """
 TRUNCATE idempotency_keys, credit_transfers, service_jobs, course_enrollments, caller_keys, callers, credit_accounts
@@ -136,9 +136,10 @@ class PaidJobsMachine(RuleBasedStateMachine):
 
     @initialize()
     def some_jobs(self) -> None:
-        """Every example starts with work in flight: one job of each kind, two of them claimed."""
+        """Every example starts with work in flight: jobs of each kind, two of them claimed."""
         for service in (RERUN, SHORT, LIMITED, FREE):
             self.admit(caller=0, service=service, n=0, key="k1")
+        self.admit(caller=0, service=LIMITED, n=1, key=None)  # at its per-minute limit from here
         self.claim(2)
         self.admit(caller=1, service=ECHO, n=0, key="k1")
 

@@ -128,7 +128,10 @@ def validate(registry: ServiceRegistry, service_id: str, data: Any) -> tuple[Ser
         return definition, definition.validate_input(data)
     except InputError as exc:
         raise AdmissionRefused(
-            ErrorCode.INVALID_INPUT, "; ".join(exc.problems), exc.problems[0], problems=exc.problems
+            ErrorCode.INVALID_INPUT,
+            "; ".join(exc.problems),
+            f"the body must match the inputSchema of {definition.id} (GET /api/services/catalog)",
+            problems=exc.problems,
         ) from None
 
 

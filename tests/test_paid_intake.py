@@ -205,3 +205,14 @@ async def test_concurrent_admissions_share_one_key_one_limit_and_one_balance(con
     assert {a.code for a in spent if isinstance(a, AdmissionRefused)} == {ErrorCode.INSUFFICIENT_CREDITS}
     assert await ledger.balance(conn, caller) == 0
     await assert_clean(conn)
+
+
+async def test_a_terminal_job_cannot_be_reopened_over_sql(conn: Conn) -> None:
+    clock = FakeClock()
+    caller = await new_caller(conn)
+    admitted = await intake.admit(conn, registry(), caller, DELAY_ECHO, {}, clock=clock)
+    await terminate(conn, admitted.job_id, JobStatus.COMPLETED, now=clock(), token=None, result={})
+    for change in ("status = 'failed'", "cost_credits = 5"):
+        with pytest.raises(psycopg.errors.RaiseException, match="never change"):
+            await conn.execute(f"UPDATE service_jobs SET {change} WHERE job_id = %s".encode(), (admitted.job_id,))
+    await assert_clean(conn)

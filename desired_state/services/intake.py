@@ -151,8 +151,8 @@ async def admit(
     ``lease_owner`` names the process that will call a proxy's upstream (the job row is leased
     to it for the service's timeout; if it dies, the loop refunds the call).
     """
-    key = check_idempotency_key(idempotency_key)
     definition, document = validate(registry, service_id, data)
+    key = check_idempotency_key(idempotency_key)
     params = {
         "caller_id": caller_id,
         "service_id": definition.id,

@@ -17,7 +17,7 @@
 --   stored response.
 --
 -- paid_admit(), paid_terminate() and paid_settle() are the one implementation of admission,
--- settlement and termination; the Python side calls them (desired_state/services/).
+-- termination and settlement; the Python side calls them (desired_state/services/).
 
 CREATE TABLE callers (
     caller_id   UUID PRIMARY KEY DEFAULT gen_random_uuid(),

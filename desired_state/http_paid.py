@@ -233,6 +233,21 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return document
 
 
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body, refused with 413 as soon as it exceeds ``limit`` (never read whole first)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise Refusal(ErrorCode.BODY_TOO_LARGE, f"body: larger than {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise Refusal(ErrorCode.BODY_TOO_LARGE, f"body: larger than {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 def parse_body(raw: bytes, limit: int) -> Any:
     """A request body as JSON under the paid routes' rules (see the module docstring)."""
     if len(raw) > limit:
@@ -366,7 +381,7 @@ def create_paid_router(config: PaidApiConfig, connection: ConnectionFactory) -> 
         """
         caller = await authenticated(request)
         definition = service_of(group, method)
-        data = parse_body(await request.body(), config.max_body_bytes)
+        data = parse_body(await read_body(request, config.max_body_bytes), config.max_body_bytes)
         key = request.headers.get("idempotency-key")
         async with connection() as conn:
             admission = await intake.admit(

@@ -16,7 +16,7 @@ import warnings
 import psycopg
 import typer
 
-from reconciler.cli import instances, operate, schema, serve, simulate
+from reconciler.cli import instances, operate, paid, schema, serve, simulate
 from reconciler.cli.common import EXIT_BAD_INPUT, EXIT_FAILURE, RUN_MIGRATE, CommandError, err_console
 from reconciler.db import DatabaseError
 from reconciler.logs import configure_logging
@@ -36,6 +36,11 @@ app.add_typer(instances.app)
 app.add_typer(operate.app)
 app.add_typer(serve.app)
 app.add_typer(simulate.app)
+app.add_typer(paid.callers_app, name="callers")
+app.add_typer(paid.credits_app, name="credits")
+app.add_typer(paid.courses_app, name="courses")
+app.add_typer(paid.services_app, name="services")
+app.add_typer(paid.ledger_app, name="ledger")
 
 # Raised by the first query that meets a table, column or function a migration would have made:
 # the database is older than this version, whatever schema_migrations says.

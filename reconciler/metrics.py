@@ -25,6 +25,17 @@ RECONCILE_KINDS = ("converge", "teardown")
 RECONCILE_RESULTS = ("done", "requeue", "retry", "throttled", "terminal", "lease_lost", "gone", "error")
 DRIFT_FIELDS = ("gone", "config")
 NOT_CONVERGED_REASONS = ("provisioning", "retrying", "throttled", "failed", "deleting")
+WEBHOOK_OUTCOMES = ("delivered", "failed", "disabled")
+WEBHOOK_ATTEMPT_RESULTS = (
+    "success",
+    "redirect",
+    "client_error",
+    "gone",
+    "throttled",
+    "server_error",
+    "transport_error",
+    "refused",
+)
 
 
 class Metrics:
@@ -135,6 +146,32 @@ class Metrics:
             buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
             registry=registry,
         )
+        self.webhook_deliveries = Counter(
+            "reconciler_webhook_deliveries",
+            "Webhook deliveries that reached a final state: delivered, failed (retries exhausted, 410, "
+            "refused address) or disabled (no SERVICE_WEBHOOK_SECRET).",
+            ["outcome"],
+            registry=registry,
+        )
+        self.webhook_attempts = Counter(
+            "reconciler_webhook_attempts",
+            "Webhook delivery attempts by result (HTTP status class, transport error, refused address).",
+            ["result"],
+            registry=registry,
+        )
+        self.webhook_pending = Gauge(
+            "reconciler_webhook_pending", "Webhook deliveries not yet delivered nor given up.", registry=registry
+        )
+        self.webhook_oldest_undelivered_seconds = Gauge(
+            "reconciler_webhook_oldest_undelivered_seconds",
+            "Age of the oldest pending webhook delivery (since its job ended).",
+            registry=registry,
+        )
+        self.webhook_oldest_due_seconds = Gauge(
+            "reconciler_webhook_oldest_due_seconds",
+            "How long the oldest due, unclaimed webhook delivery has waited for the sender.",
+            registry=registry,
+        )
         self.preinitialise()
 
     def preinitialise(self) -> None:
@@ -164,6 +201,10 @@ class Metrics:
             self.orphans_seen.labels(resource.value)
             for drift in DRIFT_FIELDS:
                 self.drift_detected.labels(resource.value, drift)
+        for outcome in WEBHOOK_OUTCOMES:
+            self.webhook_deliveries.labels(outcome)
+        for result in WEBHOOK_ATTEMPT_RESULTS:
+            self.webhook_attempts.labels(result)
 
     def observe_call(self, provider: str, operation: str, outcome: str, seconds: float) -> None:
         """The :data:`providers._http.CallObserver` hook."""

@@ -33,6 +33,7 @@ from providers.simulated.faults import (
     parse_fault_flags,
 )
 from providers.simulated.server import serve_in_background
+from reconciler.cli.common import EXIT_BAD_INPUT, CommandError
 
 AUTH = {"Authorization": "Bearer test-key"}
 KEYS = "/openrouter/api/v1/keys"
@@ -497,5 +498,5 @@ def test_bad_flags_are_refused_in_one_line_naming_the_flag(flags: dict[str, Any]
 
 def test_simulate_refuses_a_bad_flag_with_exit_code_2() -> None:
     result = typer.testing.CliRunner().invoke(cli.app, ["simulate", "--rate-limit", "railway:volumeCreate=1/0s"])
-    assert isinstance(result.exception, cli.CommandError) and result.exception.code == cli.EXIT_BAD_INPUT
+    assert isinstance(result.exception, CommandError) and result.exception.code == EXIT_BAD_INPUT
     assert str(result.exception) == "--rate-limit 'railway:volumeCreate=1/0s': the window must be longer than 0"

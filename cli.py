@@ -16,7 +16,7 @@ import warnings
 import psycopg
 import typer
 
-from reconciler.cli import instances, operate, schema, serve, simulate
+from reconciler.cli import instances, operate, schema, serve, simulate, webhooks
 from reconciler.cli.common import EXIT_FAILURE, RUN_MIGRATE, CommandError, err_console
 from reconciler.db import DatabaseError
 from reconciler.logs import configure_logging
@@ -33,6 +33,7 @@ app.add_typer(instances.app)
 app.add_typer(operate.app)
 app.add_typer(serve.app)
 app.add_typer(simulate.app)
+app.add_typer(webhooks.app, name="webhooks")
 
 # Raised by the first query that meets a table, column or function a migration would have made:
 # the database is older than this version, whatever schema_migrations says.

@@ -43,6 +43,8 @@ from reconciler.metrics import Metrics, default_metrics
 from reconciler.observe import Observer
 from reconciler.plan import ResourceDefaults
 from reconciler.settings import Settings
+from reconciler.webhooks.delivery import WebhookSender
+from reconciler.webhooks.settings import WebhookSettings
 
 
 class UnconfiguredDriver:
@@ -174,6 +176,8 @@ class RuntimeOptions:
     """An orphan is deleted only after it has been seen orphaned this long."""
     list_lag_grace: float = 60.0
     """A resource recorded less than this long ago is not 'gone' just because a list lacks it."""
+    webhooks: WebhookSettings | None = None
+    """The webhook sender's settings; None: no secret, deliveries are recorded disabled."""
 
 
 class Runtime:
@@ -229,6 +233,9 @@ class Runtime:
             observe_seconds=self.options.observe_seconds,
             gc_every=self.options.gc_every,
         )
+        self.webhooks = WebhookSender(
+            self.pool, self.options.webhooks or WebhookSettings(), self.metrics, owner=worker_identity()
+        )
 
     async def __aenter__(self) -> Runtime:
         await self.pool.open(wait=True, timeout=30)
@@ -238,4 +245,5 @@ class Runtime:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self.http.aclose()
+        await self.webhooks.aclose()
         await self.pool.close()

@@ -20,6 +20,7 @@ from reconciler.cli.common import (
     run_async,
     settings_or_exit,
 )
+from reconciler.cli.webhooks import webhook_settings_or_exit
 from reconciler.engine import EngineSettings
 from reconciler.runtime import Runtime, RuntimeOptions
 from reconciler.settings import SettingsError
@@ -54,6 +55,7 @@ def run_command(
     if not (api or loop):
         fail("nothing to run: --no-api and --no-loop together", EXIT_BAD_INPUT)
     settings = settings_or_exit()
+    webhook_settings = webhook_settings_or_exit()
     if loop:
         require_railway(settings)
     if api:
@@ -74,6 +76,7 @@ def run_command(
             engine=EngineSettings(poll_interval=poll_interval, lease_seconds=lease_seconds),
             tick_seconds=tick,
             observe_seconds=observe_seconds,
+            webhooks=webhook_settings,
         )
         http_app = None
         if api:
@@ -104,6 +107,7 @@ def run_command(
                 tasks = []
                 if loop:
                     tasks.append(runtime.worker.run_forever(stop))
+                    tasks.append(runtime.webhooks.run_forever(stop))
                 if http_app is not None:
                     tasks.append(serve_api(http_app, host, settings.port, stop))
                 log.info(

@@ -59,7 +59,7 @@ async def test_renewal_keeps_a_slow_pass_from_being_overtaken(
         started = time.monotonic()
         await asyncio.gather(first.worker.drain(), second.worker.drain())
         assert time.monotonic() - started > 3 * engine.lease_seconds, "the passes were not slow enough to prove it"
-        lost = [rt.metrics.lease_lost._value.get() for rt in (first, second)]  # noqa: SLF001
+        lost = [rt.metrics.lease_lost._value.get() for rt in (first, second)]
     assert lost == [0, 0]
     # Each instance's first pass ran under its first claim, start to finish.
     events = await (

@@ -36,6 +36,7 @@ from typing import Any
 
 import psycopg
 from psycopg import AsyncConnection
+from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,7 @@ class ClaimStatements:
     """The named SQL one table supplies. Parameters every statement receives:
 
     ``claim``: ``owner``, ``limit``, ``lease_seconds`` and any table-specific ones; returns the
-    claimed rows, the key in the first column and the new fencing token in the second.
+    claimed rows, with the row's key in column ``key`` and the new token in ``fencing_token``.
     ``renew``: ``owner``, ``keys``, ``tokens`` (parallel arrays), ``lease_seconds``; returns the
     key and token of every claim still ours.
     ``release``: ``owner``, ``keys``, ``tokens``; hands the claims back (due now, no lease).
@@ -59,6 +60,7 @@ class ClaimStatements:
     """
 
     table: str
+    key: str
     claim: str
     renew: str
     release: str
@@ -92,29 +94,31 @@ class Leases:
         owner: str,
         settings: LeaseSettings,
         on_lost: Callable[[Hashable, int], None] | None = None,
+        params: Callable[[], Mapping[str, Any]] | None = None,
     ) -> None:
         self._pool = pool
         self.statements = statements
         self.owner = owner
         self.settings = settings
         self.on_lost = on_lost
+        self._params = params  # added to every statement (a table whose times follow a clock: ``now``)
         self._held: dict[Held, bool] = {}  # claim -> started
         self._renewing = 0
         self._renewer: asyncio.Task[None] | None = None
 
     # -- holding ----------------------------------------------------------------------------------
 
-    async def claim(self, limit: int, params: Mapping[str, Any] | None = None) -> list[tuple[Any, ...]]:
+    async def claim(self, limit: int, params: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
         """Claim up to ``limit`` due rows in one statement; they are held (queued) from now on."""
         if limit <= 0:
             return []
-        values = {**(params or {}), "owner": self.owner, "limit": limit, "lease_seconds": self.settings.lease_seconds}
-        async with self._pool.connection() as conn, conn.cursor() as cur:
+        values = self._values(params, limit=limit, lease_seconds=self.settings.lease_seconds)
+        async with self._pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
             await cur.execute(self.statements.claim, values)
             rows = await cur.fetchall()
         for row in rows:
-            self._held[(row[0], int(row[1]))] = False
-        return [tuple(row) for row in rows]
+            self._held[(row[self.statements.key], int(row["fencing_token"]))] = False
+        return rows
 
     def start(self, key: Hashable, token: int) -> bool:
         """Mark a claim started; False when it was handed back or lost meanwhile (do not start it)."""
@@ -141,7 +145,9 @@ class Leases:
         if not held:
             return []
         async with self._pool.connection() as conn, conn.cursor() as cur:
-            await cur.execute(self.statements.renew, self._pairs(held) | {"lease_seconds": self.settings.lease_seconds})
+            await cur.execute(
+                self.statements.renew, self._values(self._pairs(held), lease_seconds=self.settings.lease_seconds)
+            )
             kept = {(row[0], int(row[1])) for row in await cur.fetchall()}
         # A claim finished while the statement ran is no longer held either way: not "lost".
         lost = [claim for claim in held if claim not in kept and claim in self._held]
@@ -188,7 +194,7 @@ class Leases:
         if not claims:
             return []
         async with self._pool.connection() as conn, conn.cursor() as cur:
-            await cur.execute(self.statements.release, self._pairs(claims))
+            await cur.execute(self.statements.release, self._values(self._pairs(claims)))
             return [(row[0], int(row[1])) for row in await cur.fetchall()]
 
     async def release_unstarted(self) -> list[Held]:
@@ -204,7 +210,7 @@ class Leases:
         self, conn: AsyncConnection[Any], key: Hashable, token: int, params: Mapping[str, Any] | None = None
     ) -> tuple[Any, ...]:
         """Inside a write transaction: lock the row if our claim is still the latest, else LeaseLost."""
-        values = {**(params or {}), "key": key, "token": token, "lease_seconds": self.settings.lease_seconds}
+        values = self._values(params, key=key, token=token, lease_seconds=self.settings.lease_seconds)
         cur = await conn.execute(self.statements.fence, values)
         row = await cur.fetchone()
         if row is None:
@@ -212,4 +218,7 @@ class Leases:
         return tuple(row)
 
     def _pairs(self, claims: Sequence[Held]) -> dict[str, Any]:
-        return {"owner": self.owner, "keys": [key for key, _ in claims], "tokens": [token for _, token in claims]}
+        return {"keys": [key for key, _ in claims], "tokens": [token for _, token in claims]}
+
+    def _values(self, params: Mapping[str, Any] | None, **values: Any) -> dict[str, Any]:
+        return {**(self._params() if self._params else {}), **(params or {}), "owner": self.owner, **values}

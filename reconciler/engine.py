@@ -125,6 +125,7 @@ class EngineSettings:
 
 INSTANCE_CLAIMS = ClaimStatements(
     table="instances",
+    key="instance_id",
     claim=queries.CLAIM_DUE,
     renew=queries.RENEW_LEASES,
     release=queries.RELEASE_CLAIMS,
@@ -218,9 +219,9 @@ class Reconciler:
     async def claim(self, limit: int | None = None) -> list[Claim]:
         params = {"changed_share": self.settings.changed_share, "aging_seconds": self.settings.aging_seconds}
         rows = await self.leases.claim(limit or self.settings.batch_size, params)
-        for *_, waited in rows:
-            self._metrics.claim_to_start_seconds.observe(float(waited))
-        return [Claim(*row[:4]) for row in rows]
+        for row in rows:
+            self._metrics.claim_to_start_seconds.observe(float(row["waited_seconds"]))
+        return [Claim(row["instance_id"], row["fencing_token"], row["generation"], row["attempts"]) for row in rows]
 
     async def make_due(self, instance_ids: list[str] | None) -> list[str]:
         """Force the next pass now for these rows (all rows when None)."""

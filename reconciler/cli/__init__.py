@@ -1,0 +1,1 @@
+"""The ``reconciler`` command line's sub-apps (registered in ``cli.py``)."""

@@ -8,8 +8,12 @@ instance id, never anything a caller wrote, never a secret.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
+from desired_state.services.ledger import INVARIANT_NAMES
+from desired_state.services.vocabulary import AdmitOutcome, JobStatus, TransferKind
 from providers import agentmail, openrouter, railway, telnyx
 from providers.base import ResourceKind
 
@@ -36,6 +40,8 @@ WEBHOOK_ATTEMPT_RESULTS = (
     "transport_error",
     "refused",
 )
+LIVE_JOB_STATUSES = (JobStatus.PENDING.value, JobStatus.RUNNING.value)
+TERMINAL_JOB_STATUSES = tuple(s.value for s in JobStatus if s.terminal)
 
 
 class Metrics:
@@ -172,7 +178,68 @@ class Metrics:
             "How long the oldest due, unclaimed webhook delivery has waited for the sender.",
             registry=registry,
         )
+        # -- paid service jobs --------------------------------------------------------------------
+        self.jobs = Gauge(
+            "reconciler_jobs",
+            "Live jobs (pending, running) by service, from the jobs table.",
+            ["service", "status"],
+            registry=registry,
+        )
+        self.jobs_finished = Counter(
+            "reconciler_jobs_finished_total",
+            "Jobs this process's loop ended, by service and terminal status.",
+            ["service", "status"],
+            registry=registry,
+        )
+        self.job_seconds = Histogram(
+            "reconciler_job_duration_seconds",
+            "From a job's claim to its end, for runs this process ended.",
+            ["service"],
+            buckets=(0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600),
+            registry=registry,
+        )
+        self.job_admissions = Counter(
+            "reconciler_job_admissions_total",
+            "Admission decisions by outcome (admitted, replayed, or the refusal's code).",
+            ["outcome"],
+            registry=registry,
+        )
+        self.oldest_running_job_seconds = Gauge(
+            "reconciler_job_oldest_running_seconds",
+            "How long the longest-running job has been running (0 when none is).",
+            registry=registry,
+        )
+        self.ledger_transfers = Gauge(
+            "reconciler_ledger_transfers",
+            "Ledger transfers ever written, by kind (capture and refund are the settlements).",
+            ["kind"],
+            registry=registry,
+        )
+        self.escrow_credits = Gauge(
+            "reconciler_escrow_credits",
+            "Credits held in escrow for pending and running jobs (from the ledger audit).",
+            registry=registry,
+        )
+        self.ledger_violations = Gauge(
+            "reconciler_ledger_violations",
+            "Ledger invariants violated at the last audit, by invariant; must stay 0.",
+            ["invariant"],
+            registry=registry,
+        )
         self.preinitialise()
+
+    def preinitialise_jobs(self, services: Iterable[str]) -> None:
+        """Every (service, status) series at zero, for the services of the registry in use."""
+        for service in services:
+            self.job_seconds.labels(service)
+            for status in LIVE_JOB_STATUSES:
+                self.jobs.labels(service, status)
+            for status in TERMINAL_JOB_STATUSES:
+                self.jobs_finished.labels(service, status)
+
+    def count_admission(self, outcome: str) -> None:
+        """The admission hook the HTTP layer calls with each :class:`AdmitOutcome` it decides."""
+        self.job_admissions.labels(AdmitOutcome(outcome).value).inc()
 
     def preinitialise(self) -> None:
         for kind in RECONCILE_KINDS:
@@ -205,6 +272,12 @@ class Metrics:
             self.webhook_deliveries.labels(outcome)
         for result in WEBHOOK_ATTEMPT_RESULTS:
             self.webhook_attempts.labels(result)
+        for outcome in AdmitOutcome:
+            self.job_admissions.labels(outcome.value)
+        for kind in TransferKind:
+            self.ledger_transfers.labels(kind.value)
+        for invariant in INVARIANT_NAMES:
+            self.ledger_violations.labels(invariant)
 
     def observe_call(self, provider: str, operation: str, outcome: str, seconds: float) -> None:
         """The :data:`providers._http.CallObserver` hook."""

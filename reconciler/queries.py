@@ -69,13 +69,32 @@ UPDATE desired_instances SET next_attempt_at = now()
 RETURNING instance_id
 """
 
-# -- fencing --------------------------------------------------------------------------------------
+# -- leases and fencing (the statements reconciler.claims runs for instances) ---------------------
+# The worker renews every claim it holds in one statement, in the background, while it works; a
+# claim another worker took since (the token moved on) is not renewed and comes back as lost.
+RENEW_LEASES = """
+UPDATE desired_instances AS d
+   SET lease_expires_at = now() + %(lease_seconds)s * interval '1 second'
+  FROM unnest(%(keys)s::text[], %(tokens)s::bigint[]) AS held(key, token)
+ WHERE d.instance_id = held.key AND d.fencing_token = held.token AND d.lease_owner = %(owner)s
+RETURNING d.instance_id, d.fencing_token
+"""
+
+# Shutting down: claims whose pass has not started are due again for any replica at once.
+RELEASE_CLAIMS = """
+UPDATE desired_instances AS d
+   SET lease_owner = NULL, lease_expires_at = NULL
+  FROM unnest(%(keys)s::text[], %(tokens)s::bigint[]) AS held(key, token)
+ WHERE d.instance_id = held.key AND d.fencing_token = held.token AND d.lease_owner = %(owner)s
+RETURNING d.instance_id, d.fencing_token
+"""
+
 # Every write transaction starts here: lock the desired row, check that our claim is still the
-# latest, and extend the lease (a heartbeat on every write).
+# latest, and extend the lease.
 CHECK_FENCE = """
 UPDATE desired_instances
    SET lease_expires_at = now() + %(lease_seconds)s * interval '1 second'
- WHERE instance_id = %(instance_id)s AND fencing_token = %(token)s
+ WHERE instance_id = %(key)s AND fencing_token = %(token)s
 RETURNING generation, present
 """
 

@@ -41,8 +41,11 @@ def run_command(
     poll_interval: Annotated[float, typer.Option(help="Seconds between passes over a converged instance.")] = 300.0,
     lease_seconds: Annotated[
         float,
-        typer.Option(help="Seconds a claim stays exclusive without a write; a dead worker's rows wait this long."),
-    ] = 60.0,
+        typer.Option(
+            help="Seconds a claim stays exclusive without a renewal (the worker renews its claims every third of "
+            "this while it works); a killed replica's rows are taken over within this long."
+        ),
+    ] = 10.0,
     observe_seconds: Annotated[float, typer.Option(help="Seconds between batched provider listings.")] = 30.0,
     wait_timeout: Annotated[
         float, typer.Option(help="Longest an HTTP write waits for convergence before answering 202.")

@@ -68,6 +68,7 @@ USER_AGENT: Final = "provisioning-reconciler-webhooks/1"
 
 WEBHOOK_CLAIMS: Final = ClaimStatements(
     table="webhook_deliveries",
+    key="webhook_id",
     claim=queries.CLAIM_DUE,
     renew=queries.RENEW_LEASES,
     release=queries.RELEASE_CLAIMS,
@@ -212,7 +213,15 @@ class WebhookSender:
             return await self._disable_pending()
         rows = await self.leases.claim(self._batch_size)
         deliveries = [
-            Delivery(str(row[0]), int(row[1]), row[2], str(row[3]), str(row[4]), bytes(row[5]), int(row[6]))
+            Delivery(
+                webhook_id=str(row["webhook_id"]),
+                token=int(row["fencing_token"]),
+                job_id=row["job_id"],
+                service_id=str(row["service_id"]),
+                url=str(row["url"]),
+                body=bytes(row["body"]),
+                attempts=int(row["attempts"]),
+            )
             for row in rows
         ]
         await asyncio.gather(*(self._deliver(d) for d in deliveries))

@@ -69,6 +69,7 @@ from desired_state.services.vocabulary import (
     caller_account,
     system_clock,
 )
+from desired_state.webhooks import WEBHOOK_URL_HEADER, WEBHOOK_URL_PARAMETER, webhook_view
 
 log = logging.getLogger(__name__)
 
@@ -329,7 +330,8 @@ def create_paid_router(config: PaidApiConfig, connection: ConnectionFactory) -> 
                     "required": False,
                     "schema": {"type": "string", "minLength": 1, "maxLength": 255},
                     "description": "Retry safely: the same key and body answer the first response again.",
-                }
+                },
+                WEBHOOK_URL_PARAMETER,
             ],
         },
     )
@@ -352,6 +354,7 @@ def create_paid_router(config: PaidApiConfig, connection: ConnectionFactory) -> 
                 idempotency_key=key,
                 clock=config.clock,
                 lease_owner=config.lease_owner,
+                webhook_url=request.headers.get(WEBHOOK_URL_HEADER),
             )
         replay_headers = {"Idempotency-Replayed": "true"} if admission.replayed else {}
         if definition.runtime is Runtime.JOB:
@@ -424,9 +427,10 @@ def create_paid_router(config: PaidApiConfig, connection: ConnectionFactory) -> 
         ident = _job_id(job_id)
         async with connection() as conn:
             record = await jobs.get_job(conn, ident, caller.caller_id)
+            hook = None if record is None else await webhook_view(conn, ident)
         if record is None:
             raise Refusal(ErrorCode.JOB_NOT_FOUND, f"no job {ident}")
-        return _json(record.view())
+        return _json(record.view().model_copy(update={"webhook": hook}))
 
     @router.delete(
         f"{JOBS_PATH}/{{job_id}}",

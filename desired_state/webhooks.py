@@ -19,10 +19,21 @@ from typing import Any, Final
 from urllib.parse import urlsplit
 
 from psycopg import AsyncConnection
+from pydantic import BaseModel, Field
 
 WEBHOOK_URL_HEADER: Final = "X-Webhook-Url"
 MAX_WEBHOOK_URL_LENGTH: Final = 2048
 WEBHOOK_ID_PREFIX: Final = "evt_"
+
+WEBHOOK_URL_PARAMETER: Final[dict[str, Any]] = {
+    "name": WEBHOOK_URL_HEADER,
+    "in": "header",
+    "required": False,
+    "schema": {"type": "string", "format": "uri", "maxLength": MAX_WEBHOOK_URL_LENGTH},
+    "description": "Jobs only: POST the job's end to this http(s) URL, signed per Standard Webhooks "
+    "(webhook-id, webhook-timestamp, webhook-signature), retried for about a day.",
+}
+"""The header in the invoke route's OpenAPI description."""
 
 
 class WebhookState(enum.StrEnum):
@@ -34,6 +45,15 @@ class WebhookState(enum.StrEnum):
     DELIVERED = "delivered"
     FAILED = "failed"
     DISABLED = "disabled"
+
+
+class WebhookView(BaseModel):
+    """The ``webhook`` field of a job's poll answer."""
+
+    url: str
+    state: WebhookState = Field(description="pending (owed or retrying), delivered, failed or disabled.")
+    attempts: int
+    lastStatus: int | None = Field(description="HTTP status of the last attempt; null before one or with no answer.")
 
 
 class WebhookUrlError(ValueError):
@@ -77,7 +97,7 @@ def webhook_id(job_id: uuid.UUID | str, status: str) -> str:
 
 ATTACH_WEBHOOK_URL = """
 UPDATE service_jobs SET webhook_url = %(url)s
- WHERE job_id = %(job_id)s AND webhook_url IS NULL AND status IN ('pending', 'running')
+ WHERE job_id = %(job_id)s AND webhook_url IS NULL AND runtime = 'job'
 """
 
 SELECT_WEBHOOK = """
@@ -89,11 +109,12 @@ SELECT j.webhook_url, d.state, d.attempts, d.last_status
 
 
 async def attach_webhook_url(conn: AsyncConnection[Any], job_id: uuid.UUID, url: str) -> None:
-    """Inside the admission's transaction, right after the job row is written."""
+    """Inside the admission's transaction, right after the job row is written (jobs only: a proxy
+    answers in its own request, so it has nothing to call back about)."""
     await conn.execute(ATTACH_WEBHOOK_URL, {"job_id": job_id, "url": url})
 
 
-async def webhook_view(conn: AsyncConnection[Any], job_id: uuid.UUID) -> dict[str, Any] | None:
+async def webhook_view(conn: AsyncConnection[Any], job_id: uuid.UUID) -> WebhookView | None:
     """``{url, state, attempts, lastStatus}`` of a job invoked with a webhook URL, else None.
 
     A job still running owes a delivery: it shows ``pending`` with no attempts yet.
@@ -103,9 +124,4 @@ async def webhook_view(conn: AsyncConnection[Any], job_id: uuid.UUID) -> dict[st
     if row is None:
         return None
     url, state, attempts, last_status = row
-    return {
-        "url": url,
-        "state": state or WebhookState.PENDING.value,
-        "attempts": attempts or 0,
-        "lastStatus": last_status,
-    }
+    return WebhookView(url=url, state=state or WebhookState.PENDING, attempts=attempts or 0, lastStatus=last_status)

@@ -43,10 +43,13 @@ DB_GAUGES = frozenset(
         "reconciler_queue_due",
         "reconciler_queue_oldest_due_seconds",
         "reconciler_orphans",
+        "reconciler_webhook_pending",
+        "reconciler_webhook_oldest_undelivered_seconds",
+        "reconciler_webhook_oldest_due_seconds",
     }
 )
 SEVERITIES = frozenset({"page", "ticket"})
-REQUIRED_ROWS = ("Overview", "Providers", "Convergence", "Drift and GC", "Process")
+REQUIRED_ROWS = ("Overview", "Providers", "Convergence", "Drift and GC", "Process", "Webhooks")
 GRAFANA_BUILTINS = frozenset({"__rate_interval", "__interval", "__range", "__all"})
 # What prometheus_client's ProcessCollector exports on Linux; used where there is no /proc.
 PROCESS_FALLBACK = {

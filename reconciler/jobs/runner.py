@@ -52,8 +52,8 @@ import psycopg
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
-from desired_state.services import queries as job_queries
 from desired_state.services import ledger, termination, work
+from desired_state.services import queries as job_queries
 from desired_state.services.definitions import InputError, ServiceRegistry, UnknownService
 from desired_state.services.ledger import AuditReport
 from desired_state.services.termination import JobError
@@ -318,9 +318,7 @@ class JobRunner:
         running = asyncio.create_task(handler(context), name=f"handler-{claim.service_id}")
         stop_waiter = asyncio.create_task(stopped.wait())
         try:
-            await asyncio.wait(
-                {running, stop_waiter}, timeout=max(0.0, remaining), return_when=asyncio.FIRST_COMPLETED
-            )
+            await asyncio.wait({running, stop_waiter}, timeout=max(0.0, remaining), return_when=asyncio.FIRST_COMPLETED)
         finally:
             stop_waiter.cancel()
         if not running.done():
@@ -333,7 +331,9 @@ class JobRunner:
                     return await self._interrupted(claim)
                 return JobOutcome(claim.job_id, claim.service_id, "lost", changed=False)
             return await self._end(
-                claim, JobStatus.TIMED_OUT, error=JobError(JobErrorCode.TIMED_OUT, "the job did not finish before its deadline")
+                claim,
+                JobStatus.TIMED_OUT,
+                error=JobError(JobErrorCode.TIMED_OUT, "the job did not finish before its deadline"),
             )
         error = running.exception() if not running.cancelled() else JobCancelled(str(claim.job_id))
         if isinstance(error, JobCancelled):

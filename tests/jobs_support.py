@@ -12,7 +12,7 @@ import psycopg
 from pydantic import BaseModel, ConfigDict
 
 from desired_state.services import callers, intake, ledger
-from desired_state.services.builtin import builtin_definitions
+from desired_state.services.builtin import BuiltinSettings, builtin_definitions
 from desired_state.services.definitions import AnyObject, ServiceDefinition, ServiceRegistry
 from desired_state.services.vocabulary import Runtime as ServiceRuntime
 from reconciler.engine import EngineSettings
@@ -77,8 +77,8 @@ class Sleeper:
         return {"slept": job.input["n"], "attempt": job.attempt}
 
 
-def registry() -> ServiceRegistry:
-    return ServiceRegistry([*builtin_definitions(), *test_definitions()])
+def registry(builtin: BuiltinSettings | None = None) -> ServiceRegistry:
+    return ServiceRegistry([*builtin_definitions(builtin), *test_definitions()])
 
 
 def handlers(runtime_http: Any, sleeper: Sleeper, echo_base_url: str | None = None) -> HandlerRegistry:
@@ -96,6 +96,7 @@ def job_runtime(
     engine: EngineSettings = JOB_ENGINE,
     jobs: JobSettings = FAST_JOBS,
     echo_base_url: str | None = None,
+    builtin: BuiltinSettings | None = None,
 ) -> Runtime:
     """A Runtime whose job loop knows the built-in services and the ones above."""
     return simulated_runtime(
@@ -103,7 +104,7 @@ def job_runtime(
         sim,
         engine,
         jobs=jobs,
-        services=registry(),
+        services=registry(builtin),
         handlers=lambda http: handlers(http, sleeper, echo_base_url),
     )
 
@@ -115,8 +116,10 @@ async def new_caller(conn: Conn, email: str = "ada@example.com", credits: int = 
     return issued.caller.caller_id
 
 
-async def admit(conn: Conn, caller_id: uuid.UUID, service_id: str, data: dict[str, Any]) -> uuid.UUID:
-    admission = await intake.admit(conn, registry(), caller_id, service_id, data)
+async def admit(
+    conn: Conn, caller_id: uuid.UUID, service_id: str, data: dict[str, Any], builtin: BuiltinSettings | None = None
+) -> uuid.UUID:
+    admission = await intake.admit(conn, registry(builtin), caller_id, service_id, data)
     return admission.job_id
 
 

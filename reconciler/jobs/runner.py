@@ -50,7 +50,7 @@ from uuid import UUID
 
 import psycopg
 from psycopg import AsyncConnection
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolClosed
 
 from desired_state.services import ledger, termination, work
 from desired_state.services import queries as job_queries
@@ -175,10 +175,12 @@ class JobRunner:
                         if time.monotonic() >= next_audit:
                             next_audit = time.monotonic() + self.settings.audit_seconds
                             await self.refresh_audit()
-                    except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+                    except (psycopg.OperationalError, psycopg.InterfaceError, PoolClosed) as exc:
                         log.error("database unavailable, the job loop retries next tick: %s", _first_line(exc))
+                        next_sweep = time.monotonic() + self.settings.tick_seconds
                     except Exception:
                         log.exception("job loop tick failed")
+                        next_sweep = time.monotonic() + self.settings.tick_seconds
                     await self._wait_for_work(stop, max(0.0, next_sweep - time.monotonic()))
                 await self.shut_down()
         finally:

@@ -44,7 +44,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from json.encoder import encode_basestring
-from typing import Annotated, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 
 import psycopg
 import uvicorn
@@ -71,6 +71,9 @@ from desired_state.models import (
     describe_validation_error,
     parse_instance,
 )
+
+if TYPE_CHECKING:
+    from desired_state.http_paid import PaidRoutes
 
 log = logging.getLogger(__name__)
 
@@ -386,9 +389,10 @@ class BearerAuth:
     leaked keys through routers mounted before its auth middleware).
     """
 
-    def __init__(self, app: ASGIApp, api_key: str) -> None:
+    def __init__(self, app: ASGIApp, api_key: str, delegated: tuple[str, ...] = ()) -> None:
         self.app = app
         self._key = api_key.encode()
+        self._delegated = delegated  # path prefixes whose router authenticates callers itself
 
     def _authorized(self, scope: Scope) -> bool:
         header = b""
@@ -400,7 +404,13 @@ class BearerAuth:
         return scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(), self._key)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] not in PUBLIC_PATHS and not self._authorized(scope):
+        path = scope.get("path", "")
+        if (
+            scope["type"] == "http"
+            and path not in PUBLIC_PATHS
+            and not path.startswith(self._delegated)
+            and not self._authorized(scope)
+        ):
             response = _error(401, AUTH_ERROR, headers={"WWW-Authenticate": "Bearer"})
             await response(scope, receive, send)
             return
@@ -837,8 +847,9 @@ def _request_body(model: type[BaseModel], required: bool = True) -> dict[str, An
     }
 
 
-def create_app(config: ApiConfig) -> FastAPI:
-    """The FastAPI app; its lifespan opens and closes the Postgres pool."""
+def create_app(config: ApiConfig, paid: PaidRoutes | None = None) -> FastAPI:
+    """The FastAPI app; its lifespan opens and closes the Postgres pool. ``paid``: mount the paid
+    routes (they authenticate callers' sk- keys themselves; SERVICES_API_KEY does not open them)."""
     if not config.api_key or not config.api_key.strip():
         raise ApiConfigError("SERVICES_API_KEY is empty: refusing to serve an unauthenticated API")
     if config.wait_timeout < 0:
@@ -862,7 +873,10 @@ def create_app(config: ApiConfig) -> FastAPI:
         redoc_url=None,
     )
     app.state.api = api
-    app.add_middleware(BearerAuth, api_key=config.api_key)
+    app.state.delegated = (paid.prefix,) if paid else ()
+    app.add_middleware(BearerAuth, api_key=config.api_key, delegated=app.state.delegated)
+    if paid is not None:
+        app.include_router(paid.router(api.connection))
     _install_error_handlers(app)
 
     @app.get("/healthz", response_model=HealthResponse, tags=["meta"])
@@ -1297,6 +1311,10 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
     document["components"]["securitySchemes"] = {
         "bearerAuth": {"type": "http", "scheme": "bearer", "description": "SERVICES_API_KEY"}
     }
+    if app.state.delegated:
+        from desired_state.http_paid import SECURITY_SCHEMES
+
+        document["components"]["securitySchemes"].update(SECURITY_SCHEMES)
     error_ref = {"$ref": "#/components/schemas/ErrorResponse"}
     for path, operations in document.get("paths", {}).items():
         for operation in operations.values():
@@ -1306,6 +1324,8 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
                     "400",
                     {"description": "Bad input", "content": {"application/json": {"schema": error_ref}}},
                 )
+            if path.startswith(app.state.delegated):
+                continue  # the paid routes declare their own security and errors
             if path in PUBLIC_PATHS:
                 operation["security"] = []
             else:

@@ -24,7 +24,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, RootModel, ValidationError
 
 from desired_state.models import describe_validation_error
-from desired_state.services.vocabulary import Runtime
+from desired_state.services.vocabulary import JobErrorCode, Runtime
 
 SERVICE_ID_PATTERN = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*\.[a-z][a-z0-9]*(-[a-z0-9]+)*$")
 COURSE_ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,99}$")
@@ -36,6 +36,15 @@ class InputError(ValueError):
     def __init__(self, problems: list[str]) -> None:
         self.problems = problems
         super().__init__("; ".join(problems))
+
+
+class UpstreamError(Exception):
+    """A proxy's upstream call failed; raised by the call the API is given, refunded by the API."""
+
+    def __init__(self, code: JobErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
 
 
 class AnyObject(RootModel[dict[str, Any]]):

@@ -74,6 +74,8 @@ class Admission:
     status: JobStatus
     cost_credits: int
     definition: ServiceDefinition
+    document: dict[str, Any]
+    """The validated input, as stored on the job row."""
     replayed: bool
     response_status: int | None = None
     """Replay of a proxy call: the status answered the first time."""
@@ -161,7 +163,7 @@ async def admit(
         # Defined here but not yet published (a fresh database, or a test's own service).
         await conn.execute(queries.UPSERT_SERVICE, service_terms(definition))
         row = await _admit(conn, params)
-    return _answer(definition, row)
+    return _answer(definition, document, row)
 
 
 async def _admit(conn: psycopg.AsyncConnection[Any], params: dict[str, Any]) -> dict[str, Any]:
@@ -172,7 +174,7 @@ async def _admit(conn: psycopg.AsyncConnection[Any], params: dict[str, Any]) -> 
     return row
 
 
-def _answer(definition: ServiceDefinition, row: dict[str, Any]) -> Admission:
+def _answer(definition: ServiceDefinition, document: dict[str, Any], row: dict[str, Any]) -> Admission:
     outcome = AdmitOutcome(row["outcome"])
     if outcome in (AdmitOutcome.ADMITTED, AdmitOutcome.REPLAYED):
         return Admission(
@@ -180,6 +182,7 @@ def _answer(definition: ServiceDefinition, row: dict[str, Any]) -> Admission:
             status=JobStatus(row["job_status"]),
             cost_credits=int(row["cost_credits"] or 0),
             definition=definition,
+            document=document,
             replayed=outcome is AdmitOutcome.REPLAYED,
             response_status=row["response_status"],
             response_body=row["response_body"],

@@ -1,0 +1,518 @@
+"""The paid half's HTTP routes, as one FastAPI router (issue 12, part 6).
+
+``GET /api/services/catalog`` (public), ``POST /api/services/invoke/{group}/{method}``, ``GET`` and
+``DELETE /api/services/jobs/{jobId}``, ``GET /api/services/usage/{group}/{method}?history=1`` and
+``GET /api/credits``. Every route but the catalog takes ``Authorization: Bearer sk-...``, a
+caller's key (:mod:`desired_state.services.callers`: looked up by its SHA-256, compared in constant
+time). ``SERVICES_API_KEY`` opens the instance routes only: this router never sees it, so here it is
+an unknown key (401), and the instance app's own middleware refuses an ``sk-`` key in turn.
+
+Errors are ``{error: <code>, message, hint}`` with the seed's codes
+(:class:`~desired_state.services.vocabulary.ErrorCode`); a 429 carries an exact ``Retry-After``, a
+replay ``Idempotency-Replayed: true``. A router cannot install exception handlers, so its routes
+use a route class that turns every refusal (and a malformed path or query) into that shape.
+
+Bodies are strict and bounded: at most ``max_body_bytes``, UTF-8 without a byte order mark, no
+duplicate keys, no NaN or Infinity, no text Postgres cannot store (the instance API's string
+rules, imported from :mod:`desired_state.api`), then the service's pydantic model in strict mode.
+
+A job answers 202 ``{jobId, status, pollUrl}`` at once: the loop runs it. A proxy is admitted as
+a running row leased to this process, its upstream call is made by the injected ``proxy_call``
+(the handlers are the reconciler's, and ``desired_state`` must not import it), and it ends in the
+termination transaction: completed and captured, or failed and refunded. Without a
+``proxy_call`` every proxy answers 500 ``upstream_not_configured`` and is refunded. If this
+process dies during the call, the loop fails and refunds it when the lease lapses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import socket
+import uuid
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Annotated, Any
+
+import psycopg
+from fastapi import APIRouter, Path, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
+from psycopg_pool import PoolTimeout
+from pydantic import BaseModel, Field
+
+from desired_state import api as instance_api
+from desired_state.services import callers, intake, jobs, ledger, termination
+from desired_state.services.callers import Caller
+from desired_state.services.definitions import (
+    CatalogItem,
+    InputError,
+    ServiceDefinition,
+    ServiceRegistry,
+    UpstreamError,
+)
+from desired_state.services.intake import Admission, AdmissionRefused
+from desired_state.services.jobs import JobView, Usage
+from desired_state.services.termination import JobError
+from desired_state.services.vocabulary import (
+    Clock,
+    ErrorCode,
+    JobErrorCode,
+    JobStatus,
+    Runtime,
+    TransferKind,
+    caller_account,
+    system_clock,
+)
+
+log = logging.getLogger(__name__)
+
+PREFIX = "/api"
+SERVICES_PATH = "/api/services"
+JOBS_PATH = f"{SERVICES_PATH}/jobs"
+SECURITY_SCHEME = "callerKey"
+SECURITY_SCHEMES: dict[str, Any] = {
+    SECURITY_SCHEME: {"type": "http", "scheme": "bearer", "description": "A caller's API key (sk-...)."}
+}
+UTF8_BOM = b"\xef\xbb\xbf"
+
+ProxyCall = Callable[[ServiceDefinition, dict[str, Any], uuid.UUID], Awaitable[Any]]
+"""Runs a proxy's upstream call: (definition, validated input, job id as the upstream idempotency
+key) -> the output; raises :class:`UpstreamError` naming what failed."""
+
+ConnectionFactory = Callable[[], contextlib.AbstractAsyncContextManager[psycopg.AsyncConnection[Any]]]
+
+
+def _default_owner() -> str:
+    return f"api:{socket.gethostname()}:{os.getpid()}"
+
+
+@dataclass(frozen=True)
+class PaidApiConfig:
+    registry: ServiceRegistry
+    proxy_call: ProxyCall | None = field(default=None, repr=False)
+    clock: Clock = system_clock
+    lease_owner: str = field(default_factory=_default_owner)
+    max_body_bytes: int = 1024 * 1024
+    history_limit: int = 50
+    transfers_limit: int = 20
+
+
+# -- wire models -------------------------------------------------------------------------------------
+
+
+class PaidError(BaseModel):
+    error: ErrorCode
+    message: str
+    hint: str | None = None
+
+
+class Catalog(BaseModel):
+    services: list[CatalogItem]
+
+
+class Invoked(BaseModel):
+    jobId: uuid.UUID
+    status: JobStatus
+    pollUrl: str
+
+
+class Cancelled(BaseModel):
+    jobId: uuid.UUID
+    status: JobStatus
+    refunded: bool = Field(description="True when this request refunded the job's credits.")
+
+
+class TransferView(BaseModel):
+    transferId: uuid.UUID
+    kind: TransferKind
+    amount: int = Field(description="Signed: positive into your balance, negative out of it.")
+    jobId: uuid.UUID | None
+    reason: str | None
+    createdAt: datetime
+
+
+class Credits(BaseModel):
+    balance: int
+    transfers: list[TransferView]
+
+
+class Refusal(Exception):
+    """An answer other than success, in the paid routes' shape."""
+
+    def __init__(
+        self,
+        code: ErrorCode,
+        message: str,
+        hint: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.hint = hint
+        self.headers = headers or {}
+
+
+def error_response(
+    code: ErrorCode, message: str, hint: str | None = None, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    body = PaidError(error=code, message=message, hint=hint).model_dump(mode="json")
+    return JSONResponse(body, status_code=code.http_status, headers=headers)
+
+
+def _from_admission(exc: AdmissionRefused) -> Refusal:
+    headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else None
+    return Refusal(exc.code, exc.message, exc.hint, headers)
+
+
+class PaidRoute(APIRoute):
+    """Turns refusals, malformed paths and queries, and database outages into ``{error, message, hint}``."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def guarded(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except Refusal as exc:
+                return error_response(exc.code, exc.message, exc.hint, exc.headers)
+            except AdmissionRefused as exc:
+                refusal = _from_admission(exc)
+                return error_response(refusal.code, refusal.message, refusal.hint, refusal.headers)
+            except RequestValidationError as exc:
+                problems = []
+                for item in exc.errors():
+                    loc = [str(part) for part in item.get("loc", ()) if part not in ("path", "query", "header")]
+                    problems.append(f"{'.'.join(loc) or 'request'}: {item.get('msg', 'is not valid')}")
+                return error_response(ErrorCode.INVALID_INPUT, "; ".join(problems), problems[0] if problems else None)
+            except (psycopg.OperationalError, PoolTimeout) as exc:
+                log.error("database unavailable: %s", type(exc).__name__)
+                return error_response(ErrorCode.DATABASE_UNAVAILABLE, "database unavailable; retry shortly")
+
+        return guarded
+
+
+# -- request parsing -----------------------------------------------------------------------------------
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    document: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in document:
+            raise Refusal(ErrorCode.INVALID_INPUT, f"body: key {key!r} appears more than once", key)
+        document[key] = value
+    return document
+
+
+def parse_body(raw: bytes, limit: int) -> Any:
+    """A request body as JSON under the paid routes' rules (see the module docstring)."""
+    if len(raw) > limit:
+        raise Refusal(ErrorCode.BODY_TOO_LARGE, f"body: larger than {limit} bytes")
+    if raw.startswith(UTF8_BOM):
+        raise Refusal(ErrorCode.INVALID_INPUT, "body: must be UTF-8 JSON without a byte order mark")
+    if not raw.strip():
+        return {}
+    try:
+        text = raw.decode()
+    except UnicodeDecodeError:
+        raise Refusal(ErrorCode.INVALID_INPUT, "body: is not UTF-8") from None
+    try:
+        data = json.loads(text, parse_constant=instance_api._no_constants, object_pairs_hook=_unique_keys)
+        instance_api._check_strings(data, "")
+    except (ValueError, RecursionError) as exc:
+        raise Refusal(ErrorCode.INVALID_INPUT, "body: is not valid JSON") from exc
+    except instance_api.ApiError as exc:
+        raise Refusal(ErrorCode.INVALID_INPUT, exc.message) from None
+    if not isinstance(data, dict):
+        raise Refusal(ErrorCode.INVALID_INPUT, "body: must be a JSON object")
+    return data
+
+
+def _job_id(raw: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(raw)
+    except ValueError:
+        raise Refusal(ErrorCode.INVALID_INPUT, "jobId: must be a job id (a UUID)", "jobId") from None
+
+
+def _json(model: BaseModel, status: int = 200, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(model.model_dump(mode="json"), status_code=status, headers=headers)
+
+
+def _errors(*codes: ErrorCode) -> dict[int | str, dict[str, Any]]:
+    responses: dict[int | str, dict[str, Any]] = {}
+    for code in codes:
+        entry = responses.setdefault(code.http_status, {"model": PaidError, "description": ""})
+        entry["description"] = ", ".join(filter(None, [entry["description"], f"`{code.value}`"]))
+    return responses
+
+
+AUTH_ERRORS = _errors(ErrorCode.AUTHENTICATION_REQUIRED, ErrorCode.DATABASE_UNAVAILABLE)
+SECURED: dict[str, Any] = {"security": [{SECURITY_SCHEME: []}]}
+
+
+# -- the router ----------------------------------------------------------------------------------------
+
+
+def create_paid_router(config: PaidApiConfig, connection: ConnectionFactory) -> APIRouter:
+    """The paid routes; ``connection`` lends a pooled autocommit connection (the app's pool)."""
+    router = APIRouter(route_class=PaidRoute, tags=["paid services"])
+    registry = config.registry
+
+    async def authenticated(request: Request) -> Caller:
+        scheme, _, token = request.headers.get("authorization", "").strip().partition(" ")
+        token = token.strip()
+        caller = None
+        if scheme.lower() == "bearer" and token:
+            async with connection() as conn:
+                caller = await callers.verify_key(conn, token)
+        if caller is None:
+            raise Refusal(
+                ErrorCode.AUTHENTICATION_REQUIRED,
+                "a valid caller API key is required",
+                "send Authorization: Bearer sk-...",
+                {"WWW-Authenticate": "Bearer"},
+            )
+        return caller
+
+    def service_of(group: str, method: str) -> ServiceDefinition:
+        definition = registry.find(group, method)
+        if definition is None:
+            raise Refusal(
+                ErrorCode.SERVICE_NOT_FOUND, f"no service {group}.{method}", "GET /api/services/catalog lists them"
+            )
+        return definition
+
+    @router.get(f"{SERVICES_PATH}/catalog", response_model=Catalog, openapi_extra={"security": []})
+    async def catalog() -> Response:
+        """Every service: cost, runtime, rate limit, access rules, input and output JSON Schemas (public)."""
+        return _json(Catalog(services=registry.catalog()))
+
+    @router.post(
+        f"{SERVICES_PATH}/invoke/{{group}}/{{method}}",
+        response_model=Invoked,
+        status_code=202,
+        responses={
+            200: {"description": "A proxy's output (the service's outputSchema)."},
+            **AUTH_ERRORS,
+            **_errors(
+                ErrorCode.INVALID_INPUT,
+                ErrorCode.INSUFFICIENT_CREDITS,
+                ErrorCode.COURSE_NOT_PURCHASED,
+                ErrorCode.SERVICE_NOT_FOUND,
+                ErrorCode.IDEMPOTENCY_KEY_IN_FLIGHT,
+                ErrorCode.BODY_TOO_LARGE,
+                ErrorCode.IDEMPOTENCY_KEY_REUSED,
+                ErrorCode.RATE_LIMIT_EXCEEDED,
+                ErrorCode.UPSTREAM_NOT_CONFIGURED,
+                ErrorCode.UPSTREAM_UNREACHABLE,
+            ),
+        },
+        openapi_extra={
+            **SECURED,
+            "requestBody": {
+                "required": False,
+                "content": {
+                    "application/json": {"schema": {"type": "object", "description": "The service's inputSchema."}}
+                },
+            },
+            "parameters": [
+                {
+                    "name": "Idempotency-Key",
+                    "in": "header",
+                    "required": False,
+                    "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+                    "description": "Retry safely: the same key and body answer the first response again.",
+                }
+            ],
+        },
+    )
+    async def invoke(request: Request, group: str, method: str) -> Response:
+        """Invoke a service: a job answers 202 with its id at once; a proxy answers 200 with its output.
+
+        The cost is charged before anything runs and refunded if it fails, is cancelled or times out.
+        """
+        caller = await authenticated(request)
+        definition = service_of(group, method)
+        data = parse_body(await request.body(), config.max_body_bytes)
+        key = request.headers.get("idempotency-key")
+        async with connection() as conn:
+            admission = await intake.admit(
+                conn,
+                registry,
+                caller.caller_id,
+                definition.id,
+                data,
+                idempotency_key=key,
+                clock=config.clock,
+                lease_owner=config.lease_owner,
+            )
+        replay_headers = {"Idempotency-Replayed": "true"} if admission.replayed else {}
+        if definition.runtime is Runtime.JOB:
+            poll = f"{JOBS_PATH}/{admission.job_id}"
+            status = JobStatus.PENDING if admission.replayed else admission.status
+            return _json(
+                Invoked(jobId=admission.job_id, status=status, pollUrl=poll),
+                202,
+                {"Location": poll, **replay_headers},
+            )
+        if admission.replayed:
+            return JSONResponse(
+                admission.response_body, status_code=admission.response_status or 200, headers=replay_headers
+            )
+        status_code, body = await _call_proxy(admission)
+        return JSONResponse(body, status_code=status_code, headers={"X-Job-Id": str(admission.job_id)})
+
+    async def _call_proxy(admission: Admission) -> tuple[int, Any]:
+        definition = admission.definition
+        result: Any = None
+        error: JobError | None = None
+        if config.proxy_call is None:
+            error = JobError(JobErrorCode.UPSTREAM_NOT_CONFIGURED, f"{definition.id} has no upstream configured here")
+        else:
+            try:
+                output = await asyncio.wait_for(
+                    config.proxy_call(definition, admission.document, admission.job_id), definition.timeout_seconds
+                )
+                result = definition.validate_output(output)
+            except UpstreamError as exc:
+                error = JobError(exc.code, exc.message)
+            except TimeoutError:
+                error = JobError(
+                    JobErrorCode.UPSTREAM_UNREACHABLE,
+                    f"the upstream did not answer within {definition.timeout_seconds:g} s",
+                )
+            except InputError as exc:
+                error = JobError(JobErrorCode.UPSTREAM_FAILED, f"the upstream's answer is not valid: {exc}")
+        status = JobStatus.FAILED if error is not None else JobStatus.COMPLETED
+        async with connection() as conn:
+            ended = await termination.terminate(
+                conn,
+                admission.job_id,
+                status,
+                now=config.clock(),
+                token=1,
+                result=result,
+                error=error,
+                expected=(JobStatus.RUNNING,),
+            )
+            if not ended.changed:
+                # The loop ended it first (this request outlived its lease): answer what it recorded.
+                record = await jobs.get_job(conn, admission.job_id)
+                assert record is not None
+                recorded = (
+                    JobError(JobErrorCode(record.error_code), record.error_message or "") if record.error_code else None
+                )
+                return termination.proxy_answer(record.status, record.result, recorded)
+        return termination.proxy_answer(status, result, error)
+
+    @router.get(
+        f"{JOBS_PATH}/{{job_id}}",
+        response_model=JobView,
+        responses={**AUTH_ERRORS, **_errors(ErrorCode.INVALID_INPUT, ErrorCode.JOB_NOT_FOUND)},
+        openapi_extra=SECURED,
+    )
+    async def get_job(request: Request, job_id: Annotated[str, Path(max_length=100)]) -> Response:
+        """A job's status, progress, result or error, cost and refund (your jobs only)."""
+        caller = await authenticated(request)
+        ident = _job_id(job_id)
+        async with connection() as conn:
+            record = await jobs.get_job(conn, ident, caller.caller_id)
+        if record is None:
+            raise Refusal(ErrorCode.JOB_NOT_FOUND, f"no job {ident}")
+        return _json(record.view())
+
+    @router.delete(
+        f"{JOBS_PATH}/{{job_id}}",
+        response_model=Cancelled,
+        responses={**AUTH_ERRORS, **_errors(ErrorCode.INVALID_INPUT, ErrorCode.JOB_NOT_FOUND)},
+        openapi_extra=SECURED,
+    )
+    async def cancel_job(request: Request, job_id: Annotated[str, Path(max_length=100)]) -> Response:
+        """Cancel a pending or running job and refund it; a finished job keeps its state (refunded: false)."""
+        caller = await authenticated(request)
+        ident = _job_id(job_id)
+        async with connection() as conn:
+            outcome = await termination.cancel(conn, ident, now=config.clock(), caller_id=caller.caller_id)
+        if not outcome.found or outcome.status is None:
+            raise Refusal(ErrorCode.JOB_NOT_FOUND, f"no job {ident}")
+        return _json(Cancelled(jobId=ident, status=outcome.status, refunded=outcome.refunded))
+
+    @router.get(
+        f"{SERVICES_PATH}/usage/{{group}}/{{method}}",
+        response_model=Usage,
+        responses={**AUTH_ERRORS, **_errors(ErrorCode.INVALID_INPUT, ErrorCode.SERVICE_NOT_FOUND)},
+        openapi_extra=SECURED,
+    )
+    async def usage(
+        request: Request,
+        group: str,
+        method: str,
+        history: Annotated[bool, Query(description="1: include your recent jobs of this service.")] = False,
+    ) -> Response:
+        """Your use of one service: counts by outcome, credits spent, refunded and held, rate windows."""
+        caller = await authenticated(request)
+        definition = service_of(group, method)
+        async with connection() as conn:
+            report = await jobs.usage(
+                conn,
+                caller.caller_id,
+                definition.id,
+                history=history,
+                history_limit=config.history_limit,
+                clock=config.clock,
+            )
+        return _json(report)
+
+    @router.get(
+        f"{PREFIX}/credits",
+        response_model=Credits,
+        responses={**AUTH_ERRORS, **_errors(ErrorCode.INVALID_INPUT)},
+        openapi_extra=SECURED,
+    )
+    async def credits(
+        request: Request,
+        limit: Annotated[int | None, Query(ge=1, le=500, description="How many recent transfers.")] = None,
+    ) -> Response:
+        """Your balance and recent transfers (grants, charges, refunds)."""
+        caller = await authenticated(request)
+        account = caller_account(caller.caller_id)
+        async with connection() as conn:
+            balance = await ledger.balance(conn, caller.caller_id)
+            transfers = await ledger.recent_transfers(conn, caller.caller_id, limit or config.transfers_limit)
+        return _json(
+            Credits(
+                balance=balance,
+                transfers=[
+                    TransferView(
+                        transferId=t.transfer_id,
+                        kind=t.kind,
+                        amount=t.signed_for(account),
+                        jobId=t.job_id,
+                        reason=t.reason,
+                        createdAt=t.created_at,
+                    )
+                    for t in transfers
+                ],
+            )
+        )
+
+    return router
+
+
+@dataclass(frozen=True)
+class PaidRoutes:
+    """What the instance app needs to mount the paid routes: the router factory and the path
+    prefix whose authentication the router does itself."""
+
+    config: PaidApiConfig
+    prefix: str = PREFIX + "/"
+
+    def router(self, connection: ConnectionFactory) -> APIRouter:
+        return create_paid_router(self.config, connection)

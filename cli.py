@@ -17,6 +17,7 @@ import psycopg
 import typer
 
 from reconciler.cli import instances, operate, schema, serve, simulate, webhooks
+from reconciler.cli import paid as paid_cli
 from reconciler.cli.common import EXIT_FAILURE, RUN_MIGRATE, CommandError, err_console
 from reconciler.db import DatabaseError
 from reconciler.logs import configure_logging
@@ -34,6 +35,11 @@ app.add_typer(operate.app)
 app.add_typer(serve.app)
 app.add_typer(simulate.app)
 app.add_typer(webhooks.app, name="webhooks")
+app.add_typer(paid_cli.callers_app, name="callers")
+app.add_typer(paid_cli.credits_app, name="credits")
+app.add_typer(paid_cli.courses_app, name="courses")
+app.add_typer(paid_cli.services_app, name="services")
+app.add_typer(paid_cli.ledger_app, name="ledger")
 
 # Raised by the first query that meets a table, column or function a migration would have made:
 # the database is older than this version, whatever schema_migrations says.

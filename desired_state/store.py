@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
+from uuid import UUID
 
 from psycopg import AsyncConnection
 from psycopg.rows import dict_row
@@ -48,8 +49,8 @@ RETURNING (xmax = 0) AS inserted, generation
 
 # Create-if-absent: an existing row is left alone (compared by ``create``, never overwritten).
 INSERT_IF_ABSENT = """
-INSERT INTO desired_instances (instance_id, name, spec, present)
-VALUES (%(instance_id)s, %(name)s, %(spec)s, TRUE)
+INSERT INTO desired_instances (instance_id, name, spec, present, owner_caller_id)
+VALUES (%(instance_id)s, %(name)s, %(spec)s, TRUE, %(owner)s)
 ON CONFLICT (instance_id) DO NOTHING
 RETURNING generation
 """
@@ -284,9 +285,17 @@ async def list_instances(
         return [DesiredInstance.from_row(row) for row in await cur.fetchall()]
 
 
-async def create(conn: AsyncConnection[Any], spec: InstanceSpec) -> CreateResult:
-    """Insert a new desired instance, or report how the existing one compares (never overwrites)."""
-    params = {"instance_id": spec.instance_id, "name": spec.name, "spec": Jsonb(spec.spec_document())}
+async def create(conn: AsyncConnection[Any], spec: InstanceSpec, *, owner: UUID | None = None) -> CreateResult:
+    """Insert a new desired instance, or report how the existing one compares (never overwrites).
+
+    ``owner`` is the paying caller of an instance ``agents.provision`` writes.
+    """
+    params = {
+        "instance_id": spec.instance_id,
+        "name": spec.name,
+        "spec": Jsonb(spec.spec_document()),
+        "owner": owner,
+    }
     for _ in range(3):  # the row may vanish between the insert and the compare (teardown finished)
         async with conn.cursor(row_factory=dict_row) as cur:
             await cur.execute(INSERT_IF_ABSENT, params)

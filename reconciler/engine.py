@@ -205,7 +205,7 @@ class Reconciler:
         self._drivers = drivers
         self.defaults = defaults
         self._metrics = metrics
-        self._owner = owner
+        self.owner = owner
         self.settings = settings or EngineSettings()
         self.leases = Leases(
             pool,

@@ -20,6 +20,7 @@ from typing import Final
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
+from desired_state.services.builtin import UTIL_ECHO_BASE_URL, BuiltinSettings
 from reconciler.admission import parse_limits
 
 DEFAULT_RUNTIME_IMAGE: Final = "ghcr.io/xmtplabs/convos-runtime:latest"
@@ -128,6 +129,11 @@ class Settings:
     rate_limits: str | None = None
     """``RECONCILER_RATE_LIMITS``: per-provider calls per second shared by all replicas, such as
     ``railway=10,telnyx=5/10`` (rate, optional /burst); unset means the built-in defaults."""
+    util_echo_base_url: str | None = None
+    """``UTIL_ECHO_BASE_URL``: the upstream of the ``util.echo`` proxy service (unset: it answers
+    ``upstream_not_configured`` and refunds)."""
+    builtin_services: BuiltinSettings = field(default_factory=BuiltinSettings)
+    """``AGENTS_PROVISION_COST_CREDITS`` and ``AGENTS_PROVISION_TIMEOUT_SECONDS``."""
 
     def require_railway(self) -> None:
         """Refuse to run the loop without the Railway settings every instance needs."""
@@ -220,6 +226,14 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     except ValueError as exc:
         raise SettingsError(str(exc)) from None
 
+    echo_url = _text(env, UTIL_ECHO_BASE_URL)
+    if echo_url is not None and not echo_url.startswith(("http://", "https://")):
+        raise SettingsError(f"{UTIL_ECHO_BASE_URL} must be an http:// or https:// URL")
+    try:
+        builtin_services = BuiltinSettings.from_env(env)
+    except ValueError as exc:
+        raise SettingsError(str(exc)) from None
+
     return Settings(
         database_url=database_url,
         services_api_key=_secret(env, "SERVICES_API_KEY"),
@@ -242,4 +256,6 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         pass_through={name: env[name] for name in PASS_THROUGH_VARIABLES if name in env},
         name_prefix=prefix,
         rate_limits=rate_limits,
+        util_echo_base_url=echo_url.rstrip("/") if echo_url else None,
+        builtin_services=builtin_services,
     )

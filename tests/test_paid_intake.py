@@ -161,3 +161,12 @@ async def test_free_service_writes_no_transfers(conn: Conn) -> None:
     assert outcome.settlement is Settlement.NONE
     assert await count(conn, "credit_transfers") == 0
     await assert_clean(conn)
+
+
+async def test_provision_input_takes_tool_names_as_json_strings(conn: Conn) -> None:
+    caller = await new_caller(conn, credits=100)
+    admitted = await intake.admit(
+        conn, registry(), caller, "agents.provision", {"name": "bot", "tools": ["openrouter"], "env": {"A": "1"}}
+    )
+    assert admitted.document == {"name": "bot", "tools": ["openrouter"], "env": {"A": "1"}}
+    await assert_clean(conn)

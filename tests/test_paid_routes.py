@@ -261,17 +261,20 @@ async def test_idempotent_replay_mismatch_and_rate_limit(paid: Paid) -> None:
     assert mismatch.status_code == 422 and mismatch.json()["error"] == "idempotency_key_reused"
     assert await paid.balance() == 9
 
+    async def unkeyed() -> httpx.Response:
+        return await paid.client.post("/api/services/invoke/test/limited", json={}, headers=paid.auth())
+
     paid.clock.advance(12.25)
-    assert (await paid.client.post("/api/services/invoke/test/limited", json={}, headers=paid.auth())).status_code == 202
-    limited = await paid.client.post("/api/services/invoke/test/limited", json={}, headers=paid.auth())
+    assert (await unkeyed()).status_code == 202
+    limited = await unkeyed()
     assert limited.status_code == 429 and limited.json()["error"] == "rate_limit_exceeded"
     assert limited.headers["retry-after"] == "48"  # 60 - 12.25, rounded up
     replay_later = await paid.client.post("/api/services/invoke/test/limited", json={"n": 1}, headers=headers)
     assert replay_later.status_code == 202  # a replay is not rate limited
     paid.clock.advance(47)
-    assert (await paid.client.post("/api/services/invoke/test/limited", json={}, headers=paid.auth())).status_code == 429
+    assert (await unkeyed()).status_code == 429
     paid.clock.advance(1)
-    assert (await paid.client.post("/api/services/invoke/test/limited", json={}, headers=paid.auth())).status_code == 202
+    assert (await unkeyed()).status_code == 202
     assert await paid.written() == (3, 3, 1)
     await audit_clean(paid.db_url)
 

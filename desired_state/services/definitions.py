@@ -15,6 +15,7 @@ for the test (a rate limit of 2 per minute, a course gate, a one-second timeout)
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -133,7 +134,8 @@ class ServiceDefinition:
         if not isinstance(data, dict):
             raise InputError(["body: must be a JSON object"])
         try:
-            model = self.input_model.model_validate(data, strict=True)
+            # Validated as the JSON it arrived as: strict JSON types, and enums from their strings.
+            model = self.input_model.model_validate_json(json.dumps(data), strict=True)
         except ValidationError as exc:
             raise InputError(_problems(exc)) from None
         dumped = model.model_dump(mode="json", by_alias=True)

@@ -110,6 +110,7 @@ def run_command(
                 tasks = []
                 if loop:
                     tasks.append(runtime.worker.run_forever(stop))
+                    tasks.append(runtime.jobs.run_forever(stop))
                     tasks.append(runtime.webhooks.run_forever(stop))
                 if http_app is not None:
                     tasks.append(serve_api(http_app, host, settings.port, stop))

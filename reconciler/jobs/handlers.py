@@ -23,7 +23,7 @@ of every refunded provision job that still has one).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -93,7 +93,7 @@ class JobContext:
             yield conn
 
 
-JobHandler = Callable[[JobContext], Awaitable[Mapping[str, Any]]]
+JobHandler = Callable[[JobContext], Coroutine[Any, Any, Mapping[str, Any]]]
 ProxyHandler = Callable[[Mapping[str, Any], UUID], Awaitable[Mapping[str, Any]]]
 """A proxy call: (validated input, job id) -> the upstream's answer; raises :class:`UpstreamError`."""
 Sweep = Callable[[AsyncConnectionPool[AsyncConnection[Any]]], Awaitable[int]]

@@ -50,10 +50,10 @@ from uuid import UUID
 
 import psycopg
 from psycopg import AsyncConnection
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolClosed
 
-from desired_state.services import queries as job_queries
 from desired_state.services import ledger, termination, work
+from desired_state.services import queries as job_queries
 from desired_state.services.definitions import InputError, ServiceRegistry, UnknownService
 from desired_state.services.ledger import AuditReport
 from desired_state.services.termination import JobError
@@ -175,10 +175,12 @@ class JobRunner:
                         if time.monotonic() >= next_audit:
                             next_audit = time.monotonic() + self.settings.audit_seconds
                             await self.refresh_audit()
-                    except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+                    except (psycopg.OperationalError, psycopg.InterfaceError, PoolClosed) as exc:
                         log.error("database unavailable, the job loop retries next tick: %s", _first_line(exc))
+                        next_sweep = time.monotonic() + self.settings.tick_seconds
                     except Exception:
                         log.exception("job loop tick failed")
+                        next_sweep = time.monotonic() + self.settings.tick_seconds
                     await self._wait_for_work(stop, max(0.0, next_sweep - time.monotonic()))
                 await self.shut_down()
         finally:
@@ -318,9 +320,7 @@ class JobRunner:
         running = asyncio.create_task(handler(context), name=f"handler-{claim.service_id}")
         stop_waiter = asyncio.create_task(stopped.wait())
         try:
-            await asyncio.wait(
-                {running, stop_waiter}, timeout=max(0.0, remaining), return_when=asyncio.FIRST_COMPLETED
-            )
+            await asyncio.wait({running, stop_waiter}, timeout=max(0.0, remaining), return_when=asyncio.FIRST_COMPLETED)
         finally:
             stop_waiter.cancel()
         if not running.done():
@@ -333,7 +333,9 @@ class JobRunner:
                     return await self._interrupted(claim)
                 return JobOutcome(claim.job_id, claim.service_id, "lost", changed=False)
             return await self._end(
-                claim, JobStatus.TIMED_OUT, error=JobError(JobErrorCode.TIMED_OUT, "the job did not finish before its deadline")
+                claim,
+                JobStatus.TIMED_OUT,
+                error=JobError(JobErrorCode.TIMED_OUT, "the job did not finish before its deadline"),
             )
         error = running.exception() if not running.cancelled() else JobCancelled(str(claim.job_id))
         if isinstance(error, JobCancelled):

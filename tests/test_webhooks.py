@@ -435,6 +435,19 @@ async def test_a_failing_receiver_keeps_only_a_prefix_of_its_answer(
     }
 
 
+async def test_a_slow_receiver_times_out_as_a_whole(db_url: str, conn: psycopg.AsyncConnection[Any]) -> None:
+    caller = await _service_and_caller(conn)
+    settings = WebhookSettings(keys=parse_secrets(SECRET), allow_private=True, timeout_seconds=0.5)
+    async with running_receiver() as receiver, _sender(db_url, settings, schedule=(0.0, 30.0)) as sender:
+        receiver.delay = (2.0, 2.0)
+        job = await _admit(conn, caller, receiver.url)
+        await _terminate(conn, job, "completed", result={})
+        started = time.monotonic()
+        await sender.drain()
+        assert time.monotonic() - started < 1.5
+        assert await _state(conn, job) == ("pending", 1, None, "no answer within 0.5s")
+
+
 async def test_429_retry_after_postpones_the_next_attempt(db_url: str, conn: psycopg.AsyncConnection[Any]) -> None:
     caller = await _service_and_caller(conn)
     async with running_receiver() as receiver, _sender(db_url) as sender:

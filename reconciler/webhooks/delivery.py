@@ -275,13 +275,24 @@ class WebhookSender:
     # -- one attempt ----------------------------------------------------------------------------
 
     async def attempt(self, delivery: Delivery) -> AttemptResult:
-        """Post the delivery once, signed now; never raises for a receiver's fault."""
+        """Post the delivery once, signed now; never raises for a receiver's fault.
+
+        The whole attempt (name lookup, connection, request, the answer's head and prefix) has
+        ``timeout_seconds``: a receiver that drips its answer cannot hold the sender longer.
+        """
+        try:
+            async with asyncio.timeout(self.settings.timeout_seconds):
+                return await self._post(delivery)
+        except TimeoutError:
+            return AttemptResult(None, f"no answer within {self.settings.timeout_seconds:g}s")
+
+    async def _post(self, delivery: Delivery) -> AttemptResult:
         try:
             target = await resolve_target(delivery.url, allow_private=self.settings.allow_private)
         except RefusedDestination as exc:
-            return AttemptResult(None, f"refused: {exc}", refused=True)
+            return AttemptResult(None, f"refused: {exc}"[:200], refused=True)
         except UnresolvedHost as exc:
-            return AttemptResult(None, str(exc))
+            return AttemptResult(None, str(exc)[:200])
         now = time.time()
         headers = {
             **signed_headers(self.settings.keys, delivery.webhook_id, int(now), delivery.body),

@@ -16,7 +16,7 @@ import warnings
 import psycopg
 import typer
 
-from reconciler.cli import instances, operate, schema, serve, simulate, webhooks
+from reconciler.cli import instances, operate, schema, sdk, serve, simulate, webhooks
 from reconciler.cli import paid as paid_cli
 from reconciler.cli.common import EXIT_FAILURE, RUN_MIGRATE, CommandError, err_console
 from reconciler.db import DatabaseError
@@ -35,6 +35,7 @@ app.add_typer(operate.app)
 app.add_typer(serve.app)
 app.add_typer(simulate.app)
 app.add_typer(webhooks.app, name="webhooks")
+app.add_typer(sdk.app, name="sdk")
 app.add_typer(paid_cli.callers_app, name="callers")
 app.add_typer(paid_cli.credits_app, name="credits")
 app.add_typer(paid_cli.courses_app, name="courses")

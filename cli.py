@@ -28,6 +28,7 @@ from desired_state import store
 from desired_state.models import INSTANCE_ID_PATTERN, SpecError, parse_instances
 from reconciler import status as status_views
 from reconciler.cli import paid as paid_cli
+from reconciler.cli.jobs import jobs_app
 from reconciler.db import DatabaseError, EmbeddedPostgres, load_migrations, migrate
 from reconciler.engine import EngineSettings, Outcome
 from reconciler.legacy import upgrade
@@ -46,6 +47,7 @@ app.add_typer(paid_cli.credits_app, name="credits")
 app.add_typer(paid_cli.courses_app, name="courses")
 app.add_typer(paid_cli.services_app, name="services")
 app.add_typer(paid_cli.ledger_app, name="ledger")
+app.add_typer(jobs_app, name="jobs")
 console = Console()
 err_console = Console(stderr=True, soft_wrap=True)
 T = TypeVar("T")

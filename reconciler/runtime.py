@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 from psycopg_pool import AsyncConnectionPool
 
+from desired_state.services import intake
 from desired_state.services.builtin import builtin_registry
 from desired_state.services.definitions import ServiceRegistry
 from desired_state.services.vocabulary import Clock, system_clock
@@ -272,6 +273,11 @@ class Runtime:
     async def __aenter__(self) -> Runtime:
         await self.pool.open(wait=True, timeout=30)
         return self
+
+    async def publish_services(self) -> None:
+        """Write the registry's terms (price, timeout, limits) where admission reads them."""
+        async with self.pool.connection() as conn:
+            await intake.sync_services(conn, self.services)
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None

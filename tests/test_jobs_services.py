@@ -20,11 +20,11 @@ from starlette.routing import Route
 
 from desired_state.services import intake
 from desired_state.services.builtin import DESTROY, ECHO, PROVISION, BuiltinSettings, provision_instance_id
+from desired_state.services.definitions import UpstreamError
 from desired_state.services.termination import cancel
 from desired_state.services.vocabulary import JobErrorCode
 from providers.base import ResourceKind
 from providers.simulated.server import serve_in_background
-from reconciler.jobs.handlers import UpstreamError
 from reconciler.runtime import Runtime, UnconfiguredDriver
 from tests.conftest import Sim
 from tests.jobs_support import (

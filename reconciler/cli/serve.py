@@ -81,8 +81,12 @@ def run_command(
             observe_seconds=observe_seconds,
             webhooks=webhook_settings,
         )
+        runtime = Runtime(settings, url, options)
         http_app = None
         if api:
+            from desired_state.http_paid import PaidApiConfig, PaidRoutes
+
+            paid = PaidRoutes(PaidApiConfig(registry=runtime.services, proxy_call=runtime.handlers.call_proxy))
             configured = {"openrouter": settings.openrouter_key, "agentmail": settings.agentmail_key}
             configured["telnyx"] = settings.telnyx_key
             try:
@@ -95,7 +99,8 @@ def run_command(
                         name_prefix=settings.name_prefix,
                         wait_timeout=wait_timeout,
                         tools_enabled=frozenset(tool for tool, key in configured.items() if key),
-                    )
+                    ),
+                    paid=paid,
                 )
             except ApiConfigError as exc:
                 fail(str(exc), EXIT_BAD_INPUT)
@@ -106,7 +111,8 @@ def run_command(
             for sig in (signal.SIGTERM, signal.SIGINT):
                 event_loop.add_signal_handler(sig, stop.set)
             log = logging.getLogger("reconciler")
-            async with Runtime(settings, url, options) as runtime:
+            async with runtime:
+                await runtime.publish_services()
                 tasks = []
                 if loop:
                     tasks.append(runtime.worker.run_forever(stop))

@@ -42,8 +42,9 @@ from desired_state.services.builtin import (
     UTIL_ECHO_BASE_URL,
     provision_instance_id,
 )
+from desired_state.services.definitions import UpstreamError
 from desired_state.services.vocabulary import REFUNDED_STATUSES, JobErrorCode
-from reconciler.jobs.handlers import HandlerRegistry, JobContext, JobFailed, UpstreamError
+from reconciler.jobs.handlers import HandlerRegistry, JobContext, JobFailed
 
 POLL_SECONDS = 0.25
 """How often the agent handlers look at the instance they wait for (a primary-key read)."""

@@ -13,7 +13,9 @@ A handler ends a job as failed by raising :class:`JobFailed` with a code of
 
 A proxy handler (``runtime: proxy``) is called by the HTTP layer inside the request: an ``async``
 callable from the validated input and the job id to the upstream's answer, raising
-:class:`UpstreamError`. The loop never calls it, and never re-sends a proxy call.
+:class:`~desired_state.services.definitions.UpstreamError`. :meth:`HandlerRegistry.call_proxy` is
+the one callable the paid routes are given (``PaidApiConfig.proxy_call``); the loop never calls
+it, and never re-sends a proxy call.
 
 Adding a service is its definition (``desired_state.services``) plus one ``register`` call here;
 the loop and the routes look handlers up by id. A handler may also bring a periodic ``sweep``, a
@@ -33,7 +35,7 @@ from uuid import UUID
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
-from desired_state.services.definitions import ServiceDefinition
+from desired_state.services.definitions import ServiceDefinition, UpstreamError
 from desired_state.services.vocabulary import JobErrorCode
 from reconciler.claims import LeaseLost
 
@@ -45,10 +47,6 @@ class JobFailed(Exception):
         super().__init__(message)
         self.code = code
         self.message = message
-
-
-class UpstreamError(JobFailed):
-    """A proxy's upstream could not answer (not configured, unreachable, failed)."""
 
 
 class JobCancelled(LeaseLost):
@@ -125,6 +123,13 @@ class HandlerRegistry:
 
     def proxy(self, service_id: str) -> ProxyHandler | None:
         return self._proxies.get(service_id)
+
+    async def call_proxy(self, definition: ServiceDefinition, data: dict[str, Any], job_id: UUID) -> Any:
+        """The paid routes' ``proxy_call``: run the proxy handler of ``definition``."""
+        handler = self._proxies.get(definition.id)
+        if handler is None:
+            raise UpstreamError(JobErrorCode.UPSTREAM_NOT_CONFIGURED, f"{definition.id} has no handler here")
+        return await handler(data, job_id)
 
     def sweeps(self) -> Mapping[str, Sweep]:
         return dict(self._sweeps)

@@ -1,9 +1,10 @@
 """The generated SDK (``sdk/``, ``reconciler_sdk``): current, type-safe for a consumer, and right
-against a real server.
+against a served API.
 
-The server is the one ``reconciler run`` is made of, on loopback: the paid routes (served by
-uvicorn) over a real Postgres, both loops (instances and jobs) against the simulated providers,
-and the ``util.echo`` upstream.
+The server here is what ``reconciler run`` is made of, in the test's process so that it can offer
+services made for the test (a course gate, a rate limit): the paid routes served by uvicorn on
+loopback over a real Postgres, both loops against the simulated providers, and the ``util.echo``
+upstream. ``tests/test_sdk_run.py`` runs the SDK against ``reconciler run`` itself.
 """
 
 from __future__ import annotations
@@ -39,12 +40,10 @@ from reconciler.sdkgen.generate import generate, stale
 from tests.conftest import Sim, simulated_runtime
 from tests.jobs_support import FAST_JOBS, JOB_ENGINE
 from tests.paid_support import GATED, LIMITED, definitions_for_tests
+from tests.sdk_support import SDK_DIR, DropFirstPost, sdk
 
 ROOT = Path(__file__).resolve().parent.parent
-SDK = ROOT / "sdk"
-sys.path.insert(0, str(SDK))
-
-import reconciler_sdk as sdk  # noqa: E402  (the generated package, from sdk/)
+SDK = SDK_DIR
 
 CLI = [sys.executable, "-c", "import cli; cli.main()"]
 
@@ -266,27 +265,6 @@ async def test_each_error_is_a_typed_exception(server: Server) -> None:
         await client.util.delay_echo(seconds=0, idempotency_key="same")
         await client.util.delay_echo(seconds=1, idempotency_key="same")
     await client.aclose()
-
-
-class DropFirstPost(httpx.AsyncBaseTransport):
-    """Delivers the first POST to the server, then drops the connection before the answer."""
-
-    def __init__(self) -> None:
-        self.inner = httpx.AsyncHTTPTransport()
-        self.keys: list[str] = []
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        response = await self.inner.handle_async_request(request)
-        if request.method == "POST":
-            self.keys.append(request.headers["idempotency-key"])
-            if len(self.keys) == 1:
-                await response.aread()
-                await response.aclose()
-                raise httpx.ReadError("connection dropped", request=request)
-        return response
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
 
 
 async def test_a_dropped_connection_is_retried_with_the_same_key_and_charged_once(server: Server) -> None:

@@ -35,9 +35,9 @@ JobIdArg = Annotated[str, typer.Argument(help="The job id (a UUID).", show_defau
 
 
 def _cli() -> ModuleType:
-    import cli  # the entry module: settings, database resolution, errors (imported late: it imports us)
+    from reconciler.cli import common  # settings, database resolution, errors
 
-    return cli
+    return common
 
 
 def _fail(message: str, *, bad_input: bool = False) -> NoReturn:
@@ -53,7 +53,7 @@ def _connected(work: Callable[[psycopg.AsyncConnection[Any]], Awaitable[T]]) -> 
         main.require_current_schema(url)
 
         async def run() -> T:
-            async with await main._connect(url) as conn:
+            async with await main.async_connection(url) as conn:
                 return await work(conn)
 
         result: T = main.run_async(run())

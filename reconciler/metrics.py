@@ -14,8 +14,10 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histo
 
 from desired_state.services.ledger import INVARIANT_NAMES
 from desired_state.services.vocabulary import AdmitOutcome, JobStatus, TransferKind
+from desired_state.webhooks import WebhookState
 from providers import agentmail, openrouter, railway, telnyx
 from providers.base import ResourceKind
+from reconciler.webhooks.vocabulary import AttemptLabel
 
 PROVIDERS = ("railway", "openrouter", "agentmail", "telnyx")
 PROVIDER_OPERATIONS: dict[str, tuple[str, ...]] = {
@@ -29,17 +31,8 @@ RECONCILE_KINDS = ("converge", "teardown")
 RECONCILE_RESULTS = ("done", "requeue", "retry", "throttled", "terminal", "lease_lost", "gone", "error")
 DRIFT_FIELDS = ("gone", "config")
 NOT_CONVERGED_REASONS = ("provisioning", "retrying", "throttled", "failed", "deleting")
-WEBHOOK_OUTCOMES = ("delivered", "failed", "disabled")
-WEBHOOK_ATTEMPT_RESULTS = (
-    "success",
-    "redirect",
-    "client_error",
-    "gone",
-    "throttled",
-    "server_error",
-    "transport_error",
-    "refused",
-)
+WEBHOOK_OUTCOMES = tuple(state.value for state in WebhookState if state is not WebhookState.PENDING)
+WEBHOOK_ATTEMPT_RESULTS = tuple(label.value for label in AttemptLabel)
 LIVE_JOB_STATUSES = (JobStatus.PENDING.value, JobStatus.RUNNING.value)
 TERMINAL_JOB_STATUSES = tuple(s.value for s in JobStatus if s.terminal)
 

@@ -4,5 +4,6 @@
 * :mod:`.settings`: ``SERVICE_WEBHOOK_SECRET`` and the delivery settings.
 * :mod:`.safety`: where a delivery may go (http(s) only, no private or metadata address).
 * :mod:`.queries`: the statements, including the claim statements of the shared claim primitive.
+* :mod:`.vocabulary`: what an attempt came to (the metrics' labels).
 * :mod:`.delivery`: the sender the loop runs: claim due deliveries, sign, post, record, retry.
 """

@@ -50,6 +50,7 @@ from reconciler.webhooks import queries
 from reconciler.webhooks.safety import RefusedDestination, UnresolvedHost, resolve_target
 from reconciler.webhooks.settings import SECRET_VARIABLE, WebhookSettings
 from reconciler.webhooks.signing import signed_headers
+from reconciler.webhooks.vocabulary import AttemptLabel
 
 log = logging.getLogger(__name__)
 
@@ -91,27 +92,26 @@ class Decision:
     state: WebhookState
     delay: float
     """Seconds until the next attempt (0 when the state is final)."""
-    result: str
-    """The attempt's label in ``reconciler_webhook_attempts_total``."""
+    result: AttemptLabel
 
 
-def attempt_label(result: AttemptResult) -> str:
+def attempt_label(result: AttemptResult) -> AttemptLabel:
     status = result.status
     if result.refused:
-        return "refused"
+        return AttemptLabel.REFUSED
     if status is None:
-        return "transport_error"
+        return AttemptLabel.TRANSPORT_ERROR
     if 200 <= status < 300:
-        return "success"
+        return AttemptLabel.SUCCESS
     if status == GONE:
-        return "gone"
+        return AttemptLabel.GONE
     if status == 429:
-        return "throttled"
+        return AttemptLabel.THROTTLED
     if 300 <= status < 400:
-        return "redirect"
+        return AttemptLabel.REDIRECT
     if 400 <= status < 500:
-        return "client_error"
-    return "server_error"
+        return AttemptLabel.CLIENT_ERROR
+    return AttemptLabel.SERVER_ERROR
 
 
 def decide(
@@ -122,9 +122,9 @@ def decide(
 ) -> Decision:
     """The delivery's next state after attempt number ``attempts_before + 1``."""
     label = attempt_label(result)
-    if label == "success":
+    if label is AttemptLabel.SUCCESS:
         return Decision(WebhookState.DELIVERED, 0.0, label)
-    if label in ("gone", "refused"):
+    if label in (AttemptLabel.GONE, AttemptLabel.REFUSED):
         return Decision(WebhookState.FAILED, 0.0, label)
     done = attempts_before + 1
     if done >= len(schedule):
@@ -249,7 +249,7 @@ class WebhookSender:
         try:
             result = await self.attempt(delivery)
             decision = decide(delivery.attempts, result, self._rng, self._schedule)
-            self._metrics.webhook_attempts.labels(decision.result).inc()
+            self._metrics.webhook_attempts.labels(decision.result.value).inc()
             recorded = await self._record(delivery, result, decision)
             if not recorded:
                 self._metrics.lease_lost.inc()

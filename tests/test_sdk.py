@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import subprocess
 import sys
 import uuid
@@ -65,6 +66,32 @@ def test_the_checked_in_sdk_is_what_the_registry_generates(tmp_path: Path) -> No
     )
     assert stale_run.returncode == 1
     assert "reconciler_sdk/models.py" in stale_run.stderr and "reconciler_sdk/extra.py" in stale_run.stderr
+
+
+def test_the_sdk_installs_with_pip_and_depends_on_httpx_and_pydantic_only(tmp_path: Path) -> None:
+    target, source = tmp_path / "site", tmp_path / "sdk"
+    shutil.copytree(SDK, source, ignore=shutil.ignore_patterns("__pycache__", "build", "*.egg-info"))
+    pip = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(target), str(source)]
+    installed = subprocess.run(pip, capture_output=True, text=True, timeout=300)
+    assert installed.returncode == 0, installed.stderr[-2000:]
+    probe = (
+        "import sys, reconciler_sdk; "
+        "assert reconciler_sdk.__file__.startswith(sys.argv[1]); "
+        "mods = {m.split('.')[0] for m in sys.modules}; "
+        "print(sorted(m for m in mods if m in ('desired_state', 'reconciler', 'providers', 'psycopg')))"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", probe, str(target)],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(target)},
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "[]"  # none of ours, no database driver
+    assert (target / "reconciler_sdk" / "py.typed").exists()
+    dependencies = (SDK / "pyproject.toml").read_text().split("dependencies = ", 1)[1].splitlines()[0]
+    assert dependencies == '["httpx>=0.27", "pydantic>=2.6"]'
 
 
 CONSUMER = """

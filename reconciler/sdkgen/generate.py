@@ -305,7 +305,7 @@ def _pyproject() -> str:
     return HEADER + textwrap.dedent(
         """\
         [build-system]
-        requires = ["setuptools>=68"]
+        requires = ["setuptools>=61"]
         build-backend = "setuptools.build_meta"
 
         [project]

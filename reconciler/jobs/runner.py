@@ -326,7 +326,7 @@ class JobRunner:
         if not running.done():
             context.stopped = True
             running.cancel()
-            with contextlib.suppress(BaseException):
+            with contextlib.suppress(asyncio.CancelledError, Exception):  # it is being stopped: any end will do
                 await running
             if stopped.is_set():
                 if self._stopping:

@@ -328,6 +328,9 @@ class JobRunner:
             running.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):  # it is being stopped: any end will do
                 await running
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise asyncio.CancelledError  # this run itself is being cancelled: write nothing
             if stopped.is_set():
                 if self._stopping:
                     return await self._interrupted(claim)

@@ -194,6 +194,9 @@ class PaidRoute(APIRoute):
             except (psycopg.OperationalError, PoolTimeout) as exc:
                 log.error("database unavailable: %s", type(exc).__name__)
                 return error_response(ErrorCode.DATABASE_UNAVAILABLE, "database unavailable; retry shortly")
+            except Exception as exc:
+                log.error("unexpected error on %s %s: %s", request.method, request.url.path, type(exc).__name__)
+                return error_response(ErrorCode.INTERNAL_ERROR, "internal error")
 
         return guarded
 
@@ -390,6 +393,9 @@ def create_paid_router(config: PaidApiConfig, connection: ConnectionFactory) -> 
                 )
             except InputError as exc:
                 error = JobError(JobErrorCode.UPSTREAM_FAILED, f"the upstream's answer is not valid: {exc}")
+            except Exception as exc:  # a bug in the handler: the call still ends, refunded
+                log.error("proxy %s raised %s", definition.id, type(exc).__name__)
+                error = JobError(JobErrorCode.UPSTREAM_FAILED, "the upstream call failed unexpectedly")
         status = JobStatus.FAILED if error is not None else JobStatus.COMPLETED
         async with connection() as conn:
             ended = await termination.terminate(

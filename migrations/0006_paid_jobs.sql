@@ -106,6 +106,21 @@ CREATE TABLE service_jobs (
         (status IN ('pending', 'running')) = (finished_at IS NULL))
 );
 
+-- A terminal status is final, and a job's caller and price never change (a backend writing over
+-- plain SQL cannot re-open a settled job). The WHEN clause keeps the common update trigger-free.
+CREATE FUNCTION service_jobs_immutable_terms() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'service_jobs: job % is % (terminal statuses, callers and costs never change)',
+        OLD.job_id, OLD.status;
+END $$;
+
+CREATE TRIGGER service_jobs_terminal_is_final
+    BEFORE UPDATE ON service_jobs
+    FOR EACH ROW
+    WHEN ((OLD.status IN ('completed', 'failed', 'cancelled', 'timed_out') AND NEW.status <> OLD.status)
+          OR NEW.caller_id <> OLD.caller_id OR NEW.cost_credits <> OLD.cost_credits)
+    EXECUTE FUNCTION service_jobs_immutable_terms();
+
 -- Live rows only, so finished jobs never weigh on the loop's scans.
 CREATE INDEX service_jobs_due_idx ON service_jobs (next_attempt_at) WHERE status = 'pending';
 CREATE INDEX service_jobs_lease_idx ON service_jobs (lease_expires_at) WHERE status = 'running';

@@ -350,3 +350,21 @@ async def test_openapi_lists_the_paid_routes_with_the_caller_key(paid: Paid) -> 
     assert "429" in paths["/api/services/invoke/{group}/{method}"]["post"]["responses"]
     assert set(document["components"]["securitySchemes"]) == {"bearerAuth", "callerKey"}
     assert paths["/instances"]["get"]["security"] == [{"bearerAuth": []}]
+
+
+async def test_database_outage_is_503(db_url: str) -> None:
+    @contextlib.asynccontextmanager
+    async def unreachable() -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        raise psycopg.OperationalError("connection refused")
+        yield  # pragma: no cover
+
+    from fastapi import FastAPI
+
+    from desired_state.http_paid import create_paid_router
+
+    app = FastAPI()
+    app.include_router(create_paid_router(PaidApiConfig(registry=registry()), unreachable))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://paid") as client:
+        response = await client.get("/api/credits", headers={"Authorization": "Bearer sk-" + "a" * 43})
+        assert response.status_code == 503 and response.json()["error"] == "database_unavailable"
+        assert (await client.get("/api/services/catalog")).status_code == 200  # needs no database

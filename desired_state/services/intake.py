@@ -128,7 +128,10 @@ def validate(registry: ServiceRegistry, service_id: str, data: Any) -> tuple[Ser
         return definition, definition.validate_input(data)
     except InputError as exc:
         raise AdmissionRefused(
-            ErrorCode.INVALID_INPUT, "; ".join(exc.problems), exc.problems[0], problems=exc.problems
+            ErrorCode.INVALID_INPUT,
+            "; ".join(exc.problems),
+            f"the body must match the inputSchema of {definition.id} (GET /api/services/catalog)",
+            problems=exc.problems,
         ) from None
 
 
@@ -148,8 +151,8 @@ async def admit(
     ``lease_owner`` names the process that will call a proxy's upstream (the job row is leased
     to it for the service's timeout; if it dies, the loop refunds the call).
     """
-    key = check_idempotency_key(idempotency_key)
     definition, document = validate(registry, service_id, data)
+    key = check_idempotency_key(idempotency_key)
     params = {
         "caller_id": caller_id,
         "service_id": definition.id,

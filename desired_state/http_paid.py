@@ -96,6 +96,8 @@ def _default_owner() -> str:
 class PaidApiConfig:
     registry: ServiceRegistry
     proxy_call: ProxyCall | None = field(default=None, repr=False)
+    on_admission: Callable[[str], None] | None = field(default=None, repr=False)
+    """Told each admission's outcome: ``admitted``, ``replayed`` or the refusal's code (metrics)."""
     clock: Clock = system_clock
     lease_owner: str = field(default_factory=_default_owner)
     max_body_bytes: int = 1024 * 1024
@@ -345,17 +347,24 @@ def create_paid_router(config: PaidApiConfig, connection: ConnectionFactory) -> 
         definition = service_of(group, method)
         data = parse_body(await request.body(), config.max_body_bytes)
         key = request.headers.get("idempotency-key")
-        async with connection() as conn:
-            admission = await intake.admit(
-                conn,
-                registry,
-                caller.caller_id,
-                definition.id,
-                data,
-                idempotency_key=key,
-                clock=config.clock,
-                lease_owner=config.lease_owner,
-            )
+        try:
+            async with connection() as conn:
+                admission = await intake.admit(
+                    conn,
+                    registry,
+                    caller.caller_id,
+                    definition.id,
+                    data,
+                    idempotency_key=key,
+                    clock=config.clock,
+                    lease_owner=config.lease_owner,
+                )
+        except AdmissionRefused as exc:
+            if config.on_admission is not None:
+                config.on_admission(exc.code.value)
+            raise
+        if config.on_admission is not None:
+            config.on_admission("replayed" if admission.replayed else "admitted")
         replay_headers = {"Idempotency-Replayed": "true"} if admission.replayed else {}
         if definition.runtime is Runtime.JOB:
             poll = f"{JOBS_PATH}/{admission.job_id}"

@@ -43,13 +43,9 @@ async def test_admissions_are_counted_by_outcome_and_util_echo_without_upstream_
         auth = {"Authorization": f"Bearer {issued.secret}"}
         keyed = auth | {"Idempotency-Key": "k"}
         async with app.router.lifespan_context(app), httpx.AsyncClient(transport=transport, base_url="http://x") as c:
-            echo = await c.post(
-                "/api/services/invoke/util/echo", json={"a": 1}, headers=auth | {"Idempotency-Key": "k"}
-            )
+            echo = await c.post("/api/services/invoke/util/echo", json={"a": 1}, headers=keyed)
             assert echo.status_code == 500 and echo.json()["error"] == "upstream_not_configured"
-            again = await c.post(
-                "/api/services/invoke/util/echo", json={"a": 1}, headers=auth | {"Idempotency-Key": "k"}
-            )
+            again = await c.post("/api/services/invoke/util/echo", json={"a": 1}, headers=keyed)
             assert again.status_code == 500 and again.headers["Idempotency-Replayed"] == "true"
             delay = await c.post("/api/services/invoke/util/delay-echo", json={"seconds": 0}, headers=auth)
             assert delay.status_code == 202  # the refunded credit paid for it

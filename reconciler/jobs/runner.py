@@ -197,9 +197,12 @@ class JobRunner:
         """Run until no job is pending or running (or ``within`` seconds); for tests, the demo, the CLI."""
         deadline = time.monotonic() + within
         first = len(self.outcomes)
+        next_sweep = 0.0
         async with self.leases.renewing():
             while time.monotonic() < deadline:
-                await self.sweep()
+                if time.monotonic() >= next_sweep:
+                    await self.sweep()
+                    next_sweep = time.monotonic() + self.settings.tick_seconds
                 await self.fill()
                 if not self._tasks and not await self._live_jobs():
                     break

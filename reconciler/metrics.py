@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
 from desired_state.services.ledger import INVARIANT_NAMES
-from desired_state.services.vocabulary import AdmitOutcome, JobStatus, TransferKind
+from desired_state.services.vocabulary import AdmitOutcome, ErrorCode, JobStatus, TransferKind
 from desired_state.webhooks import WebhookState
 from providers import agentmail, openrouter, railway, telnyx
 from providers.base import ResourceKind
@@ -35,6 +35,8 @@ WEBHOOK_OUTCOMES = tuple(state.value for state in WebhookState if state is not W
 WEBHOOK_ATTEMPT_RESULTS = tuple(label.value for label in AttemptLabel)
 LIVE_JOB_STATUSES = (JobStatus.PENDING.value, JobStatus.RUNNING.value)
 TERMINAL_JOB_STATUSES = tuple(s.value for s in JobStatus if s.terminal)
+ADMISSION_OUTCOMES = (AdmitOutcome.ADMITTED.value, AdmitOutcome.REPLAYED.value, *(code.value for code in ErrorCode))
+"""Labels of ``reconciler_job_admissions_total``: admitted, replayed, or the refusal's wire code."""
 
 
 class Metrics:
@@ -231,8 +233,10 @@ class Metrics:
                 self.jobs_finished.labels(service, status)
 
     def count_admission(self, outcome: str) -> None:
-        """The admission hook the HTTP layer calls with each :class:`AdmitOutcome` it decides."""
-        self.job_admissions.labels(AdmitOutcome(outcome).value).inc()
+        """The paid routes' ``on_admission`` hook: ``admitted``, ``replayed`` or the refusal's code."""
+        if outcome not in ADMISSION_OUTCOMES:
+            raise ValueError(f"unknown admission outcome {outcome!r}")
+        self.job_admissions.labels(outcome).inc()
 
     def preinitialise(self) -> None:
         for kind in RECONCILE_KINDS:
@@ -265,8 +269,8 @@ class Metrics:
             self.webhook_deliveries.labels(outcome)
         for result in WEBHOOK_ATTEMPT_RESULTS:
             self.webhook_attempts.labels(result)
-        for outcome in AdmitOutcome:
-            self.job_admissions.labels(outcome.value)
+        for outcome in ADMISSION_OUTCOMES:
+            self.job_admissions.labels(outcome)
         for kind in TransferKind:
             self.ledger_transfers.labels(kind.value)
         for invariant in INVARIANT_NAMES:

@@ -4,16 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import time
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 
-from desired_state.services.builtin import DELAY_ECHO
+from desired_state.services import intake
+from desired_state.services.builtin import DELAY_ECHO, ECHO
 from desired_state.services.termination import cancel
+from desired_state.services.vocabulary import JobStatus
+from providers.simulated.server import serve_in_background
 from reconciler.jobs.runner import JobSettings
-from tests.conftest import Sim
+from tests.conftest import Sim, simulated_runtime
 from tests.jobs_support import (
     FAST_JOBS,
+    JOB_ENGINE,
     ONCE,
     QUICK_TIMEOUT,
     RERUN,
@@ -21,12 +30,15 @@ from tests.jobs_support import (
     Sleeper,
     admit,
     assert_audit_clean,
+    handlers,
     job_row,
     job_runtime,
     new_caller,
+    registry,
     transfers,
     wait_for,
 )
+from tests.paid_support import FakeClock
 
 Conn = psycopg.AsyncConnection[Any]
 
@@ -178,3 +190,62 @@ async def test_a_job_the_process_cannot_run_is_left_for_one_that_can(db_url: str
         runtime.jobs.services = [DELAY_ECHO]  # an older replica: it has no handler for test.slow
         assert await runtime.jobs.claim(10) == []
     assert (await job_row(conn, job_id))["status"] == "pending"
+
+
+async def test_a_proxy_call_whose_request_died_is_refunded_and_never_re_sent(db_url: str, sim: Sim, conn: Conn) -> None:
+    # A proxy call is admitted running, leased to the request's process for the service's
+    # timeout. That process dies before the upstream call ends: the loop (here with its clock past
+    # that timeout) ends the call and refunds it; nothing calls the upstream again.
+    calls: list[Any] = []
+
+    async def upstream(request: Request) -> Response:
+        calls.append(await request.json())
+        return JSONResponse({"echo": calls[-1]})
+
+    caller = await new_caller(conn)
+    admission = await intake.admit(conn, registry(), caller, ECHO, {"a": 1}, lease_owner="api:a-dead-process")
+    assert admission.status == "running"
+    clock = FakeClock(datetime.now(UTC) + timedelta(seconds=60))
+    app = Starlette(routes=[Route("/echo", upstream, methods=["POST"])])
+    async with serve_in_background(app) as root:
+        runtime = simulated_runtime(
+            db_url,
+            sim,
+            JOB_ENGINE,
+            jobs=FAST_JOBS,
+            services=registry(),
+            clock=clock,
+            handlers=lambda http: handlers(http, Sleeper(), root),
+        )
+        async with runtime:
+            await runtime.jobs.drain()
+    row = await job_row(conn, admission.job_id)
+    assert row["status"] in ("timed_out", "failed") and row["settlement"] == "refund"
+    assert await transfers(conn, admission.job_id) == ["charge", "refund"]
+    assert calls == []
+    await assert_audit_clean(conn)
+
+
+async def test_ends_written_together_keep_each_jobs_guard(db_url: str, sim: Sim, conn: Conn) -> None:
+    # Five handlers finish in the same turn: their ends are written in one batch, yet each is
+    # guarded by its own claim: the one re-claimed meanwhile by another worker changes nothing.
+    caller = await new_caller(conn)
+    ids = [await admit(conn, caller, ONCE, {"n": 0}) for _ in range(5)]
+    async with job_runtime(db_url, sim, Sleeper()) as first, job_runtime(db_url, sim, Sleeper()) as second:
+        claims = await first.jobs.claim(10)
+        stale = claims[0]
+        await conn.execute(
+            "UPDATE service_jobs SET status = 'pending', lease_expires_at = NULL WHERE job_id = %s", (stale.job_id,)
+        )
+        [fresh] = await second.jobs.claim(10)
+        assert fresh.job_id == stale.job_id and fresh.fencing_token == stale.fencing_token + 1
+        ends = await asyncio.gather(
+            *(
+                first.jobs.completer.end(c.job_id, c.fencing_token, JobStatus.COMPLETED, result={"ok": 1})
+                for c in claims
+            )
+        )
+    assert [end.changed for end in ends] == [False, True, True, True, True]
+    assert ends[0].status is JobStatus.RUNNING
+    statuses = {job_id: (await job_row(conn, job_id))["status"] for job_id in ids}
+    assert statuses[stale.job_id] == "running" and sorted(statuses.values()).count("completed") == 4

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from typing import Any
 
@@ -169,4 +170,49 @@ async def test_provision_input_takes_tool_names_as_json_strings(conn: Conn) -> N
         conn, registry(), caller, "agents.provision", {"name": "bot", "tools": ["openrouter"], "env": {"A": "1"}}
     )
     assert admitted.document == {"name": "bot", "tools": ["openrouter"], "env": {"A": "1"}}
+    await assert_clean(conn)
+
+
+async def _concurrently(db_url: str, n: int, admit: Any) -> list[Any]:
+    """``admit(conn)`` on ``n`` connections at once; refusals are returned, not raised."""
+    conns = [await psycopg.AsyncConnection.connect(db_url, autocommit=True) for _ in range(n)]
+    try:
+        return await asyncio.gather(*(admit(c) for c in conns), return_exceptions=True)
+    finally:
+        for c in conns:
+            await c.close()
+
+
+async def test_concurrent_admissions_share_one_key_one_limit_and_one_balance(conn: Conn, db_url: str) -> None:
+    clock = FakeClock()
+    caller = await new_caller(conn, credits=10)
+    reg = registry()
+
+    same_key = await _concurrently(
+        db_url, 8, lambda c: intake.admit(c, reg, caller, DELAY_ECHO, {"seconds": 1}, idempotency_key="k", clock=clock)
+    )
+    assert len({a.job_id for a in same_key}) == 1 and sum(not a.replayed for a in same_key) == 1
+
+    limited = await _concurrently(db_url, 8, lambda c: intake.admit(c, reg, caller, LIMITED, {}, clock=clock))
+    admitted = [a for a in limited if not isinstance(a, BaseException)]
+    refused = [a for a in limited if isinstance(a, AdmissionRefused)]
+    assert len(admitted) == 2 and len(refused) == 6
+    assert {r.code for r in refused} == {ErrorCode.RATE_LIMIT_EXCEEDED} and {r.retry_after for r in refused} == {60}
+
+    # 7 credits left; 12 admissions of 1 credit each, at once: exactly 7 pass, the balance ends at 0
+    spent = await _concurrently(db_url, 12, lambda c: intake.admit(c, reg, caller, DELAY_ECHO, {}, clock=clock))
+    assert sum(not isinstance(a, BaseException) for a in spent) == 7
+    assert {a.code for a in spent if isinstance(a, AdmissionRefused)} == {ErrorCode.INSUFFICIENT_CREDITS}
+    assert await ledger.balance(conn, caller) == 0
+    await assert_clean(conn)
+
+
+async def test_a_terminal_job_cannot_be_reopened_over_sql(conn: Conn) -> None:
+    clock = FakeClock()
+    caller = await new_caller(conn)
+    admitted = await intake.admit(conn, registry(), caller, DELAY_ECHO, {}, clock=clock)
+    await terminate(conn, admitted.job_id, JobStatus.COMPLETED, now=clock(), token=None, result={})
+    for change in ("status = 'failed'", "cost_credits = 5"):
+        with pytest.raises(psycopg.errors.RaiseException, match="never change"):
+            await conn.execute(f"UPDATE service_jobs SET {change} WHERE job_id = %s".encode(), (admitted.job_id,))
     await assert_clean(conn)

@@ -129,7 +129,10 @@ def validate(registry: ServiceRegistry, service_id: str, data: Any) -> tuple[Ser
         return definition, definition.validate_input(data)
     except InputError as exc:
         raise AdmissionRefused(
-            ErrorCode.INVALID_INPUT, "; ".join(exc.problems), exc.problems[0], problems=exc.problems
+            ErrorCode.INVALID_INPUT,
+            "; ".join(exc.problems),
+            f"the body must match the inputSchema of {definition.id} (GET /api/services/catalog)",
+            problems=exc.problems,
         ) from None
 
 
@@ -152,12 +155,12 @@ async def admit(
     job's ``X-Webhook-Url``) is stored on the new job in the admission's transaction, so the job
     cannot end before its delivery is owed (``desired_state/webhooks.py``).
     """
+    definition, document = validate(registry, service_id, data)
     key = check_idempotency_key(idempotency_key)
     try:
         hook = None if webhook_url is None else parse_webhook_url(webhook_url)
     except WebhookUrlError as exc:
         raise AdmissionRefused(ErrorCode.INVALID_INPUT, str(exc), problems=[str(exc)]) from None
-    definition, document = validate(registry, service_id, data)
     params = {
         "caller_id": caller_id,
         "service_id": definition.id,

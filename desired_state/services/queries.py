@@ -132,7 +132,7 @@ WITH due AS (
     SELECT job_id FROM service_jobs
      WHERE status = 'pending' AND runtime = 'job' AND next_attempt_at <= %(now)s
        AND (%(services)s::text[] IS NULL OR service_id = ANY(%(services)s))
-     ORDER BY next_attempt_at, job_id
+     ORDER BY next_attempt_at, created_at, job_id
      LIMIT %(limit)s
        FOR UPDATE SKIP LOCKED
 )

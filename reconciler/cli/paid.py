@@ -107,7 +107,7 @@ def callers_key(email: EmailArg) -> None:
 def callers_revoke(
     email: EmailArg,
     key: Annotated[
-        str | None, typer.Option("--key", help="Only the key starting with this prefix (as printed at creation).")
+        str | None, typer.Option("--key", help="Only this key (the key, or its first 11 characters).")
     ] = None,
 ) -> None:
     """Revoke a caller's API keys (all of them, or the one named by --key); requests with them get 401."""

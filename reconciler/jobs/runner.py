@@ -7,8 +7,10 @@ holds in the background while the handlers run, whether or not they report progr
 is only about liveness; the job's deadline and the fencing token are separate.
 
 Every job ends in the ledger's one termination transaction (guarded status change + settlement,
-:mod:`desired_state.services.termination`); a guard that matches nothing (the job was cancelled,
-timed out or re-claimed meanwhile) changes nothing, so a late worker is a no-op.
+``paid_terminate``); a guard that matches nothing (the job was cancelled, timed out or re-claimed
+meanwhile) changes nothing, so a late worker is a no-op. The worker's own ends are written in
+batches (:mod:`reconciler.jobs.completer`): one statement and one commit for every job that
+finished in the same turn of the event loop.
 
 How each way of ending is decided:
 
@@ -68,6 +70,7 @@ from desired_state.services.vocabulary import (
 )
 from reconciler.claims import ClaimStatements, Leases, LeaseSettings
 from reconciler.jobs import queries
+from reconciler.jobs.completer import Completer
 from reconciler.jobs.handlers import HandlerRegistry, JobCancelled, JobContext, JobFailed
 from reconciler.metrics import LIVE_JOB_STATUSES, Metrics
 
@@ -153,6 +156,7 @@ class JobRunner:
         self._wake = asyncio.Event()
         self._stopping = False
         self.outcomes: list[JobOutcome] = []
+        self.completer = Completer(pool, lambda: self.clock())
         metrics.preinitialise_jobs(definition.id for definition in registry)
 
     # -- the loop ---------------------------------------------------------------------------------
@@ -193,9 +197,12 @@ class JobRunner:
         """Run until no job is pending or running (or ``within`` seconds); for tests, the demo, the CLI."""
         deadline = time.monotonic() + within
         first = len(self.outcomes)
+        next_sweep = 0.0
         async with self.leases.renewing():
             while time.monotonic() < deadline:
-                await self.sweep()
+                if time.monotonic() >= next_sweep:
+                    await self.sweep()
+                    next_sweep = time.monotonic() + self.settings.tick_seconds
                 await self.fill()
                 if not self._tasks and not await self._live_jobs():
                     break
@@ -326,8 +333,11 @@ class JobRunner:
         if not running.done():
             context.stopped = True
             running.cancel()
-            with contextlib.suppress(BaseException):
+            with contextlib.suppress(asyncio.CancelledError, Exception):  # it is being stopped: any end will do
                 await running
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise asyncio.CancelledError  # this run itself is being cancelled: write nothing
             if stopped.is_set():
                 if self._stopping:
                     return await self._interrupted(claim)
@@ -375,8 +385,7 @@ class JobRunner:
         error: JobError | None = None,
     ) -> JobOutcome:
         """The termination transaction, guarded by our claim (still running, still our token)."""
-        async with self._pool.connection() as conn:
-            ended = await work.finish(conn, claim, now=self.clock(), result=result, error=error, status=status)
+        ended = await self.completer.end(claim.job_id, claim.fencing_token, status, result=result, error=error)
         if ended.changed:
             self._count(claim.service_id, status)
         return JobOutcome(claim.job_id, claim.service_id, status.value if ended.changed else "lost", ended.changed)

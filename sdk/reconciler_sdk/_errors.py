@@ -58,6 +58,10 @@ class JobNotFound(ApiError):
     """404 ``job_not_found``."""
 
 
+class MethodNotAllowed(ApiError):
+    """405 ``method_not_allowed``."""
+
+
 class IdempotencyKeyInFlight(ApiError):
     """409 ``idempotency_key_in_flight``."""
 
@@ -124,6 +128,7 @@ ERRORS: dict[str, type[ApiError]] = {
     "course_not_purchased": CourseNotPurchased,
     "service_not_found": ServiceNotFound,
     "job_not_found": JobNotFound,
+    "method_not_allowed": MethodNotAllowed,
     "idempotency_key_in_flight": IdempotencyKeyInFlight,
     "idempotency_key_reused": IdempotencyKeyReused,
     "body_too_large": BodyTooLarge,

@@ -25,10 +25,11 @@ test: $(STAMP)  ## the test suite (slow chaos/benchmark tests run in their short
 chaos: $(STAMP)  ## the long chaos run: 500 instances, three replicas killed at random
 	CHAOS_INSTANCES=500 $(BIN)/python -m pytest -q -p no:cacheprovider tests/test_chaos.py -k three_replicas
 
-lint: $(STAMP)  ## ruff, mypy --strict and the import-linter layering contracts (pyproject.toml)
+lint: $(STAMP)  ## ruff, mypy --strict, the import-linter layering contracts (pyproject.toml), and the generated SDK is current
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/lint-imports
+	$(BIN)/reconciler sdk generate --check
 
 bench: $(STAMP)  ## every benchmark at full size (about 16 minutes on 2 cores); rewrites docs/benchmarks.md
 	$(BIN)/python -m tests.benchmarks

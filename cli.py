@@ -16,8 +16,10 @@ import warnings
 import psycopg
 import typer
 
-from reconciler.cli import instances, operate, paid, schema, serve, simulate
+from reconciler.cli import instances, operate, schema, sdk, serve, simulate, webhooks
+from reconciler.cli import paid as paid_cli
 from reconciler.cli.common import EXIT_BAD_INPUT, EXIT_FAILURE, RUN_MIGRATE, CommandError, err_console
+from reconciler.cli.jobs import jobs_app
 from reconciler.db import DatabaseError
 from reconciler.logs import configure_logging
 from reconciler.settings import SettingsError
@@ -36,11 +38,14 @@ app.add_typer(instances.app)
 app.add_typer(operate.app)
 app.add_typer(serve.app)
 app.add_typer(simulate.app)
-app.add_typer(paid.callers_app, name="callers")
-app.add_typer(paid.credits_app, name="credits")
-app.add_typer(paid.courses_app, name="courses")
-app.add_typer(paid.services_app, name="services")
-app.add_typer(paid.ledger_app, name="ledger")
+app.add_typer(webhooks.app, name="webhooks")
+app.add_typer(sdk.app, name="sdk")
+app.add_typer(paid_cli.callers_app, name="callers")
+app.add_typer(paid_cli.credits_app, name="credits")
+app.add_typer(paid_cli.courses_app, name="courses")
+app.add_typer(paid_cli.services_app, name="services")
+app.add_typer(paid_cli.ledger_app, name="ledger")
+app.add_typer(jobs_app, name="jobs")
 
 # Raised by the first query that meets a table, column or function a migration would have made:
 # the database is older than this version, whatever schema_migrations says.

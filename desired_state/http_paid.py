@@ -70,6 +70,7 @@ from desired_state.services.vocabulary import (
     caller_account,
     system_clock,
 )
+from desired_state.webhooks import WEBHOOK_URL_HEADER, WEBHOOK_URL_PARAMETER, webhook_view
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +98,8 @@ def _default_owner() -> str:
 class PaidApiConfig:
     registry: ServiceRegistry
     proxy_call: ProxyCall | None = field(default=None, repr=False)
+    on_admission: Callable[[str], None] | None = field(default=None, repr=False)
+    """Told each admission's outcome: ``admitted``, ``replayed`` or the refusal's code (metrics)."""
     clock: Clock = system_clock
     lease_owner: str = field(default_factory=_default_owner)
     max_body_bytes: int = 1024 * 1024
@@ -370,7 +373,8 @@ def create_paid_router(config: PaidApiConfig, connection: ConnectionFactory) -> 
                     "required": False,
                     "schema": {"type": "string", "minLength": 1, "maxLength": 255},
                     "description": "Retry safely: the same key and body answer the first response again.",
-                }
+                },
+                WEBHOOK_URL_PARAMETER,
             ],
         },
     )
@@ -383,17 +387,25 @@ def create_paid_router(config: PaidApiConfig, connection: ConnectionFactory) -> 
         definition = service_of(group, method)
         data = parse_body(await read_body(request, config.max_body_bytes), config.max_body_bytes)
         key = request.headers.get("idempotency-key")
-        async with connection() as conn:
-            admission = await intake.admit(
-                conn,
-                registry,
-                caller.caller_id,
-                definition.id,
-                data,
-                idempotency_key=key,
-                clock=config.clock,
-                lease_owner=config.lease_owner,
-            )
+        try:
+            async with connection() as conn:
+                admission = await intake.admit(
+                    conn,
+                    registry,
+                    caller.caller_id,
+                    definition.id,
+                    data,
+                    idempotency_key=key,
+                    clock=config.clock,
+                    lease_owner=config.lease_owner,
+                    webhook_url=request.headers.get(WEBHOOK_URL_HEADER),
+                )
+        except AdmissionRefused as exc:
+            if config.on_admission is not None:
+                config.on_admission(exc.code.value)
+            raise
+        if config.on_admission is not None:
+            config.on_admission("replayed" if admission.replayed else "admitted")
         replay_headers = {"Idempotency-Replayed": "true"} if admission.replayed else {}
         if definition.runtime is Runtime.JOB:
             poll = f"{JOBS_PATH}/{admission.job_id}"
@@ -468,9 +480,10 @@ def create_paid_router(config: PaidApiConfig, connection: ConnectionFactory) -> 
         ident = job_id
         async with connection() as conn:
             record = await jobs.get_job(conn, ident, caller.caller_id)
+            hook = None if record is None else await webhook_view(conn, ident)
         if record is None:
             raise Refusal(ErrorCode.JOB_NOT_FOUND, f"no job {ident}")
-        return _json(record.view())
+        return _json(record.view().model_copy(update={"webhook": hook}))
 
     @router.delete(
         f"{JOBS_PATH}/{{jobId}}",

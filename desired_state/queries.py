@@ -30,8 +30,8 @@ RETURNING (xmax = 0) AS inserted, generation
 
 # Create-if-absent: an existing row is left alone (compared by ``create``, never overwritten).
 INSERT_IF_ABSENT = """
-INSERT INTO desired_instances (instance_id, name, spec, present)
-VALUES (%(instance_id)s, %(name)s, %(spec)s, TRUE)
+INSERT INTO desired_instances (instance_id, name, spec, present, owner_caller_id)
+VALUES (%(instance_id)s, %(name)s, %(spec)s, TRUE, %(owner)s)
 ON CONFLICT (instance_id) DO NOTHING
 RETURNING generation
 """

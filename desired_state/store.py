@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
+from uuid import UUID
 
 from psycopg import AsyncConnection
 from psycopg.rows import dict_row
@@ -213,9 +214,17 @@ async def list_instances(
         return [DesiredInstance.from_row(row) for row in await cur.fetchall()]
 
 
-async def create(conn: AsyncConnection[Any], spec: InstanceSpec) -> CreateResult:
-    """Insert a new desired instance, or report how the existing one compares (never overwrites)."""
-    params = {"instance_id": spec.instance_id, "name": spec.name, "spec": Jsonb(spec.spec_document())}
+async def create(conn: AsyncConnection[Any], spec: InstanceSpec, *, owner: UUID | None = None) -> CreateResult:
+    """Insert a new desired instance, or report how the existing one compares (never overwrites).
+
+    ``owner`` is the paying caller of an instance ``agents.provision`` writes.
+    """
+    params = {
+        "instance_id": spec.instance_id,
+        "name": spec.name,
+        "spec": Jsonb(spec.spec_document()),
+        "owner": owner,
+    }
     for _ in range(3):  # the row may vanish between the insert and the compare (teardown finished)
         async with conn.cursor(row_factory=dict_row) as cur:
             await cur.execute(INSERT_IF_ABSENT, params)

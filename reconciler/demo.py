@@ -4,8 +4,9 @@ It creates a fresh ``reconciler_demo`` database (on the embedded Postgres unless
 ``SERVICE_DATABASE_URL`` is set), serves the four simulated providers on a loopback port, writes
 desired instances (every fifth one with a Telnyx number), runs the real reconcile loop until all
 are Ready, prints the status table and the provider calls it took, then marks everything absent and
-waits until the simulated providers hold nothing. Every step is the production code path: the
-same store, loop, drivers and HTTP; only the providers are simulated.
+waits until the simulated providers hold nothing. Then the paid half (:mod:`reconciler.demo_jobs`):
+a caller, credits, a mix of jobs run by the job loop, and a clean ledger audit. Every step is the
+production code path: the same store, loops, drivers and HTTP; only the providers are simulated.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from providers.simulated.app import Simulator, SimulatorSettings, base_urls, ups
 from providers.simulated.faults import FaultPlan, FaultRule
 from providers.simulated.server import serve_in_background
 from reconciler.db import create_database, migrate
+from reconciler.demo_jobs import run_jobs_demo
 from reconciler.engine import EngineSettings
 from reconciler.metrics import Metrics
 from reconciler.runtime import Runtime, RuntimeOptions
@@ -136,6 +138,7 @@ async def run_demo(
         async with Runtime(settings, url, options, metrics) as runtime:
             stop = asyncio.Event()
             loop_task = asyncio.create_task(runtime.worker.run_forever(stop))
+            jobs_task = asyncio.create_task(runtime.jobs.run_forever(stop))
             conn = await psycopg.AsyncConnection.connect(url, autocommit=True)
             async with conn:
                 await store.put_many(conn, specs)
@@ -172,9 +175,14 @@ async def run_demo(
                     f"{'Torn down' if torn_down else 'NOT torn down'}: providers hold "
                     f"{held_resources(simulator)} resources."
                 )
+                paid = await run_jobs_demo(runtime, conn, console, time_limit)
+                console.print(
+                    f"{'Paid jobs: all ended and settled' if paid else 'Paid jobs: NOT as expected'}; "
+                    f"providers hold {held_resources(simulator)} resources."
+                )
             stop.set()
-            await loop_task
-    return converged and torn_down
+            await asyncio.gather(loop_task, jobs_task)
+    return converged and torn_down and paid and held_resources(simulator) == 0
 
 
 def _provider_calls(metrics: Metrics) -> dict[str, int]:

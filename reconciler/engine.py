@@ -15,10 +15,12 @@ so there is never a duplicate. A kill before the first commit leaves nothing at 
 create that failed without a clear answer (a timeout, a 5xx) may have landed too: its retry waits
 ``create_settle_seconds`` first, so a listing that lags behind writes shows it to the lookup.
 
-Every write opens with :data:`~reconciler.queries.CHECK_FENCE`: it locks the desired row, checks
-that our claim is still the latest (the token) and extends the lease. A worker whose lease
-expired and whose row was claimed again gets :class:`LeaseLost` and stops without writing; the
-same check runs right before an update or a replace, which have no row to write first.
+Claims, leases and fences are :mod:`reconciler.claims` (one mechanism for instances and jobs):
+the lease is short and the worker renews it in the background for as long as the pass runs.
+Every write opens with :data:`~reconciler.queries.CHECK_FENCE`: it locks the desired row and
+checks that our claim is still the latest (the token). A worker whose lease expired and whose row
+was claimed again gets :class:`LeaseLost` and stops without writing; the same check runs right
+before an update or a replace, which have no row to write first.
 
 What each provider error does to the row (all durable, all visible in ``reconciler why``):
 
@@ -73,6 +75,7 @@ from providers.base import (
     Throttled,
 )
 from reconciler import queries
+from reconciler.claims import ClaimStatements, LeaseLost, Leases, LeaseSettings
 from reconciler.conditions import PassResult, conditions
 from reconciler.metrics import Metrics, call_outcome
 from reconciler.plan import (
@@ -97,8 +100,14 @@ log = logging.getLogger(__name__)
 class EngineSettings:
     """Timing of the loop. Every field is a number of seconds unless it says otherwise."""
 
-    lease_seconds: float = 60.0
-    """How long a claim is exclusive without a write; each write extends it."""
+    lease_seconds: float = 10.0
+    """How long a claim stays exclusive without a renewal. The worker renews every claim it holds
+    every ``lease_renew_seconds`` while it works, so this only bounds how long a *dead* replica's
+    claims wait: another replica takes them over within ``lease_seconds`` plus one tick. Keep it
+    well above the renewal interval (a database hiccup longer than the lease loses the claims,
+    safely: the fence stops the old worker's writes)."""
+    lease_renew_seconds: float = 0.0
+    """Seconds between background lease renewals; 0 means a third of ``lease_seconds``."""
     poll_interval: float = 60.0
     """Converged rows are looked at again after this long (drift, deploy status)."""
     not_ready_interval: float = 1.0
@@ -124,6 +133,15 @@ class EngineSettings:
     """Rows one worker reconciles at once (claimed as slots free up)."""
 
 
+INSTANCE_CLAIMS = ClaimStatements(
+    table="instances",
+    key="instance_id",
+    claim=queries.CLAIM_DUE,
+    renew=queries.RENEW_LEASES,
+    release=queries.RELEASE_CLAIMS,
+    fence=queries.CHECK_FENCE,
+)
+
 MIN_THROTTLE_DELAY = 1.0
 """Seconds a throttled pass waits at least, whatever the provider's ``Retry-After`` says."""
 
@@ -146,10 +164,6 @@ class Outcome:
     phase: Phase | None = None
     error: str | None = None
     actions: tuple[Action, ...] = ()
-
-
-class LeaseLost(Exception):
-    """Another worker claimed the row after us; this worker must stop writing it."""
 
 
 class _Wait(Exception):
@@ -203,25 +217,23 @@ class Reconciler:
         self._drivers = drivers
         self.defaults = defaults
         self._metrics = metrics
-        self._owner = owner
+        self.owner = owner
         self.settings = settings or EngineSettings()
+        self.leases = Leases(
+            pool,
+            INSTANCE_CLAIMS,
+            owner=owner,
+            settings=LeaseSettings(self.settings.lease_seconds, self.settings.lease_renew_seconds),
+        )
 
     # -- claiming ---------------------------------------------------------------------------------
 
     async def claim(self, limit: int | None = None) -> list[Claim]:
-        params = {
-            "limit": limit or self.settings.batch_size,
-            "owner": self._owner,
-            "lease_seconds": self.settings.lease_seconds,
-            "changed_share": self.settings.changed_share,
-            "aging_seconds": self.settings.aging_seconds,
-        }
-        async with self._pool.connection() as conn, conn.cursor() as cur:
-            await cur.execute(queries.CLAIM_DUE, params)
-            rows = await cur.fetchall()
-        for *_, waited in rows:
-            self._metrics.claim_to_start_seconds.observe(float(waited))
-        return [Claim(*row[:4]) for row in rows]
+        params = {"changed_share": self.settings.changed_share, "aging_seconds": self.settings.aging_seconds}
+        rows = await self.leases.claim(limit or self.settings.batch_size, params)
+        for row in rows:
+            self._metrics.claim_to_start_seconds.observe(float(row["waited_seconds"]))
+        return [Claim(row["instance_id"], row["fencing_token"], row["generation"], row["attempts"]) for row in rows]
 
     async def make_due(self, instance_ids: list[str] | None) -> list[str]:
         """Force the next pass now for these rows (all rows when None)."""
@@ -492,16 +504,7 @@ class Reconciler:
     async def _fenced(self, claim: Claim) -> AsyncIterator[AsyncConnection[Any]]:
         """A transaction that only commits if our claim is still the latest."""
         async with self._pool.connection() as conn, conn.transaction():
-            cur = await conn.execute(
-                queries.CHECK_FENCE,
-                {
-                    "instance_id": claim.instance_id,
-                    "token": claim.token,
-                    "lease_seconds": self.settings.lease_seconds,
-                },
-            )
-            if await cur.fetchone() is None:
-                raise LeaseLost(claim.instance_id)
+            await self.leases.check_fence(conn, claim.instance_id, claim.token)
             yield conn
 
     async def _heartbeat(self, claim: Claim) -> None:

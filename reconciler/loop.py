@@ -12,6 +12,11 @@ Two triggers, one pass:
 
 The tick never overlaps itself (``max_instances=1``). A database outage is logged and retried
 on the next tick; the listener reconnects with a capped backoff.
+
+While passes run, the worker renews the leases of every claim it holds in the background
+(:mod:`reconciler.claims`), so the lease can be short: a killed replica's rows come back within
+``lease_seconds``, and a slow pass is never overtaken. On SIGTERM the worker claims nothing more,
+hands back at once the claims whose pass has not started, and lets the started ones finish.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from providers.base import ResourceKind
 from reconciler import queries
-from reconciler.engine import Outcome, Reconciler
+from reconciler.engine import Claim, Outcome, Reconciler
 from reconciler.metrics import NOT_CONVERGED_REASONS, PROVIDERS, Metrics
 from reconciler.observe import Observer
 from reconciler.status import phase_counts
@@ -86,38 +91,59 @@ class Worker:
         """
         limit = max(1, self.reconciler.settings.batch_size)
         refill = max(1, limit // 4)
-        in_flight: set[asyncio.Task[Outcome]] = set()
+        in_flight: set[asyncio.Task[Outcome | None]] = set()
         outcomes: list[Outcome] = []
         failures: list[BaseException] = []
         nothing_due = False
-        try:
-            while True:
-                free = limit - len(in_flight)
-                if not nothing_due and not self._stopping and free >= (refill if in_flight else 1):
-                    claims = await self.reconciler.claim(free)
-                    nothing_due = not claims
-                    in_flight.update(asyncio.create_task(self.reconciler.reconcile(c)) for c in claims)
-                if not in_flight:
-                    break
-                finished, in_flight = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
-                nothing_due = False  # a finished pass may have made room, or work may have arrived
-                for task in finished:
-                    error = task.exception()
-                    if error is not None:
-                        failures.append(error)
-                        continue
-                    outcomes.append(task.result())
-                    self._last_progress = time.monotonic()
-                    if self._on_outcome is not None:
-                        self._on_outcome(task.result())
-        finally:
-            if in_flight:  # a claim failed (the database went away): let the passes in flight end
-                await asyncio.wait(in_flight)
+        async with self.reconciler.leases.renewing():
+            try:
+                while True:
+                    free = limit - len(in_flight)
+                    if not nothing_due and not self._stopping and free >= (refill if in_flight else 1):
+                        claims = await self.reconciler.claim(free)
+                        nothing_due = not claims
+                        in_flight.update(asyncio.create_task(self._pass(c)) for c in claims)
+                    if not in_flight:
+                        break
+                    finished, in_flight = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+                    nothing_due = False  # a finished pass may have made room, or work may have arrived
+                    for task in finished:
+                        error = task.exception()
+                        if error is not None:
+                            failures.append(error)
+                            continue
+                        outcome = task.result()
+                        if outcome is None:
+                            continue  # handed back before it started (shutting down)
+                        outcomes.append(outcome)
+                        self._last_progress = time.monotonic()
+                        if self._on_outcome is not None:
+                            self._on_outcome(outcome)
+            finally:
+                if in_flight:  # a claim failed (the database went away): let the passes in flight end
+                    await asyncio.wait(in_flight)
         if failures:
             # Usually the database went away mid-pass. The claims simply expire; every write was
             # fenced and every create had its intent committed first, so the next claim resumes.
             raise failures[0]
         return outcomes
+
+    async def _pass(self, claim: Claim) -> Outcome | None:
+        leases = self.reconciler.leases
+        if not leases.start(claim.instance_id, claim.token):
+            return None
+        try:
+            return await self.reconciler.reconcile(claim)
+        finally:
+            leases.done(claim.instance_id, claim.token)
+
+    async def release_unstarted(self) -> None:
+        """Stop claiming and hand back the claims not started yet (SIGTERM)."""
+        self._stopping = True
+        try:
+            await self.reconciler.leases.release_unstarted()
+        except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+            log.warning("could not hand back unstarted claims (they expire instead): %s", _first_line(exc))
 
     async def tick(self) -> None:
         if self._stopping:
@@ -234,7 +260,7 @@ class Worker:
         finally:
             # Claim nothing more and let the passes in flight finish their writes (they are
             # fenced either way), then stop the scheduler, which cancels what still runs.
-            self._stopping = True
+            await self.release_unstarted()
             scheduler.pause()
             listener.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -8,13 +8,18 @@ instance id, never anything a caller wrote, never a secret.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from desired_state.services.ledger import INVARIANT_NAMES
+from desired_state.services.vocabulary import AdmitOutcome, ErrorCode, JobStatus, TransferKind
 from desired_state.vocabulary import PHASES, CallOutcome, NotConvergedReason, ReconcileResult
+from desired_state.webhooks import WebhookState
 from providers import agentmail, openrouter, railway, telnyx
 from providers.base import ConfigError, Conflict, NotFound, ProviderError, ResourceKind, Throttled, Transient
+from reconciler.webhooks.vocabulary import AttemptLabel
 
 PROVIDER_OPERATIONS: dict[str, tuple[str, ...]] = {
     client.PROVIDER: client.OPERATIONS for client in (railway, openrouter, agentmail, telnyx)
@@ -47,6 +52,13 @@ def call_outcome(error: ProviderError | None) -> CallOutcome:
         if cls in ERROR_OUTCOMES:
             return ERROR_OUTCOMES[cls]
     raise TypeError(f"not a provider error: {type(error).__name__}")  # unreachable: ProviderError is mapped
+
+WEBHOOK_OUTCOMES = tuple(state.value for state in WebhookState if state is not WebhookState.PENDING)
+WEBHOOK_ATTEMPT_RESULTS = tuple(label.value for label in AttemptLabel)
+LIVE_JOB_STATUSES = (JobStatus.PENDING.value, JobStatus.RUNNING.value)
+TERMINAL_JOB_STATUSES = tuple(s.value for s in JobStatus if s.terminal)
+ADMISSION_OUTCOMES = (AdmitOutcome.ADMITTED.value, AdmitOutcome.REPLAYED.value, *(code.value for code in ErrorCode))
+"""Labels of ``reconciler_job_admissions_total``: admitted, replayed, or the refusal's wire code."""
 
 
 class Metrics:
@@ -157,7 +169,96 @@ class Metrics:
             buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
             registry=registry,
         )
+        self.webhook_deliveries = Counter(
+            "reconciler_webhook_deliveries",
+            "Webhook deliveries that reached a final state: delivered, failed (retries exhausted, 410, "
+            "refused address) or disabled (no SERVICE_WEBHOOK_SECRET).",
+            ["outcome"],
+            registry=registry,
+        )
+        self.webhook_attempts = Counter(
+            "reconciler_webhook_attempts",
+            "Webhook delivery attempts by result (HTTP status class, transport error, refused address).",
+            ["result"],
+            registry=registry,
+        )
+        self.webhook_pending = Gauge(
+            "reconciler_webhook_pending", "Webhook deliveries not yet delivered nor given up.", registry=registry
+        )
+        self.webhook_oldest_undelivered_seconds = Gauge(
+            "reconciler_webhook_oldest_undelivered_seconds",
+            "Age of the oldest pending webhook delivery (since its job ended).",
+            registry=registry,
+        )
+        self.webhook_oldest_due_seconds = Gauge(
+            "reconciler_webhook_oldest_due_seconds",
+            "How long the oldest due, unclaimed webhook delivery has waited for the sender.",
+            registry=registry,
+        )
+        # -- paid service jobs --------------------------------------------------------------------
+        self.jobs = Gauge(
+            "reconciler_jobs",
+            "Live jobs (pending, running) by service, from the jobs table.",
+            ["service", "status"],
+            registry=registry,
+        )
+        self.jobs_finished = Counter(
+            "reconciler_jobs_finished_total",
+            "Jobs this process's loop ended, by service and terminal status.",
+            ["service", "status"],
+            registry=registry,
+        )
+        self.job_seconds = Histogram(
+            "reconciler_job_duration_seconds",
+            "From a job's claim to its end, for runs this process ended.",
+            ["service"],
+            buckets=(0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600),
+            registry=registry,
+        )
+        self.job_admissions = Counter(
+            "reconciler_job_admissions_total",
+            "Admission decisions by outcome (admitted, replayed, or the refusal's code).",
+            ["outcome"],
+            registry=registry,
+        )
+        self.oldest_running_job_seconds = Gauge(
+            "reconciler_job_oldest_running_seconds",
+            "How long the longest-running job has been running (0 when none is).",
+            registry=registry,
+        )
+        self.ledger_transfers = Gauge(
+            "reconciler_ledger_transfers",
+            "Ledger transfers ever written, by kind (capture and refund are the settlements).",
+            ["kind"],
+            registry=registry,
+        )
+        self.escrow_credits = Gauge(
+            "reconciler_escrow_credits",
+            "Credits held in escrow for pending and running jobs (from the ledger audit).",
+            registry=registry,
+        )
+        self.ledger_violations = Gauge(
+            "reconciler_ledger_violations",
+            "Ledger invariants violated at the last audit, by invariant; must stay 0.",
+            ["invariant"],
+            registry=registry,
+        )
         self.preinitialise()
+
+    def preinitialise_jobs(self, services: Iterable[str]) -> None:
+        """Every (service, status) series at zero, for the services of the registry in use."""
+        for service in services:
+            self.job_seconds.labels(service)
+            for status in LIVE_JOB_STATUSES:
+                self.jobs.labels(service, status)
+            for status in TERMINAL_JOB_STATUSES:
+                self.jobs_finished.labels(service, status)
+
+    def count_admission(self, outcome: str) -> None:
+        """The paid routes' ``on_admission`` hook: ``admitted``, ``replayed`` or the refusal's code."""
+        if outcome not in ADMISSION_OUTCOMES:
+            raise ValueError(f"unknown admission outcome {outcome!r}")
+        self.job_admissions.labels(outcome).inc()
 
     def preinitialise(self) -> None:
         for kind in RECONCILE_KINDS:
@@ -187,6 +288,16 @@ class Metrics:
             self.orphans_seen.labels(resource.value)
             for drift in DRIFT_FIELDS:
                 self.drift_detected.labels(resource.value, drift)
+        for delivery_outcome in WEBHOOK_OUTCOMES:
+            self.webhook_deliveries.labels(delivery_outcome)
+        for attempt_result in WEBHOOK_ATTEMPT_RESULTS:
+            self.webhook_attempts.labels(attempt_result)
+        for admission_outcome in ADMISSION_OUTCOMES:
+            self.job_admissions.labels(admission_outcome)
+        for kind in TransferKind:
+            self.ledger_transfers.labels(kind.value)
+        for invariant in INVARIANT_NAMES:
+            self.ledger_violations.labels(invariant)
 
     def observe_call(self, provider: str, operation: str, error: ProviderError | None, seconds: float) -> None:
         """The :data:`providers.http.CallObserver` hook."""

@@ -14,14 +14,18 @@ from __future__ import annotations
 import os
 import socket
 import uuid
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
 import httpx
 from psycopg_pool import AsyncConnectionPool
 
+from desired_state.services import intake
+from desired_state.services.builtin import builtin_registry
+from desired_state.services.definitions import ServiceRegistry
+from desired_state.services.vocabulary import Clock, system_clock
 from providers.agentmail import AgentMailInboxDriver
 from providers.base import ConfigError, DesiredResource, Observed, ResourceDriver, ResourceKind
 from providers.http import Admission, ProviderHTTP
@@ -37,13 +41,19 @@ from providers.railway import (
 )
 from providers.telnyx import TelnyxNumberDriver
 from reconciler.admission import Limit, PostgresAdmission, parse_limits
+from reconciler.claims import LeaseSettings
 from reconciler.engine import EngineSettings, Reconciler
+from reconciler.jobs.builtin import builtin_handlers
+from reconciler.jobs.handlers import HandlerRegistry
+from reconciler.jobs.runner import JobRunner, JobSettings
 from reconciler.loop import Worker
 from reconciler.metrics import Metrics, default_metrics
 from reconciler.observe import Observer
 from reconciler.plan import ResourceDefaults
 from reconciler.secrets_box import seal_stored_secrets, secret_box
 from reconciler.settings import Settings
+from reconciler.webhooks.delivery import WebhookSender
+from reconciler.webhooks.settings import WebhookSettings
 
 
 class UnconfiguredDriver:
@@ -179,6 +189,16 @@ class RuntimeOptions:
     """An orphan is deleted only after it has been seen orphaned this long."""
     list_lag_grace: float = 60.0
     """A resource recorded less than this long ago is not 'gone' just because a list lacks it."""
+    jobs: JobSettings = field(default_factory=JobSettings)
+    """The job loop's size and timing (its leases are ``engine``'s)."""
+    services: ServiceRegistry | None = None
+    """The paid services offered; None for the built-in ones (priced by the settings)."""
+    handlers: Callable[[httpx.AsyncClient], HandlerRegistry] | None = None
+    """Builds their handlers from the shared HTTP client; None for the built-in ones."""
+    clock: Clock = system_clock
+    """Where the job loop reads "now" (deadlines, leases); tests pass their own."""
+    webhooks: WebhookSettings | None = None
+    """The webhook sender's settings; None: no secret, deliveries are recorded disabled."""
 
 
 class Runtime:
@@ -225,6 +245,23 @@ class Runtime:
             list_lag_grace=self.options.list_lag_grace,
             gc_grace=self.options.gc_grace,
         )
+        engine = self.options.engine
+        self.services = self.options.services or builtin_registry(settings.builtin_services)
+        if self.options.handlers is not None:
+            self.handlers = self.options.handlers(self.http)
+        else:
+            self.handlers = builtin_handlers(self.http, settings.util_echo_base_url)
+        self.jobs = JobRunner(
+            self.pool,
+            self.services,
+            self.handlers,
+            self.metrics,
+            owner=self.reconciler.owner,
+            leases=LeaseSettings(engine.lease_seconds, engine.lease_renew_seconds),
+            settings=self.options.jobs,
+            clock=self.options.clock,
+            database_url=database_url,
+        )
         self.worker = Worker(
             self.reconciler,
             self.pool,
@@ -234,6 +271,9 @@ class Runtime:
             observer=self.observer,
             observe_seconds=self.options.observe_seconds,
             gc_every=self.options.gc_every,
+        )
+        self.webhooks = WebhookSender(
+            self.pool, self.options.webhooks or WebhookSettings(), self.metrics, owner=worker_identity()
         )
 
     async def __aenter__(self) -> Runtime:
@@ -245,8 +285,14 @@ class Runtime:
             raise
         return self
 
+    async def publish_services(self) -> None:
+        """Write the registry's terms (price, timeout, limits) where admission reads them."""
+        async with self.pool.connection() as conn:
+            await intake.sync_services(conn, self.services)
+
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self.http.aclose()
+        await self.webhooks.aclose()
         await self.pool.close()

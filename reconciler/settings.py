@@ -19,16 +19,18 @@ instance as a configuration error, not as a refusal to start).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from contextvars import ContextVar
 from typing import Annotated, Any, Final
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
-from pydantic import AfterValidator, BeforeValidator, Field, SecretStr, ValidationError
+from pydantic import AfterValidator, BeforeValidator, Field, PrivateAttr, SecretStr, ValidationError
 from pydantic_core import PydanticCustomError, PydanticUseDefault
 from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
+from desired_state.services.builtin import UTIL_ECHO_BASE_URL, BuiltinSettings
 from desired_state.vocabulary import DEFAULT_PREFIX
 from providers.openrouter import LIMIT_RESETS
 from providers.railway import BEARER_KIND, PROJECT_KIND
@@ -213,6 +215,10 @@ class Settings(BaseSettings):
     (rate, optional /burst); unset means the built-in defaults."""
     secret_key: Credential = _variable("RECONCILER_SECRET_KEY")
     """Seals the provider secrets we store (``reconciler.secrets_box``)."""
+    util_echo_base_url: HttpUrl = _variable(UTIL_ECHO_BASE_URL)
+    """The upstream of the ``util.echo`` proxy service (unset: it answers ``upstream_not_configured``
+    and refunds)."""
+    _builtin_services: BuiltinSettings = PrivateAttr(default_factory=BuiltinSettings)
 
     # The seed's instance variables, handed to every instance as set (some are secrets).
     openclaw_primary_model: SecretStr | None = _variable("OPENCLAW_PRIMARY_MODEL")
@@ -260,6 +266,12 @@ class Settings(BaseSettings):
         }
         return {name: value.get_secret_value() for name, value in values.items() if value is not None}
 
+    @property
+    def builtin_services(self) -> BuiltinSettings:
+        """``AGENTS_PROVISION_COST_CREDITS`` and ``AGENTS_PROVISION_TIMEOUT_SECONDS``, read by
+        :meth:`BuiltinSettings.from_env` (the paid services' own settings, one parser)."""
+        return self._builtin_services
+
     def require_railway(self) -> None:
         """Refuse to run the loop without the Railway settings every instance needs."""
         if not self.railway_token:
@@ -296,10 +308,15 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """
     token = _GIVEN_ENVIRONMENT.set(env)
     try:
-        return Settings()
+        settings = Settings()
     except ValidationError as exc:
         first = exc.errors(include_input=False, include_url=False)[0]
         variable = ".".join(str(part) for part in first["loc"]) or "a setting"
         raise SettingsError(f"{variable} {first['msg']}") from None
     finally:
         _GIVEN_ENVIRONMENT.reset(token)
+    try:
+        settings._builtin_services = BuiltinSettings.from_env(os.environ if env is None else env)
+    except ValueError as exc:
+        raise SettingsError(str(exc)) from None
+    return settings

@@ -103,15 +103,17 @@ async def test_three_replicas_converge_and_tear_down_while_being_killed(
     rng = random.Random(7)
     processes = [await start(env) for _ in range(3)]
     kills = 0
+    last_kill = time.monotonic()
     next_kill = time.monotonic() + rng.uniform(0.2, 0.6)
 
     async def chaos() -> None:
-        nonlocal kills, next_kill
+        nonlocal kills, next_kill, last_kill
         if time.monotonic() < next_kill:
             return
         victim = rng.randrange(len(processes))
         processes[victim].send_signal(signal.SIGKILL)
         await processes[victim].wait()
+        last_kill = time.monotonic()
         processes[victim] = await start(env)
         kills += 1
         next_kill = time.monotonic() + rng.uniform(0.2, 0.8)
@@ -120,12 +122,14 @@ async def test_three_replicas_converge_and_tear_down_while_being_killed(
         await store.put_many(conn, specs(CHAOS_INSTANCES))
         ready = f"SELECT count(*) = {CHAOS_INSTANCES} FROM desired_instances WHERE phase = 'Ready'"
         await until(lambda: count(conn, ready), timeout=60 + CHAOS_INSTANCES, during=chaos)
+        print(f"converged {time.monotonic() - last_kill:.1f}s after the last kill ({kills} kills)")
         converge_kills = kills
         assert held_names(sim.simulator) == expected_names(CHAOS_INSTANCES)
 
         await store.mark_absent(conn, [s.instance_id for s in specs(CHAOS_INSTANCES)])
         gone = "SELECT count(*) = 0 FROM desired_instances"
         await until(lambda: count(conn, gone), timeout=60 + CHAOS_INSTANCES, during=chaos)
+        print(f"torn down {time.monotonic() - last_kill:.1f}s after the last kill ({kills} kills)")
         assert all(not names for names in held_names(sim.simulator).values()), held_names(sim.simulator)
         assert await count(conn, FENCING_VIOLATIONS) == 0
         assert converge_kills >= 1 and kills >= 3, f"too little chaos to prove anything ({kills} kills)"

@@ -6,7 +6,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import uuid
 from pathlib import Path
 
@@ -16,13 +15,7 @@ import pytest
 
 from reconciler.db import create_database
 from tests.conftest import Sim
-from tests.support import CLI, ROOT, cli_env, run_cli
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from tests.support import CLI, ROOT, cli_env, free_port, run_cli
 
 
 async def test_bad_file_is_refused_with_the_field_named_and_nothing_written(

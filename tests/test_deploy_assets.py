@@ -43,10 +43,18 @@ DB_GAUGES = frozenset(
         "reconciler_queue_due",
         "reconciler_queue_oldest_due_seconds",
         "reconciler_orphans",
+        "reconciler_jobs",
+        "reconciler_job_oldest_running_seconds",
+        "reconciler_ledger_transfers",
+        "reconciler_escrow_credits",
+        "reconciler_ledger_violations",
+        "reconciler_webhook_pending",
+        "reconciler_webhook_oldest_undelivered_seconds",
+        "reconciler_webhook_oldest_due_seconds",
     }
 )
 SEVERITIES = frozenset({"page", "ticket"})
-REQUIRED_ROWS = ("Overview", "Providers", "Convergence", "Drift and GC", "Process")
+REQUIRED_ROWS = ("Overview", "Providers", "Convergence", "Drift and GC", "Jobs and ledger", "Process", "Webhooks")
 GRAFANA_BUILTINS = frozenset({"__rate_interval", "__interval", "__range", "__all"})
 # What prometheus_client's ProcessCollector exports on Linux; used where there is no /proc.
 PROCESS_FALLBACK = {
@@ -424,6 +432,9 @@ def test_the_assets_cover_every_area() -> None:
         "reconciler_fencing_rejections_total",
         "reconciler_reconcile_total",
         "reconciler_time_to_ready_seconds_bucket",
+        "reconciler_ledger_violations",
+        "reconciler_job_oldest_running_seconds",
+        "reconciler_jobs_finished_total",
     ):
         assert name in alerts, f"no alert looks at {name}"
 

@@ -42,6 +42,7 @@ from desired_state.services.vocabulary import (
     Runtime,
     system_clock,
 )
+from desired_state.webhooks import WebhookUrlError, attach_webhook_url, parse_webhook_url
 
 
 class AdmissionRefused(Exception):
@@ -145,14 +146,21 @@ async def admit(
     idempotency_key: str | None = None,
     clock: Clock = system_clock,
     lease_owner: str | None = None,
+    webhook_url: str | None = None,
 ) -> Admission:
     """Admit one invocation; raises :class:`AdmissionRefused` with the wire code otherwise.
 
     ``lease_owner`` names the process that will call a proxy's upstream (the job row is leased
-    to it for the service's timeout; if it dies, the loop refunds the call).
+    to it for the service's timeout; if it dies, the loop refunds the call). ``webhook_url`` (a
+    job's ``X-Webhook-Url``) is stored on the new job in the admission's transaction, so the job
+    cannot end before its delivery is owed (``desired_state/webhooks.py``).
     """
     definition, document = validate(registry, service_id, data)
     key = check_idempotency_key(idempotency_key)
+    try:
+        hook = None if webhook_url is None else parse_webhook_url(webhook_url)
+    except WebhookUrlError as exc:
+        raise AdmissionRefused(ErrorCode.INVALID_INPUT, str(exc), problems=[str(exc)]) from None
     params = {
         "caller_id": caller_id,
         "service_id": definition.id,
@@ -161,11 +169,14 @@ async def admit(
         "now": clock(),
         "lease_owner": lease_owner,
     }
-    row = await _admit(conn, params)
-    if row["outcome"] == AdmitOutcome.SERVICE_NOT_FOUND:
-        # Defined here but not yet published (a fresh database, or a test's own service).
-        await conn.execute(queries.UPSERT_SERVICE, service_terms(definition))
+    async with conn.transaction():
         row = await _admit(conn, params)
+        if row["outcome"] == AdmitOutcome.SERVICE_NOT_FOUND:
+            # Defined here but not yet published (a fresh database, or a test's own service).
+            await conn.execute(queries.UPSERT_SERVICE, service_terms(definition))
+            row = await _admit(conn, params)
+        if hook is not None and row["outcome"] == AdmitOutcome.ADMITTED:
+            await attach_webhook_url(conn, row["job_id"], hook)
     return _answer(definition, document, row)
 
 

@@ -18,6 +18,7 @@ from pydantic import BaseModel, Field, JsonValue
 
 from desired_state.services import queries
 from desired_state.services.vocabulary import Clock, JobStatus, Runtime, Settlement, system_clock
+from desired_state.webhooks import WebhookView
 
 MAX_LIST = 1000
 
@@ -44,6 +45,7 @@ class JobView(BaseModel):
     createdAt: datetime
     startedAt: datetime | None
     finishedAt: datetime | None
+    webhook: WebhookView | None = None
 
 
 @dataclass(frozen=True)

@@ -39,9 +39,9 @@ EmailArg = Annotated[str, typer.Argument(help="The caller's email address.", sho
 
 
 def _cli() -> ModuleType:
-    import cli  # the entry module: settings, database resolution, errors
+    from reconciler.cli import common  # settings, database resolution, errors
 
-    return cli
+    return common
 
 
 def _fail(message: str, bad_input: bool = False) -> NoReturn:
@@ -58,7 +58,7 @@ def _with_connection(work: Callable[[psycopg.AsyncConnection[Any]], Awaitable[T]
         main.require_current_schema(url)
 
         async def run() -> T:
-            async with await main._connect(url) as conn:
+            async with await main.async_connection(url) as conn:
                 return await work(conn)
 
         try:

@@ -21,6 +21,7 @@ from reconciler.cli.common import (
     run_async,
     settings_or_exit,
 )
+from reconciler.cli.webhooks import webhook_settings_or_exit
 from reconciler.engine import EngineSettings
 from reconciler.runtime import Runtime, RuntimeOptions
 from reconciler.settings import SettingsError
@@ -41,8 +42,11 @@ def run_command(
     poll_interval: Annotated[float, typer.Option(help="Seconds between passes over a converged instance.")] = 300.0,
     lease_seconds: Annotated[
         float,
-        typer.Option(help="Seconds a claim stays exclusive without a write; a dead worker's rows wait this long."),
-    ] = 60.0,
+        typer.Option(
+            help="Seconds a claim stays exclusive without a renewal (the worker renews its claims every third of "
+            "this while it works); a killed replica's rows are taken over within this long."
+        ),
+    ] = 10.0,
     observe_seconds: Annotated[float, typer.Option(help="Seconds between batched provider listings.")] = 30.0,
     wait_timeout: Annotated[
         float, typer.Option(help="Longest an HTTP write waits for convergence before answering 202.")
@@ -55,6 +59,7 @@ def run_command(
     if not (api or loop):
         fail("nothing to run: --no-api and --no-loop together", EXIT_BAD_INPUT)
     settings = settings_or_exit()
+    webhook_settings = webhook_settings_or_exit()
     if loop:
         require_railway(settings)
     if api:
@@ -75,9 +80,20 @@ def run_command(
             engine=EngineSettings(poll_interval=poll_interval, lease_seconds=lease_seconds),
             tick_seconds=tick,
             observe_seconds=observe_seconds,
+            webhooks=webhook_settings,
         )
+        runtime = Runtime(settings, url, options)
         api_config = None
         if api:
+            from desired_state.http_paid import PaidApiConfig, PaidRoutes
+
+            paid = PaidRoutes(
+                PaidApiConfig(
+                    registry=runtime.services,
+                    proxy_call=runtime.handlers.call_proxy,
+                    on_admission=runtime.metrics.count_admission,
+                )
+            )
             configured = {"openrouter": settings.openrouter_key, "agentmail": settings.agentmail_key}
             configured["telnyx"] = settings.telnyx_key
             api_config = ApiConfig(
@@ -100,14 +116,17 @@ def run_command(
             for sig in (signal.SIGTERM, signal.SIGINT):
                 event_loop.add_signal_handler(sig, stop.set)
             log = logging.getLogger("reconciler")
-            async with Runtime(settings, url, options) as runtime:
+            async with runtime:
+                await runtime.publish_services()
                 tasks = []
                 if loop:
                     tasks.append(runtime.worker.run_forever(stop))
+                    tasks.append(runtime.jobs.run_forever(stop))
+                    tasks.append(runtime.webhooks.run_forever(stop))
                 if api_config is not None:
                     # /readyz reports the loop by its last finished tick or pass (when it runs here).
                     probe = runtime.worker.seconds_since_progress if loop else None
-                    http_app = create_app(dataclasses.replace(api_config, loop_probe=probe))
+                    http_app = create_app(dataclasses.replace(api_config, loop_probe=probe), paid=paid)
                     tasks.append(serve_api(http_app, host, settings.port, stop))
                 log.info(
                     "reconciler running",

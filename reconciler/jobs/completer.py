@@ -1,0 +1,113 @@
+"""Batched terminations: the workers' ends of many jobs in one statement and one commit.
+
+Each finished handler's end (completed with its result, or failed with its error) is the ledger's
+one termination transaction, ``paid_terminate`` (migration 0006): the guarded status change, the
+settlement and the notification. Run one job at a time, each end costs a round trip and a commit
+(a WAL flush); with many short jobs that is most of the loop's time. So the worker's ends are
+queued, and whatever has queued by the next turn of the event loop is ended together: one
+statement that calls ``paid_terminate`` once per job (the same function, the same guards, so a
+late worker still changes nothing), in job-id order so two batches never wait on each other.
+Each caller gets its own job's :class:`~desired_state.services.termination.Termination`.
+
+The batch is one transaction: if the database fails it, every job in it is left running under its
+lease, and the lapsed-lease sweep decides for each (as for a worker that died).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from psycopg import AsyncConnection
+from psycopg.types.json import Jsonb
+from psycopg_pool import AsyncConnectionPool
+
+from desired_state.services.termination import MAX_ERROR_MESSAGE_CHARS, JobError, Termination, proxy_answer
+from desired_state.services.vocabulary import Clock, JobStatus, Settlement
+
+MAX_BATCH = 256
+
+# One paid_terminate per job, guarded by the worker's claim (still running, still its token).
+TERMINATE_MANY = """
+SELECT t.job_id, r.changed, r.status, r.settlement
+  FROM unnest(%(job_ids)s::uuid[], %(statuses)s::text[], %(tokens)s::bigint[], %(results)s::jsonb[],
+              %(codes)s::text[], %(messages)s::text[], %(response_statuses)s::int[], %(response_bodies)s::jsonb[])
+       WITH ORDINALITY AS t(job_id, status, token, result, code, message, response_status, response_body, n)
+ CROSS JOIN LATERAL paid_terminate(t.job_id, t.status, ARRAY['running'], t.token, %(now)s, t.result, t.code,
+                                   t.message, t.response_status, t.response_body, NULL, NULL, NULL) AS r
+ ORDER BY t.n
+"""
+
+
+@dataclass
+class _End:
+    job_id: uuid.UUID
+    token: int
+    status: JobStatus
+    result: Any
+    error: JobError | None
+    done: asyncio.Future[Termination] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+
+
+class Completer:
+    """Queues the ends of finished jobs and writes them in batches."""
+
+    def __init__(self, pool: AsyncConnectionPool[AsyncConnection[Any]], clock: Clock) -> None:
+        self._pool = pool
+        self._clock = clock
+        self._queue: list[_End] = []
+        self._flushing: asyncio.Task[None] | None = None
+
+    async def end(
+        self, job_id: uuid.UUID, token: int, status: JobStatus, *, result: Any = None, error: JobError | None = None
+    ) -> Termination:
+        """End one job under its claim; returns when its batch has committed."""
+        if status is JobStatus.COMPLETED and error is not None:
+            raise ValueError("a completed job carries no error")
+        item = _End(job_id, token, status, result, error)
+        self._queue.append(item)
+        if self._flushing is None or self._flushing.done():
+            self._flushing = asyncio.create_task(self._flush())
+        return await item.done
+
+    async def _flush(self) -> None:
+        await asyncio.sleep(0)  # let the other handlers finishing this turn join the batch
+        while self._queue:
+            batch = sorted(self._queue[:MAX_BATCH], key=lambda item: item.job_id)
+            del self._queue[:MAX_BATCH]
+            try:
+                ended = await self._write(batch)
+            except BaseException as exc:
+                for item in batch:
+                    if not item.done.done():
+                        item.done.set_exception(exc)
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
+                continue
+            for item in batch:
+                item.done.set_result(ended.get(item.job_id, Termination(False, None, None)))
+
+    async def _write(self, batch: list[_End]) -> dict[uuid.UUID, Termination]:
+        answers = [proxy_answer(item.status, item.result, item.error) for item in batch]
+        params = {
+            "job_ids": [item.job_id for item in batch],
+            "statuses": [item.status.value for item in batch],
+            "tokens": [item.token for item in batch],
+            "results": [Jsonb(item.result) if item.result is not None else None for item in batch],
+            "codes": [item.error.code.value if item.error else None for item in batch],
+            "messages": [item.error.message[:MAX_ERROR_MESSAGE_CHARS] if item.error else None for item in batch],
+            "response_statuses": [status for status, _ in answers],
+            "response_bodies": [Jsonb(body) for _, body in answers],
+            "now": self._clock(),
+        }
+        async with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+            await cur.execute(TERMINATE_MANY, params)
+            rows = await cur.fetchall()
+        return {
+            job_id: Termination(
+                bool(changed), JobStatus(status) if status else None, Settlement(settlement) if settlement else None
+            )
+            for job_id, changed, status, settlement in rows
+        }

@@ -1,0 +1,1 @@
+"""The typed Python SDK, generated from the service registry (``reconciler sdk generate``)."""

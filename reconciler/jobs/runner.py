@@ -68,6 +68,7 @@ from desired_state.services.vocabulary import (
 )
 from reconciler.claims import ClaimStatements, Leases, LeaseSettings
 from reconciler.jobs import queries
+from reconciler.jobs.completer import Completer
 from reconciler.jobs.handlers import HandlerRegistry, JobCancelled, JobContext, JobFailed
 from reconciler.metrics import LIVE_JOB_STATUSES, Metrics
 
@@ -150,6 +151,7 @@ class JobRunner:
         )
         self._running: dict[tuple[Hashable, int], tuple[JobContext | None, asyncio.Event]] = {}
         self._tasks: set[asyncio.Task[JobOutcome | None]] = set()
+        self._completer = Completer(pool)
         self._wake = asyncio.Event()
         self._stopping = False
         self.outcomes: list[JobOutcome] = []
@@ -378,8 +380,9 @@ class JobRunner:
         error: JobError | None = None,
     ) -> JobOutcome:
         """The termination transaction, guarded by our claim (still running, still our token)."""
-        async with self._pool.connection() as conn:
-            ended = await work.finish(conn, claim, now=self.clock(), result=result, error=error, status=status)
+        ended = await self._completer.end(
+            termination.WorkerEnd(claim.job_id, claim.fencing_token, status, self.clock(), result, error)
+        )
         if ended.changed:
             self._count(claim.service_id, status)
         return JobOutcome(claim.job_id, claim.service_id, status.value if ended.changed else "lost", ended.changed)

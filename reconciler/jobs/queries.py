@@ -10,25 +10,41 @@ and the lapsed-lease sweep do, so a test that moves the clock moves them all.
 
 from __future__ import annotations
 
+# Rows are locked in job id order, the order the batch completer (reconciler/jobs/completer.py)
+# terminates them in: two statements that lock many of the same rows in one order never deadlock.
 RENEW_JOB_LEASES = """
+WITH ours AS (
+    SELECT j.job_id FROM service_jobs AS j
+      JOIN unnest(%(keys)s::uuid[], %(tokens)s::bigint[]) AS held(key, token)
+        ON j.job_id = held.key AND j.fencing_token = held.token
+     WHERE j.lease_owner = %(owner)s AND j.status = 'running'
+     ORDER BY j.job_id
+       FOR UPDATE OF j
+)
 UPDATE service_jobs AS j
    SET lease_expires_at = %(now)s + %(lease_seconds)s * interval '1 second'
-  FROM unnest(%(keys)s::uuid[], %(tokens)s::bigint[]) AS held(key, token)
- WHERE j.job_id = held.key AND j.fencing_token = held.token AND j.lease_owner = %(owner)s
-   AND j.status = 'running'
+  FROM ours
+ WHERE j.job_id = ours.job_id
 RETURNING j.job_id, j.fencing_token
 """
 
 # A claim handed back before its handler started: pending again, as if never claimed (the attempt
 # is given back, and a first claim's deadline clock is stopped).
 RELEASE_JOB_CLAIMS = """
+WITH ours AS (
+    SELECT j.job_id FROM service_jobs AS j
+      JOIN unnest(%(keys)s::uuid[], %(tokens)s::bigint[]) AS held(key, token)
+        ON j.job_id = held.key AND j.fencing_token = held.token
+     WHERE j.lease_owner = %(owner)s AND j.status = 'running'
+     ORDER BY j.job_id
+       FOR UPDATE OF j
+)
 UPDATE service_jobs AS j
    SET status = 'pending', lease_owner = NULL, lease_expires_at = NULL, attempts = j.attempts - 1,
        started_at = CASE WHEN j.attempts = 1 THEN NULL ELSE j.started_at END,
        deadline = CASE WHEN j.attempts = 1 THEN NULL ELSE j.deadline END
-  FROM unnest(%(keys)s::uuid[], %(tokens)s::bigint[]) AS held(key, token)
- WHERE j.job_id = held.key AND j.fencing_token = held.token AND j.lease_owner = %(owner)s
-   AND j.status = 'running'
+  FROM ours
+ WHERE j.job_id = ours.job_id
 RETURNING j.job_id, j.fencing_token
 """
 

@@ -30,6 +30,7 @@ lint: $(STAMP)  ## ruff and mypy --strict
 	$(BIN)/mypy
 
 bench: $(STAMP)  ## every benchmark at full size (about 16 minutes on 2 cores); rewrites docs/benchmarks.md
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python -m tests.benchmarks
 
 clean:

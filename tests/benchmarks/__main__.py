@@ -30,7 +30,7 @@ from typing import Any
 import psycopg
 
 from reconciler.db import EmbeddedPostgres
-from tests.benchmarks import cold_convergence, new_work_latency, status_batch, steady_state
+from tests.benchmarks import cold_convergence, jobs_throughput, new_work_latency, status_batch, steady_state
 from tests.benchmarks._harness import ROOT, Fleet, converged_fleet
 
 DOC = ROOT / "docs" / "benchmarks.md"
@@ -104,6 +104,16 @@ BENCHMARKS: tuple[Benchmark, ...] = (
         {"instances": 10_000},
         {"instances": 20, "sequential": 5, "concurrent": 8},
         "python -m tests.benchmarks.status_batch --instances 10000",
+    ),
+    Benchmark(
+        "jobs_throughput",
+        "jobs_throughput",
+        "Paid jobs: our loop against procrastinate, and HTTP admission",
+        jobs_throughput.run,
+        jobs_throughput.markdown,
+        {},
+        jobs_throughput.QUICK,
+        "python -m tests.benchmarks.jobs_throughput --jobs 10000",
     ),
 )
 
@@ -245,6 +255,8 @@ def summary_rows(outcome: Outcome) -> list[tuple[str, str, str, str]]:
                 _status(res["meets_rss_target"]),
             ),
         ]
+    if module == "jobs_throughput":
+        return jobs_throughput.summary_rows(res)
     if module == "new_work_latency":
         observer = "observer paused" if res["observe_seconds"] > 600 else "observer running"
         p99 = res["p99_seconds"] if res["p99_seconds"] is not None else "not reached"
@@ -323,6 +335,7 @@ write counts as slower than every measured one. The run with the observer paused
 By another engineer (tests/benchmarks/status_batch.py): 10,000 Ready rows seeded with SQL, the
 real HTTP API served by a child process pinned to two CPUs, sequential requests for latency and
 four concurrent clients for throughput, each answer checked to list all 10,000 services.""",
+    "jobs_throughput": jobs_throughput.METHOD,
 }
 
 

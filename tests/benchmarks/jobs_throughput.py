@@ -1,0 +1,588 @@
+"""Benchmark: paid no-op jobs through our job loop, side by side with procrastinate (issue 14, part 1).
+
+One Postgres server, one run, three parts, each on a fresh database of its own:
+
+1. **procrastinate** (3.10, the closest Python peer; a benchmark-only dependency, the ``bench``
+   extra): ``jobs`` no-op jobs enqueued with ``batch_defer_async`` in batches of 1,000, then
+   ``VACUUM ANALYZE``, then drained by its own worker, ``run_worker_async(wait=False)``, once per
+   concurrency in ``procrastinate_concurrency``; the best drain rate is the one compared.
+2. **Ours**: ``callers`` callers are created and credited, then ``jobs`` paid no-op jobs
+   (``util.delay-echo`` with ``seconds: 0``, 1 credit each, callers taken in turn) are admitted
+   through the admission code (:func:`desired_state.services.intake.admit`, the ``paid_admit``
+   transaction: key, rate limit, balance, charge, job row, NOTIFY) from ``admit_connections``
+   connections; ``VACUUM ANALYZE``; then the job loop ``reconciler run`` runs
+   (:meth:`reconciler.jobs.runner.JobRunner.run_forever` of a :class:`reconciler.runtime.Runtime`
+   built with ``reconciler run``'s defaults, in this process) until no job is live, and the ledger
+   audit (I1-I7) runs over the result. The drain time is from the loop's start to the last
+   ``finished_at`` (stamped by the loop's clock), so the watcher that notices the end adds nothing.
+3. **HTTP admission**: the real ``reconciler run`` (API and loop, a child process, the simulated
+   providers behind it) takes ``POST /api/services/invoke/util/delay-echo`` with ``seconds: 0``
+   from ``http_clients`` concurrent clients, each its own caller with its own connection, for
+   ``http_seconds``, while its loop drains what they admit; then the audit runs again.
+
+Run it alone with ``python -m tests.benchmarks.jobs_throughput [DATABASE_URL] [--jobs N ...]``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.util
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import replace
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+import psycopg
+from prometheus_client import CollectorRegistry
+from psycopg import sql
+
+from desired_state.services import callers as caller_store
+from desired_state.services import intake, ledger
+from desired_state.services.builtin import DELAY_ECHO, builtin_registry
+from reconciler.db import create_database, migrate
+from reconciler.engine import EngineSettings
+from reconciler.metrics import Metrics
+from reconciler.runtime import Runtime, RuntimeOptions
+from reconciler.settings import load_settings
+from tests.benchmarks._harness import ROOT, cli, percentile, quiet_logs, simulated_env, simulator_process
+
+QUICK: dict[str, Any] = {
+    "jobs": 200,
+    "callers": 10,
+    "admit_connections": 4,
+    "procrastinate_concurrency": (10,),
+    "http_clients": 4,
+    "http_seconds": 2.0,
+}
+"""The smoke size (``python -m tests.benchmarks --quick`` and the test suite): a few seconds."""
+TIMES = "\N{MULTIPLICATION SIGN}"
+"""The sign the ratio is written with (3.1 and this sign), as issue 14 asks."""
+TARGET_RATIO = 5.0
+TARGET_HTTP_P99_MS = 50.0
+ENQUEUE_BATCH = 1000
+API_KEY = "benchmark-api-key"
+NOWHERE = "http://127.0.0.1:9"
+"""Provider base URL of the in-process runtime: only its job loop runs, which calls no provider."""
+
+LIVE_JOBS = "SELECT count(*) FROM service_jobs WHERE status IN ('pending', 'running')"
+OUR_FIGURES = """
+SELECT count(*) FILTER (WHERE status = 'completed') AS completed,
+       count(*) AS total,
+       max(finished_at) AS last_finished,
+       percentile_disc(0.5) WITHIN GROUP (ORDER BY finished_at - created_at) AS admitted_p50,
+       percentile_disc(0.99) WITHIN GROUP (ORDER BY finished_at - created_at) AS admitted_p99,
+       percentile_disc(0.5) WITHIN GROUP (ORDER BY finished_at - started_at) AS claimed_p50,
+       percentile_disc(0.99) WITHIN GROUP (ORDER BY finished_at - started_at) AS claimed_p99
+  FROM service_jobs WHERE created_at >= %(since)s AND created_at < %(until)s
+"""
+PROCRASTINATE_STATUSES = "SELECT status::text, count(*) FROM procrastinate_jobs GROUP BY 1"
+
+
+def procrastinate_installed() -> bool:
+    return importlib.util.find_spec("procrastinate") is not None
+
+
+@contextlib.contextmanager
+def fresh_database(server_url: str, name: str, *, migrated: bool) -> Iterator[str]:
+    """A new database ``name`` on the server (ours migrated, or empty); dropped afterwards."""
+    url = create_database(server_url, name)
+    if migrated:
+        migrate(url)
+    try:
+        yield url
+    finally:
+        with psycopg.connect(server_url, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+async def vacuum_analyze(url: str) -> None:
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        await conn.execute("VACUUM ANALYZE")
+
+
+def _ms(delta: Any) -> float | None:
+    return round(delta.total_seconds() * 1000, 1) if delta is not None else None
+
+
+# -- 1. procrastinate ----------------------------------------------------------------------------
+
+
+async def procrastinate_burn_down(server_url: str, jobs: int, concurrency: int) -> dict[str, Any]:
+    """Enqueue ``jobs`` no-op jobs, VACUUM ANALYZE, drain them with procrastinate's own worker."""
+    import procrastinate
+
+    logging.getLogger("procrastinate").setLevel(logging.ERROR)
+    with fresh_database(server_url, "bench_procrastinate", migrated=False) as url:
+        app = procrastinate.App(
+            connector=procrastinate.PsycopgConnector(conninfo=url, min_size=1, max_size=max(10, concurrency + 2))
+        )
+
+        @app.task(name="noop", queue="bench")
+        async def noop(n: int) -> None:
+            return None
+
+        async with app.open_async():
+            await app.schema_manager.apply_schema_async()
+            started = time.perf_counter()
+            for first in range(0, jobs, ENQUEUE_BATCH):
+                batch: list[Any] = [{"n": n} for n in range(first, min(jobs, first + ENQUEUE_BATCH))]
+                await noop.batch_defer_async(*batch)
+            enqueue_seconds = time.perf_counter() - started
+            await vacuum_analyze(url)
+            started = time.perf_counter()
+            await app.run_worker_async(
+                queues=["bench"],
+                concurrency=concurrency,
+                wait=False,
+                listen_notify=False,
+                install_signal_handlers=False,
+                delete_jobs="never",
+            )
+            drain_seconds = time.perf_counter() - started
+        async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+            statuses = {status: int(n) for status, n in await (await conn.execute(PROCRASTINATE_STATUSES)).fetchall()}
+    return {
+        "concurrency": concurrency,
+        "enqueue_jobs_per_second": round(jobs / enqueue_seconds, 1),
+        "drain_seconds": round(drain_seconds, 2),
+        "drain_jobs_per_second": round(jobs / drain_seconds, 1),
+        "statuses": statuses,
+        "complete": statuses == {"succeeded": jobs},
+    }
+
+
+# -- 2. ours: admission, then the loop's burn-down -----------------------------------------------
+
+
+async def create_callers(conn: psycopg.AsyncConnection[Any], prefix: str, count: int, credits: int) -> list[Any]:
+    """``count`` callers, each with a key and ``credits`` credits; returns their IssuedKeys."""
+    issued = []
+    for n in range(count):
+        email = f"{prefix}{n}@bench.example.com"
+        issued.append(await caller_store.create_caller(conn, email))
+        await ledger.grant(conn, email, credits, "benchmark")
+    return issued
+
+
+async def admit_all(url: str, caller_ids: Sequence[Any], jobs: int, connections: int) -> float:
+    """Admit ``jobs`` delay-echo jobs through intake.admit from ``connections`` connections; seconds taken."""
+    registry = builtin_registry()
+    next_job = 0
+
+    async def admitter() -> None:
+        nonlocal next_job
+        async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+            while next_job < jobs:
+                n = next_job
+                next_job += 1
+                await intake.admit(conn, registry, caller_ids[n % len(caller_ids)], DELAY_ECHO, {"seconds": 0})
+
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        await intake.sync_services(conn, registry)
+    started = time.perf_counter()
+    await asyncio.gather(*(admitter() for _ in range(connections)))
+    return time.perf_counter() - started
+
+
+async def run_loop_until_drained(url: str, options: RuntimeOptions) -> datetime:
+    """Run ``reconciler run``'s job loop until no job is pending or running; returns when it started."""
+    runtime = Runtime(load_settings(simulated_env_for(NOWHERE)), url, options, Metrics(CollectorRegistry()))
+    stop = asyncio.Event()
+
+    async def watch() -> None:
+        async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+            while not stop.is_set():
+                await asyncio.sleep(0.05)
+                row = await (await conn.execute(LIVE_JOBS)).fetchone()
+                if row is not None and row[0] == 0:
+                    stop.set()
+
+    async with runtime:
+        started_at = datetime.now(UTC)
+        watcher = asyncio.create_task(watch())
+        try:
+            await runtime.jobs.run_forever(stop)
+        finally:
+            stop.set()
+            await watcher
+    return started_at
+
+
+def simulated_env_for(root: str) -> dict[str, str]:
+    from reconciler import demo
+
+    return demo.simulated_env(root, "proj-bench")
+
+
+async def our_figures(conn: psycopg.AsyncConnection[Any], since: datetime, until: datetime) -> dict[str, Any]:
+    async with conn.cursor(row_factory=psycopg.rows.dict_row) as cur:
+        await cur.execute(OUR_FIGURES, {"since": since, "until": until})
+        row = await cur.fetchone()
+    assert row is not None
+    return row
+
+
+async def audit(url: str) -> dict[str, Any]:
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        report = await ledger.audit(conn)
+    return {
+        "clean": report.clean,
+        "violations": [str(v) for v in report.violations[:5]],
+        "escrow": report.escrow,
+        "revenue": report.revenue,
+    }
+
+
+async def our_burn_down(
+    server_url: str, jobs: int, callers: int, admit_connections: int, options: RuntimeOptions
+) -> dict[str, Any]:
+    with fresh_database(server_url, "bench_paid_jobs", migrated=True) as url:
+        async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+            per_caller = -(-jobs // callers)
+            issued = await create_callers(conn, "burn", callers, per_caller)
+        admitted_from = datetime.now(UTC)
+        admit_seconds = await admit_all(url, [key.caller.caller_id for key in issued], jobs, admit_connections)
+        await vacuum_analyze(url)
+        drain_started = await run_loop_until_drained(url, options)
+        async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+            figures = await our_figures(conn, admitted_from, datetime.now(UTC))
+        report = await audit(url)
+    drain_seconds = (figures["last_finished"] - drain_started).total_seconds()
+    return {
+        "callers": callers,
+        "admit_connections": admit_connections,
+        "admit_jobs_per_second": round(jobs / admit_seconds, 1),
+        "drain_seconds": round(drain_seconds, 2),
+        "drain_jobs_per_second": round(jobs / drain_seconds, 1),
+        "completed": int(figures["completed"]),
+        "total": int(figures["total"]),
+        "complete": figures["completed"] == figures["total"] == jobs,
+        "admission_to_terminal_p50_ms": _ms(figures["admitted_p50"]),
+        "admission_to_terminal_p99_ms": _ms(figures["admitted_p99"]),
+        "claim_to_terminal_p50_ms": _ms(figures["claimed_p50"]),
+        "claim_to_terminal_p99_ms": _ms(figures["claimed_p99"]),
+        "job_concurrency": options.jobs.concurrency,
+        "job_batch_size": options.jobs.batch_size,
+        "pool_size": options.pool_size,
+        "audit": report,
+    }
+
+
+# -- 3. HTTP admission while the loop drains ----------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.asynccontextmanager
+async def reconciler_run(url: str) -> AsyncIterator[str]:
+    """``reconciler run`` (API and loop) in a child process against ``url``; yields the API root."""
+    port = _free_port()
+    async with simulator_process() as sim:
+        env = {
+            **os.environ,
+            **simulated_env(sim),
+            "PYTHONPATH": str(ROOT),
+            "SERVICE_DATABASE_URL": url,
+            "SERVICES_API_KEY": API_KEY,
+            "PORT": str(port),
+            "LOG_LEVEL": "WARNING",
+        }
+        command = [sys.executable, "-c", "import cli; cli.main()", "run", "--host", "127.0.0.1", "--metrics-port", "0"]
+        process = subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.DEVNULL)
+        root = f"http://127.0.0.1:{port}"
+        try:
+            async with httpx.AsyncClient(base_url=root) as probe:
+                deadline = time.monotonic() + 60
+                while True:
+                    if process.poll() is not None:
+                        raise RuntimeError(f"reconciler run exited with code {process.returncode}")
+                    with contextlib.suppress(httpx.TransportError):
+                        if (await probe.get("/api/services/catalog")).status_code == 200:
+                            break
+                    if time.monotonic() > deadline:
+                        raise RuntimeError("reconciler run did not serve within 60 s")
+                    await asyncio.sleep(0.1)
+            yield root
+        finally:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+async def http_admission(server_url: str, clients: int, seconds: float) -> dict[str, Any]:
+    with fresh_database(server_url, "bench_paid_http", migrated=True) as url:
+        async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+            issued = await create_callers(conn, "http", clients, 1_000_000)
+        latencies: list[float] = []
+        codes: Counter[int] = Counter()
+        path = f"/api/services/invoke/{DELAY_ECHO.replace('.', '/')}"
+        async with reconciler_run(url) as root:
+
+            async def client(secret: str, until: float | None, count: int) -> None:
+                headers = {"Authorization": f"Bearer {secret}"}
+                async with httpx.AsyncClient(base_url=root, headers=headers, timeout=30) as http:
+                    done = 0
+                    while (until is None and done < count) or (until is not None and time.perf_counter() < until):
+                        began = time.perf_counter()
+                        answer = await http.post(path, json={"seconds": 0})
+                        if until is not None:
+                            latencies.append((time.perf_counter() - began) * 1000)
+                            codes[answer.status_code] += 1
+                        done += 1
+
+            # Warm-up (not counted): each client's connection, the server's pool, plan caches.
+            await asyncio.gather(*(client(key.secret, None, 3) for key in issued))
+            window_from = datetime.now(UTC)
+            until = time.perf_counter() + seconds
+            started = time.perf_counter()
+            await asyncio.gather(*(client(key.secret, until, 0) for key in issued))
+            wall = time.perf_counter() - started
+            window_to = datetime.now(UTC)
+            async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+                backlog_at_end = int((await (await conn.execute(LIVE_JOBS)).fetchone() or (0,))[0])
+                deadline = time.monotonic() + 120
+                while time.monotonic() < deadline:
+                    row = await (await conn.execute(LIVE_JOBS)).fetchone()
+                    if row is not None and row[0] == 0:
+                        break
+                    await asyncio.sleep(0.1)
+                figures = await our_figures(conn, window_from, window_to)
+        report = await audit(url)
+    accepted = codes.get(202, 0)
+    p99 = percentile(latencies, 0.99) if latencies else None
+    return {
+        "clients": clients,
+        "seconds": round(wall, 2),
+        "requests": len(latencies),
+        "status_codes": {str(code): n for code, n in sorted(codes.items())},
+        "requests_per_second": round(len(latencies) / wall, 1),
+        "p50_ms": round(percentile(latencies, 0.5), 1) if latencies else None,
+        "p99_ms": round(p99, 1) if p99 is not None else None,
+        "backlog_at_end": backlog_at_end,
+        "completed": int(figures["completed"]),
+        "admitted": int(figures["total"]),
+        "complete": accepted == figures["completed"] == figures["total"],
+        "admission_to_terminal_p50_ms": _ms(figures["admitted_p50"]),
+        "admission_to_terminal_p99_ms": _ms(figures["admitted_p99"]),
+        "audit": report,
+        "meets_target": p99 is not None and p99 <= TARGET_HTTP_P99_MS and accepted == len(latencies),
+    }
+
+
+# -- the run -------------------------------------------------------------------------------------
+
+
+async def run(
+    server_url: str,
+    *,
+    jobs: int = 10_000,
+    callers: int = 100,
+    admit_connections: int = 8,
+    procrastinate_concurrency: Sequence[int] = (1, 10, 50),
+    job_concurrency: int = 0,
+    job_batch_size: int = 0,
+    http_clients: int = 32,
+    http_seconds: float = 20.0,
+) -> dict[str, object]:
+    """All three parts; ``job_concurrency``/``job_batch_size`` 0 keep ``reconciler run``'s defaults,
+    ``http_seconds`` 0 skips part 3, and procrastinate's part is skipped when it is not installed."""
+    quiet_logs()
+    options = RuntimeOptions(engine=EngineSettings())
+    jobs_settings = options.jobs
+    if job_concurrency:
+        jobs_settings = replace(jobs_settings, concurrency=job_concurrency)
+    if job_batch_size:
+        jobs_settings = replace(jobs_settings, batch_size=job_batch_size)
+    options = replace(options, jobs=jobs_settings)
+
+    peer: list[dict[str, Any]] = []
+    if procrastinate_installed():
+        import procrastinate
+
+        for concurrency in procrastinate_concurrency:
+            peer.append(await procrastinate_burn_down(server_url, jobs, concurrency))
+        peer_version = procrastinate.__version__ if hasattr(procrastinate, "__version__") else _version("procrastinate")
+    else:
+        peer_version = None
+    ours = await our_burn_down(server_url, jobs, callers, admit_connections, options)
+    http = await http_admission(server_url, http_clients, http_seconds) if http_seconds > 0 else None
+
+    best = max(peer, key=lambda p: p["drain_jobs_per_second"]) if peer else None
+    ratio = round(ours["drain_jobs_per_second"] / best["drain_jobs_per_second"], 1) if best else None
+    return {
+        "measured_at": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "jobs": jobs,
+        "procrastinate_version": peer_version,
+        "procrastinate": peer,
+        "procrastinate_best": best,
+        "ours": ours,
+        "ratio": ratio,
+        "target_ratio": TARGET_RATIO,
+        "meets_ratio_target": ratio is not None and ratio >= TARGET_RATIO,
+        "audit_clean": ours["audit"]["clean"] and (http is None or http["audit"]["clean"]),
+        "http": http,
+        "target_http_p99_ms": TARGET_HTTP_P99_MS,
+    }
+
+
+def _version(distribution: str) -> str:
+    from importlib.metadata import version
+
+    return version(distribution)
+
+
+# -- the document --------------------------------------------------------------------------------
+
+
+def _mark(ok: object) -> str:
+    return "PASS" if ok else "MISS"
+
+
+def summary_rows(r: Any) -> list[tuple[str, str, str, str]]:
+    """(benchmark, target, result, PASS/MISS) rows for the summary table of docs/benchmarks.md."""
+    ours = r["ours"]
+    best = r["procrastinate_best"]
+    rows = []
+    if best is not None:
+        rows.append(
+            (
+                f"{r['jobs']:,} paid no-op jobs, our loop vs procrastinate {r['procrastinate_version']}",
+                f"drain rate >= {r['target_ratio']:g}{TIMES} procrastinate's",
+                f"{ours['drain_jobs_per_second']:,.0f} vs {best['drain_jobs_per_second']:,.0f} jobs/s "
+                f"(C={best['concurrency']}) = {r['ratio']:.1f}{TIMES}",
+                _mark(r["meets_ratio_target"]),
+            )
+        )
+    else:
+        rows.append(
+            (
+                f"{r['jobs']:,} paid no-op jobs, our loop",
+                f"drain rate >= {r['target_ratio']:g}{TIMES} procrastinate's",
+                f"{ours['drain_jobs_per_second']:,.0f} jobs/s (procrastinate not installed: no ratio)",
+                "MISS",
+            )
+        )
+    rows.append(
+        (
+            f"{r['jobs']:,} paid no-op jobs, ledger audit after the drain",
+            "audit clean (I1-I7), every job completed",
+            f"{'clean' if ours['audit']['clean'] else 'VIOLATIONS'}, {ours['completed']:,}/{r['jobs']:,} completed",
+            _mark(r["audit_clean"] and ours["complete"]),
+        )
+    )
+    http = r["http"]
+    if http is not None:
+        rows.append(
+            (
+                f"POST /api/services/invoke/util/delay-echo, {http['clients']} clients, {http['seconds']:g} s",
+                f"p99 <= {r['target_http_p99_ms']:g} ms, every request 202",
+                f"{http['requests_per_second']:,.0f} req/s, p50 {http['p50_ms']} ms, p99 {http['p99_ms']} ms",
+                _mark(http["meets_target"]),
+            )
+        )
+    return rows
+
+
+def markdown(r: dict[str, object]) -> str:
+    res: Any = r
+    ours, http = res["ours"], res["http"]
+    lines = ["| run | enqueue / admit (jobs/s) | drain (s) | drain (jobs/s) | all done |", "|---|---:|---:|---:|---|"]
+    for peer in res["procrastinate"]:
+        lines.append(
+            f"| procrastinate {res['procrastinate_version']}, concurrency {peer['concurrency']} "
+            f"| {peer['enqueue_jobs_per_second']:,.0f} | {peer['drain_seconds']} | "
+            f"{peer['drain_jobs_per_second']:,.0f} | {'yes' if peer['complete'] else peer['statuses']} |"
+        )
+    lines.append(
+        f"| ours: `reconciler run`'s job loop (concurrency {ours['job_concurrency']}, claim batch "
+        f"{ours['job_batch_size']}, pool {ours['pool_size']}) | {ours['admit_jobs_per_second']:,.0f} "
+        f"({ours['admit_connections']} connections, {ours['callers']} callers) | {ours['drain_seconds']} | "
+        f"{ours['drain_jobs_per_second']:,.0f} | {'yes' if ours['complete'] else ours['completed']} |"
+    )
+    lines += [
+        "",
+        "| ours, per job | p50 (ms) | p99 (ms) |",
+        "|---|---:|---:|",
+        f"| admission -> terminal (the whole backlog admitted first) | {ours['admission_to_terminal_p50_ms']} "
+        f"| {ours['admission_to_terminal_p99_ms']} |",
+        f"| claim -> terminal | {ours['claim_to_terminal_p50_ms']} | {ours['claim_to_terminal_p99_ms']} |",
+    ]
+    if http is not None:
+        lines += [
+            f"| admission -> terminal, HTTP admissions while the loop drains | "
+            f"{http['admission_to_terminal_p50_ms']} | {http['admission_to_terminal_p99_ms']} |",
+            "",
+            "| HTTP admission (`reconciler run`, API and loop) | value |",
+            "|---|---:|",
+            f"| clients (each its own caller and connection) | {http['clients']} |",
+            f"| window (s) | {http['seconds']} |",
+            f"| requests | {http['requests']:,} |",
+            f"| answers | {', '.join(f'{k}: {v:,}' for k, v in http['status_codes'].items())} |",
+            f"| requests/s | {http['requests_per_second']:,.0f} |",
+            f"| p50 / p99 (ms) | {http['p50_ms']} / {http['p99_ms']} |",
+            f"| jobs still live when the window closed | {http['backlog_at_end']:,} |",
+            f"| jobs completed / admitted in the window | {http['completed']:,} / {http['admitted']:,} |",
+            f"| ledger audit after | {'clean' if http['audit']['clean'] else http['audit']['violations']} |",
+        ]
+    audit_text = "clean" if ours["audit"]["clean"] else f"**violations**: {ours['audit']['violations']}"
+    lines += ["", f"Ledger audit after the burn-down: {audit_text} (revenue {ours['audit']['revenue']:,} credits)."]
+    return "\n".join(lines)
+
+
+METHOD = """\
+`tests/benchmarks/jobs_throughput.py`, on the one Postgres of the run, each part on a fresh
+database. **procrastinate** (the `bench` extra): 10,000 no-op `async` tasks enqueued with
+`batch_defer_async` in batches of 1,000, `VACUUM ANALYZE`, then drained by
+`run_worker_async(queues=["bench"], concurrency=C, wait=False, listen_notify=False,
+delete_jobs="never")`, for C in 1, 10 and 50; the best drain is the one compared. **Ours**: 100
+callers created and credited, then 10,000 `util.delay-echo` jobs (`seconds: 0`, 1 credit each,
+the callers in turn) admitted through `intake.admit` (the `paid_admit` transaction: advisory
+lock, key, rate limit, balance, charge, job row, NOTIFY) from 8 connections, `VACUUM ANALYZE`,
+then `JobRunner.run_forever` of a `Runtime` built with `reconciler run`'s defaults (the same
+loop code; in the benchmark's process, so only the job loop runs) until no job is live. Each of
+our jobs is claimed in a batch, run by the real handler, ended by `paid_terminate` (guarded
+status change, capture escrow -> revenue, NOTIFY), and the ledger audit (I1-I7) runs over the
+result. Our drain time is from the loop's start to the last `finished_at`. Finished rows are
+kept on both sides. **HTTP**: the real `reconciler run` (API and loop; the simulated providers
+behind it, idle) in a child process; 32 clients, each its own caller and its own keep-alive
+connection, post `{"seconds": 0}` back to back for 20 s after 3 warm-up requests each; the
+loop drains what they admit, then the audit runs again. The load generator shares the 2 cores
+with the server and Postgres."""
+
+
+def main() -> None:
+    cli(
+        __doc__.splitlines()[0] if __doc__ else None,
+        run,
+        markdown,
+        {
+            "jobs": (int, 10_000, "jobs on each side"),
+            "callers": (int, 100, "callers the paid jobs are spread over"),
+            "admit_connections": (int, 8, "connections admitting at once"),
+            "job_concurrency": (int, 0, "the job loop's concurrency (0: reconciler run's default)"),
+            "job_batch_size": (int, 0, "the job loop's claim batch (0: reconciler run's default)"),
+            "http_clients": (int, 32, "concurrent HTTP clients"),
+            "http_seconds": (float, 20.0, "HTTP window (0 skips it)"),
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()

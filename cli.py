@@ -408,7 +408,13 @@ def run_command(
         if api:
             from desired_state.http_paid import PaidApiConfig, PaidRoutes
 
-            paid = PaidRoutes(PaidApiConfig(registry=runtime.services, proxy_call=runtime.handlers.call_proxy))
+            paid = PaidRoutes(
+                PaidApiConfig(
+                    registry=runtime.services,
+                    proxy_call=runtime.handlers.call_proxy,
+                    on_admission=runtime.metrics.count_admission,
+                )
+            )
             configured = {"openrouter": settings.openrouter_key, "agentmail": settings.agentmail_key}
             configured["telnyx"] = settings.telnyx_key
             try:

@@ -24,8 +24,8 @@ termination transaction: completed and captured, or failed and refunded. Without
 process dies during the call, the loop fails and refunds it when the lease lapses.
 """
 
-from __future__ import annotations
-
+# No ``from __future__ import annotations`` here: the routes' parameter types are built from the
+# registry inside create_paid_router, and FastAPI must see them as objects, not names.
 import asyncio
 import contextlib
 import json
@@ -45,6 +45,7 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
 from psycopg_pool import PoolTimeout
 from pydantic import BaseModel, Field
+from starlette.types import Receive, Scope, Send
 
 from desired_state import api as instance_api
 from desired_state.services import callers, intake, jobs, ledger, termination
@@ -96,6 +97,8 @@ def _default_owner() -> str:
 class PaidApiConfig:
     registry: ServiceRegistry
     proxy_call: ProxyCall | None = field(default=None, repr=False)
+    on_admission: Callable[[str], None] | None = field(default=None, repr=False)
+    """Told each admission's outcome: ``admitted``, ``replayed`` or the refusal's code (metrics)."""
     clock: Clock = system_clock
     lease_owner: str = field(default_factory=_default_owner)
     max_body_bytes: int = 1024 * 1024
@@ -172,7 +175,26 @@ def _from_admission(exc: AdmissionRefused) -> Refusal:
 
 
 class PaidRoute(APIRoute):
-    """Turns refusals, malformed paths and queries, and database outages into ``{error, message, hint}``."""
+    """Turns refusals, malformed paths and queries, and database outages into ``{error, message, hint}``.
+
+    It also answers a method a path does not take with 405 and an ``Allow`` header naming every
+    method of that path (Starlette's router names only those of the first route it matched).
+    """
+
+    allowed_methods: frozenset[str] = frozenset()
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.methods and scope["method"] not in self.methods:
+            allow = ", ".join(sorted(self.allowed_methods or self.methods))
+            response = error_response(
+                ErrorCode.METHOD_NOT_ALLOWED,
+                f"{scope['method']} is not allowed here",
+                f"allowed: {allow}",
+                {"Allow": allow},
+            )
+            await response(scope, receive, send)
+            return
+        await super().handle(scope, receive, send)
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
@@ -213,6 +235,21 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return document
 
 
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body, refused with 413 as soon as it exceeds ``limit`` (never read whole first)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise Refusal(ErrorCode.BODY_TOO_LARGE, f"body: larger than {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise Refusal(ErrorCode.BODY_TOO_LARGE, f"body: larger than {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 def parse_body(raw: bytes, limit: int) -> Any:
     """A request body as JSON under the paid routes' rules (see the module docstring)."""
     if len(raw) > limit:
@@ -237,11 +274,7 @@ def parse_body(raw: bytes, limit: int) -> Any:
     return data
 
 
-def _job_id(raw: str) -> uuid.UUID:
-    try:
-        return uuid.UUID(raw)
-    except ValueError:
-        raise Refusal(ErrorCode.INVALID_INPUT, "jobId: must be a job id (a UUID)", "jobId") from None
+JobIdPath = Annotated[uuid.UUID, Path(alias="jobId", description="The job id (jobId of the invoke answer).")]
 
 
 def _json(model: BaseModel, status: int = 200, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -283,6 +316,13 @@ def create_paid_router(config: PaidApiConfig, connection: ConnectionFactory) -> 
                 {"WWW-Authenticate": "Bearer"},
             )
         return caller
+
+    groups = sorted({d.group for d in registry})
+    methods = sorted({d.path_method for d in registry})
+    GroupPath = Annotated[str, Path(description="The service's group.", json_schema_extra={"enum": groups})]
+    MethodPath = Annotated[
+        str, Path(description="The service's method (kebab-case).", json_schema_extra={"enum": methods})
+    ]
 
     def service_of(group: str, method: str) -> ServiceDefinition:
         definition = registry.find(group, method)
@@ -336,26 +376,33 @@ def create_paid_router(config: PaidApiConfig, connection: ConnectionFactory) -> 
             ],
         },
     )
-    async def invoke(request: Request, group: str, method: str) -> Response:
+    async def invoke(request: Request, group: GroupPath, method: MethodPath) -> Response:
         """Invoke a service: a job answers 202 with its id at once; a proxy answers 200 with its output.
 
         The cost is charged before anything runs and refunded if it fails, is cancelled or times out.
         """
         caller = await authenticated(request)
         definition = service_of(group, method)
-        data = parse_body(await request.body(), config.max_body_bytes)
+        data = parse_body(await read_body(request, config.max_body_bytes), config.max_body_bytes)
         key = request.headers.get("idempotency-key")
-        async with connection() as conn:
-            admission = await intake.admit(
-                conn,
-                registry,
-                caller.caller_id,
-                definition.id,
-                data,
-                idempotency_key=key,
-                clock=config.clock,
-                lease_owner=config.lease_owner,
-            )
+        try:
+            async with connection() as conn:
+                admission = await intake.admit(
+                    conn,
+                    registry,
+                    caller.caller_id,
+                    definition.id,
+                    data,
+                    idempotency_key=key,
+                    clock=config.clock,
+                    lease_owner=config.lease_owner,
+                )
+        except AdmissionRefused as exc:
+            if config.on_admission is not None:
+                config.on_admission(exc.code.value)
+            raise
+        if config.on_admission is not None:
+            config.on_admission("replayed" if admission.replayed else "admitted")
         replay_headers = {"Idempotency-Replayed": "true"} if admission.replayed else {}
         if definition.runtime is Runtime.JOB:
             poll = f"{JOBS_PATH}/{admission.job_id}"
@@ -419,15 +466,15 @@ def create_paid_router(config: PaidApiConfig, connection: ConnectionFactory) -> 
         return termination.proxy_answer(status, result, error)
 
     @router.get(
-        f"{JOBS_PATH}/{{job_id}}",
+        f"{JOBS_PATH}/{{jobId}}",
         response_model=JobView,
         responses={**AUTH_ERRORS, **_errors(ErrorCode.INVALID_INPUT, ErrorCode.JOB_NOT_FOUND)},
         openapi_extra=SECURED,
     )
-    async def get_job(request: Request, job_id: Annotated[str, Path(max_length=100)]) -> Response:
+    async def get_job(request: Request, job_id: JobIdPath) -> Response:
         """A job's status, progress, result or error, cost and refund (your jobs only)."""
         caller = await authenticated(request)
-        ident = _job_id(job_id)
+        ident = job_id
         async with connection() as conn:
             record = await jobs.get_job(conn, ident, caller.caller_id)
         if record is None:
@@ -435,15 +482,15 @@ def create_paid_router(config: PaidApiConfig, connection: ConnectionFactory) -> 
         return _json(record.view())
 
     @router.delete(
-        f"{JOBS_PATH}/{{job_id}}",
+        f"{JOBS_PATH}/{{jobId}}",
         response_model=Cancelled,
         responses={**AUTH_ERRORS, **_errors(ErrorCode.INVALID_INPUT, ErrorCode.JOB_NOT_FOUND)},
         openapi_extra=SECURED,
     )
-    async def cancel_job(request: Request, job_id: Annotated[str, Path(max_length=100)]) -> Response:
+    async def cancel_job(request: Request, job_id: JobIdPath) -> Response:
         """Cancel a pending or running job and refund it; a finished job keeps its state (refunded: false)."""
         caller = await authenticated(request)
-        ident = _job_id(job_id)
+        ident = job_id
         async with connection() as conn:
             outcome = await termination.cancel(conn, ident, now=config.clock(), caller_id=caller.caller_id)
         if not outcome.found or outcome.status is None:
@@ -458,8 +505,8 @@ def create_paid_router(config: PaidApiConfig, connection: ConnectionFactory) -> 
     )
     async def usage(
         request: Request,
-        group: str,
-        method: str,
+        group: GroupPath,
+        method: MethodPath,
         history: Annotated[bool, Query(description="1: include your recent jobs of this service.")] = False,
     ) -> Response:
         """Your use of one service: counts by outcome, credits spent, refunded and held, rate windows."""
@@ -509,6 +556,13 @@ def create_paid_router(config: PaidApiConfig, connection: ConnectionFactory) -> 
             )
         )
 
+    by_path: dict[str, set[str]] = {}
+    for route in router.routes:
+        if isinstance(route, PaidRoute):
+            by_path.setdefault(route.path, set()).update(route.methods or ())
+    for route in router.routes:
+        if isinstance(route, PaidRoute):
+            route.allowed_methods = frozenset(by_path[route.path])
     return router
 
 

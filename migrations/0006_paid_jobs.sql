@@ -16,8 +16,8 @@
 -- * idempotency_keys: one row per (caller, service, key) with the request fingerprint and the
 --   stored response.
 --
--- paid_admit(), paid_settle() and paid_terminate() are the one implementation of admission,
--- settlement and termination; the Python side calls them (desired_state/services/).
+-- paid_admit(), paid_terminate() and paid_settle() are the one implementation of admission,
+-- termination and settlement; the Python side calls them (desired_state/services/).
 
 CREATE TABLE callers (
     caller_id   UUID PRIMARY KEY DEFAULT gen_random_uuid(),
@@ -177,40 +177,47 @@ ALTER TABLE desired_instances ADD COLUMN owner_caller_id UUID REFERENCES callers
 CREATE INDEX desired_instances_owner_idx ON desired_instances (owner_caller_id) WHERE owner_caller_id IS NOT NULL;
 
 -- -- settlement ---------------------------------------------------------------------------------------
--- Settle one terminal job: capture on completed, refund otherwise; free jobs write no transfer.
--- Idempotent (the unique index answers a second call), so the termination transaction and the
--- loop's catch-up both call it. Returns the settlement kind ('capture', 'refund', 'none'), or
--- NULL when the job is not terminal.
+-- The settlement transfer of one terminal job: capture (escrow -> revenue) or refund (escrow ->
+-- caller, and the caller's cached balance). Idempotent: a second call meets the primary key or the
+-- one-settlement-per-job index and changes nothing.
+CREATE FUNCTION paid_settlement_transfer(p_job_id UUID, p_caller_id UUID, p_cost BIGINT, p_kind TEXT,
+                                         p_now TIMESTAMPTZ) RETURNS VOID
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_inserted BIGINT;
+BEGIN
+    IF p_kind = 'capture' THEN
+        INSERT INTO credit_transfers (transfer_id, kind, from_account, to_account, amount, job_id, created_at)
+        VALUES (md5('capture:' || p_job_id::text)::uuid, 'capture', 'escrow', 'revenue', p_cost, p_job_id, p_now)
+        ON CONFLICT DO NOTHING;
+    ELSIF p_kind = 'refund' THEN
+        INSERT INTO credit_transfers (transfer_id, kind, from_account, to_account, amount, job_id, created_at)
+        VALUES (md5('refund:' || p_job_id::text)::uuid, 'refund', 'escrow', 'caller:' || p_caller_id::text,
+                p_cost, p_job_id, p_now)
+        ON CONFLICT DO NOTHING
+        RETURNING amount INTO v_inserted;
+        IF v_inserted IS NOT NULL THEN
+            UPDATE credit_accounts SET balance = balance + v_inserted WHERE caller_id = p_caller_id;
+        END IF;
+    END IF;
+END $$;
+
+-- Settle one terminal job that has no settlement yet (a terminal status written over plain SQL):
+-- the loop's catch-up. Returns the settlement kind ('capture', 'refund', 'none'), or NULL when
+-- the job is not terminal.
 CREATE FUNCTION paid_settle(p_job_id UUID, p_now TIMESTAMPTZ DEFAULT now()) RETURNS TEXT
 LANGUAGE plpgsql AS $$
 #variable_conflict use_column
 DECLARE
     j service_jobs%ROWTYPE;
     v_kind TEXT;
-    v_inserted BIGINT;
 BEGIN
     SELECT * INTO j FROM service_jobs WHERE job_id = p_job_id FOR UPDATE;
     IF NOT FOUND OR j.status IN ('pending', 'running') THEN
         RETURN NULL;
     END IF;
-    IF j.cost_credits = 0 THEN
-        v_kind := 'none';
-    ELSIF j.status = 'completed' THEN
-        v_kind := 'capture';
-        INSERT INTO credit_transfers (transfer_id, kind, from_account, to_account, amount, job_id, created_at)
-        VALUES (md5('capture:' || p_job_id::text)::uuid, 'capture', 'escrow', 'revenue', j.cost_credits, p_job_id, p_now)
-        ON CONFLICT DO NOTHING;
-    ELSE
-        v_kind := 'refund';
-        INSERT INTO credit_transfers (transfer_id, kind, from_account, to_account, amount, job_id, created_at)
-        VALUES (md5('refund:' || p_job_id::text)::uuid, 'refund', 'escrow', 'caller:' || j.caller_id::text,
-                j.cost_credits, p_job_id, p_now)
-        ON CONFLICT DO NOTHING
-        RETURNING amount INTO v_inserted;
-        IF v_inserted IS NOT NULL THEN
-            UPDATE credit_accounts SET balance = balance + v_inserted WHERE caller_id = j.caller_id;
-        END IF;
-    END IF;
+    v_kind := CASE WHEN j.cost_credits = 0 THEN 'none' WHEN j.status = 'completed' THEN 'capture' ELSE 'refund' END;
+    PERFORM paid_settlement_transfer(p_job_id, j.caller_id, j.cost_credits, v_kind, p_now);
     IF j.settled_at IS NULL THEN
         UPDATE service_jobs SET settlement = v_kind, settled_at = p_now WHERE job_id = p_job_id;
     END IF;
@@ -218,12 +225,12 @@ BEGIN
 END $$;
 
 -- -- termination ------------------------------------------------------------------------------------
--- The one termination transaction: a guarded status change, then the settlement, then (for a
--- keyed proxy call) the stored response. The guard is the status AND, for a worker, its fencing
--- token: a stale worker (cancelled, timed out, re-claimed) matches nothing and changes nothing.
--- p_token NULL means "not a worker" (cancel, timeout sweep, operator). The sweeps add their own
--- condition to the guard (the lease still lapsed, the deadline passed), so a worker that renewed
--- its lease in the meantime is not failed.
+-- The one termination transaction: a guarded status change that records its settlement, the
+-- settlement transfer, and (for a keyed proxy call) the stored response. The guard is the status
+-- AND, for a worker, its fencing token: a stale worker (cancelled, timed out, re-claimed) matches
+-- nothing and changes nothing. p_token NULL means "not a worker" (cancel, timeout sweep,
+-- operator). The sweeps add their own condition to the guard (the lease still lapsed, the
+-- deadline passed), so a worker that renewed its lease in the meantime is not failed.
 CREATE FUNCTION paid_terminate(
     p_job_id UUID,
     p_status TEXT,
@@ -244,6 +251,9 @@ LANGUAGE plpgsql AS $$
 DECLARE
     v_status TEXT;
     v_settlement TEXT;
+    v_caller UUID;
+    v_cost BIGINT;
+    v_runtime TEXT;
 BEGIN
     IF p_status NOT IN ('completed', 'failed', 'cancelled', 'timed_out') THEN
         RAISE EXCEPTION 'paid_terminate: % is not a terminal status', p_status;
@@ -252,24 +262,30 @@ BEGIN
        SET status = p_status, finished_at = p_now, result = p_result,
            error_code = p_error_code, error_message = p_error_message,
            progress_pct = CASE WHEN p_status = 'completed' THEN 1 ELSE j.progress_pct END,
-           lease_owner = NULL, lease_expires_at = NULL
+           lease_owner = NULL, lease_expires_at = NULL,
+           settlement = CASE WHEN j.cost_credits = 0 THEN 'none'
+                             WHEN p_status = 'completed' THEN 'capture' ELSE 'refund' END,
+           settled_at = p_now
      WHERE j.job_id = p_job_id
        AND j.status = ANY (p_expected)
        AND (p_token IS NULL OR j.fencing_token = p_token)
        AND (p_caller_id IS NULL OR j.caller_id = p_caller_id)
        AND (p_lease_lapsed_by IS NULL OR j.lease_expires_at < p_lease_lapsed_by)
        AND (p_deadline_passed_by IS NULL OR j.deadline <= p_deadline_passed_by)
-    RETURNING j.status INTO v_status;
+    RETURNING j.status, j.settlement, j.caller_id, j.cost_credits, j.runtime
+         INTO v_status, v_settlement, v_caller, v_cost, v_runtime;
     IF v_status IS NULL THEN
         SELECT j.status, j.settlement INTO v_status, v_settlement
           FROM service_jobs j WHERE j.job_id = p_job_id AND (p_caller_id IS NULL OR j.caller_id = p_caller_id);
         RETURN QUERY SELECT FALSE, v_status, v_settlement;
         RETURN;
     END IF;
-    v_settlement := paid_settle(p_job_id, p_now);
-    UPDATE idempotency_keys
-       SET state = 'done', response_status = p_response_status, response_body = p_response_body
-     WHERE job_id = p_job_id AND state = 'in_flight';
+    PERFORM paid_settlement_transfer(p_job_id, v_caller, v_cost, v_settlement, p_now);
+    IF v_runtime = 'proxy' THEN
+        UPDATE idempotency_keys
+           SET state = 'done', response_status = p_response_status, response_body = p_response_body
+         WHERE job_id = p_job_id AND state = 'in_flight';
+    END IF;
     PERFORM pg_notify('paid_jobs_done', p_job_id::text);
     RETURN QUERY SELECT TRUE, v_status, v_settlement;
 END $$;
@@ -335,7 +351,10 @@ BEGIN
         RETURN;
     END IF;
 
-    PERFORM pg_advisory_xact_lock(hashtextextended(p_caller_id::text || '/' || p_service_id, 6012));
+    -- Needed only by the key lookup and the rate limit; the balance check is one conditional UPDATE.
+    IF p_idempotency_key IS NOT NULL OR s.per_minute IS NOT NULL OR s.per_hour IS NOT NULL OR s.per_day IS NOT NULL THEN
+        PERFORM pg_advisory_xact_lock(hashtextextended(p_caller_id::text || '/' || p_service_id, 6012));
+    END IF;
 
     v_fingerprint := encode(sha256(convert_to(p_input::text, 'UTF8')), 'hex');
     IF p_idempotency_key IS NOT NULL THEN

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
 from desired_state.services.ledger import INVARIANT_NAMES
-from desired_state.services.vocabulary import AdmitOutcome, JobStatus, TransferKind
+from desired_state.services.vocabulary import AdmitOutcome, ErrorCode, JobStatus, TransferKind
 from providers import agentmail, openrouter, railway, telnyx
 from providers.base import ResourceKind
 
@@ -31,6 +31,8 @@ DRIFT_FIELDS = ("gone", "config")
 NOT_CONVERGED_REASONS = ("provisioning", "retrying", "throttled", "failed", "deleting")
 LIVE_JOB_STATUSES = (JobStatus.PENDING.value, JobStatus.RUNNING.value)
 TERMINAL_JOB_STATUSES = tuple(s.value for s in JobStatus if s.terminal)
+ADMISSION_OUTCOMES = (AdmitOutcome.ADMITTED.value, AdmitOutcome.REPLAYED.value, *(code.value for code in ErrorCode))
+"""Labels of ``reconciler_job_admissions_total``: admitted, replayed, or the refusal's wire code."""
 
 
 class Metrics:
@@ -201,8 +203,10 @@ class Metrics:
                 self.jobs_finished.labels(service, status)
 
     def count_admission(self, outcome: str) -> None:
-        """The admission hook the HTTP layer calls with each :class:`AdmitOutcome` it decides."""
-        self.job_admissions.labels(AdmitOutcome(outcome).value).inc()
+        """The paid routes' ``on_admission`` hook: ``admitted``, ``replayed`` or the refusal's code."""
+        if outcome not in ADMISSION_OUTCOMES:
+            raise ValueError(f"unknown admission outcome {outcome!r}")
+        self.job_admissions.labels(outcome).inc()
 
     def preinitialise(self) -> None:
         for kind in RECONCILE_KINDS:
@@ -231,8 +235,8 @@ class Metrics:
             self.orphans_seen.labels(resource.value)
             for drift in DRIFT_FIELDS:
                 self.drift_detected.labels(resource.value, drift)
-        for outcome in AdmitOutcome:
-            self.job_admissions.labels(outcome.value)
+        for outcome in ADMISSION_OUTCOMES:
+            self.job_admissions.labels(outcome)
         for kind in TransferKind:
             self.ledger_transfers.labels(kind.value)
         for invariant in INVARIANT_NAMES:

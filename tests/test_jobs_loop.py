@@ -16,6 +16,7 @@ from starlette.routing import Route
 from desired_state.services import intake
 from desired_state.services.builtin import DELAY_ECHO, ECHO
 from desired_state.services.termination import cancel
+from desired_state.services.vocabulary import JobStatus
 from providers.simulated.server import serve_in_background
 from reconciler.jobs.runner import JobSettings
 from tests.conftest import Sim, simulated_runtime
@@ -223,3 +224,28 @@ async def test_a_proxy_call_whose_request_died_is_refunded_and_never_re_sent(db_
     assert await transfers(conn, admission.job_id) == ["charge", "refund"]
     assert calls == []
     await assert_audit_clean(conn)
+
+
+async def test_ends_written_together_keep_each_jobs_guard(db_url: str, sim: Sim, conn: Conn) -> None:
+    # Five handlers finish in the same turn: their ends are written in one batch, yet each is
+    # guarded by its own claim: the one re-claimed meanwhile by another worker changes nothing.
+    caller = await new_caller(conn)
+    ids = [await admit(conn, caller, ONCE, {"n": 0}) for _ in range(5)]
+    async with job_runtime(db_url, sim, Sleeper()) as first, job_runtime(db_url, sim, Sleeper()) as second:
+        claims = await first.jobs.claim(10)
+        stale = claims[0]
+        await conn.execute(
+            "UPDATE service_jobs SET status = 'pending', lease_expires_at = NULL WHERE job_id = %s", (stale.job_id,)
+        )
+        [fresh] = await second.jobs.claim(10)
+        assert fresh.job_id == stale.job_id and fresh.fencing_token == stale.fencing_token + 1
+        ends = await asyncio.gather(
+            *(
+                first.jobs.completer.end(c.job_id, c.fencing_token, JobStatus.COMPLETED, result={"ok": 1})
+                for c in claims
+            )
+        )
+    assert [end.changed for end in ends] == [False, True, True, True, True]
+    assert ends[0].status is JobStatus.RUNNING
+    statuses = {job_id: (await job_row(conn, job_id))["status"] for job_id in ids}
+    assert statuses[stale.job_id] == "running" and sorted(statuses.values()).count("completed") == 4

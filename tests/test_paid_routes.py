@@ -340,7 +340,7 @@ async def test_openapi_lists_the_paid_routes_with_the_caller_key(paid: Paid) -> 
     for path in (
         "/api/services/catalog",
         "/api/services/invoke/{group}/{method}",
-        "/api/services/jobs/{job_id}",
+        "/api/services/jobs/{jobId}",
         "/api/services/usage/{group}/{method}",
         "/api/credits",
     ):
@@ -368,3 +368,21 @@ async def test_database_outage_is_503(db_url: str) -> None:
         response = await client.get("/api/credits", headers={"Authorization": "Bearer sk-" + "a" * 43})
         assert response.status_code == 503 and response.json()["error"] == "database_unavailable"
         assert (await client.get("/api/services/catalog")).status_code == 200  # needs no database
+
+
+async def test_a_method_a_path_does_not_take_is_405_naming_every_allowed_one(paid: Paid) -> None:
+    response = await paid.client.request("PUT", f"/api/services/jobs/{uuid.uuid4()}", headers=paid.auth())
+    assert response.status_code == 405 and response.headers["allow"] == "DELETE, GET"
+    assert response.json()["error"] == "method_not_allowed"
+
+
+async def test_an_oversized_streamed_body_is_413_and_writes_nothing(paid: Paid) -> None:
+    async def chunks() -> AsyncIterator[bytes]:
+        yield b'{"payload": "'
+        for _ in range(10):
+            yield b"x" * 1000
+        yield b'"}'
+
+    response = await paid.client.post("/api/services/invoke/util/delay-echo", content=chunks(), headers=paid.auth())
+    assert response.status_code == 413 and response.json()["error"] == "body_too_large"
+    assert await paid.written() == (0, 0, 0)

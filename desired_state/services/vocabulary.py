@@ -87,6 +87,7 @@ class ErrorCode(enum.StrEnum):
     COURSE_NOT_PURCHASED = "course_not_purchased"
     SERVICE_NOT_FOUND = "service_not_found"
     JOB_NOT_FOUND = "job_not_found"
+    METHOD_NOT_ALLOWED = "method_not_allowed"
     IDEMPOTENCY_KEY_IN_FLIGHT = "idempotency_key_in_flight"
     IDEMPOTENCY_KEY_REUSED = "idempotency_key_reused"
     BODY_TOO_LARGE = "body_too_large"
@@ -110,6 +111,7 @@ HTTP_STATUS: Final[dict[ErrorCode, int]] = {
     ErrorCode.COURSE_NOT_PURCHASED: 402,
     ErrorCode.SERVICE_NOT_FOUND: 404,
     ErrorCode.JOB_NOT_FOUND: 404,
+    ErrorCode.METHOD_NOT_ALLOWED: 405,
     ErrorCode.IDEMPOTENCY_KEY_IN_FLIGHT: 409,
     ErrorCode.BODY_TOO_LARGE: 413,
     ErrorCode.IDEMPOTENCY_KEY_REUSED: 422,

@@ -1,125 +1,113 @@
-"""The batch completer: jobs that finish together end together, in one transaction.
+"""Batched terminations: the workers' ends of many jobs in one statement and one commit.
 
-Each handler's end (completed, failed, timed out) is the ledger's termination transaction
-(:func:`desired_state.services.termination.terminate_many`: guarded status change, settlement,
-NOTIFY, per job). Run one at a time, every job pays a commit, and a commit is a WAL flush: on a
-small machine that flush, not the work, bounds the loop (measured in ``docs/benchmarks.md``:
-about 5 ms a commit here). So the runner hands its ends to a :class:`Completer`: an end that
-finds no write in flight is written at once, by its own task; ends that arrive while a write is
-in flight wait for it and go together in the next one (up to ``max_batch``). An idle loop adds
-no delay; a busy one pays one commit per batch instead of one per job. River's batch completer is the same idea.
+Each finished handler's end (completed with its result, or failed with its error) is the ledger's
+one termination transaction, ``paid_terminate`` (migration 0006): the guarded status change, the
+settlement and the notification. Run one job at a time, each end costs a round trip and a commit
+(a WAL flush); with many short jobs that is most of the loop's time. So the worker's ends are
+queued, and whatever has queued by the next turn of the event loop is ended together: one
+statement that calls ``paid_terminate`` once per job (the same function, the same guards, so a
+late worker still changes nothing), in job-id order so two batches never wait on each other.
+Each caller gets its own job's :class:`~desired_state.services.termination.Termination`.
 
-Each end is still guarded by its own claim: a stale end in a batch changes nothing for its job
-and is told so, like a single termination. The batch is sorted by job id, so two batches (two
-replicas, or a stale worker and the new owner) lock shared rows in one order. If a batch fails
-with a deadlock or a serialization failure it is retried whole (it was rolled back); with anything
-else but a lost database its ends are retried one by one, so one bad end cannot fail the others;
-a lost database fails every waiting end with the error (the leases then lapse and the
-sweep decides, as for a single termination).
+The batch is one transaction: if the database fails it, every job in it is left running under its
+lease, and the lapsed-lease sweep decides for each (as for a worker that died).
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
+import uuid
+from dataclasses import dataclass, field
 from typing import Any
 
-import psycopg
 from psycopg import AsyncConnection
+from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
-from desired_state.services.termination import Termination, WorkerEnd, terminate_many
+from desired_state.services.termination import MAX_ERROR_MESSAGE_CHARS, JobError, Termination, proxy_answer
+from desired_state.services.vocabulary import Clock, JobStatus, Settlement
 
-log = logging.getLogger(__name__)
+MAX_BATCH = 256
 
-DEFAULT_MAX_BATCH = 500
-ROLLBACK_RETRIES = 3
+# One paid_terminate per job, guarded by the worker's claim (still running, still its token).
+TERMINATE_MANY = """
+SELECT t.job_id, r.changed, r.status, r.settlement
+  FROM unnest(%(job_ids)s::uuid[], %(statuses)s::text[], %(tokens)s::bigint[], %(results)s::jsonb[],
+              %(codes)s::text[], %(messages)s::text[], %(response_statuses)s::int[], %(response_bodies)s::jsonb[])
+       WITH ORDINALITY AS t(job_id, status, token, result, code, message, response_status, response_body, n)
+ CROSS JOIN LATERAL paid_terminate(t.job_id, t.status, ARRAY['running'], t.token, %(now)s, t.result, t.code,
+                                   t.message, t.response_status, t.response_body, NULL, NULL, NULL) AS r
+ ORDER BY t.n
+"""
+
+
+@dataclass
+class _End:
+    job_id: uuid.UUID
+    token: int
+    status: JobStatus
+    result: Any
+    error: JobError | None
+    done: asyncio.Future[Termination] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
 class Completer:
-    """Writes the ends handed to :meth:`end` in batches, one batch in flight at a time."""
+    """Queues the ends of finished jobs and writes them in batches."""
 
-    def __init__(self, pool: AsyncConnectionPool[AsyncConnection[Any]], *, max_batch: int = DEFAULT_MAX_BATCH) -> None:
+    def __init__(self, pool: AsyncConnectionPool[AsyncConnection[Any]], clock: Clock) -> None:
         self._pool = pool
-        self.max_batch = max_batch
-        self._waiting: list[tuple[WorkerEnd, asyncio.Future[Termination]]] = []
-        self._writer: asyncio.Task[None] | None = None
-        self._busy = False  # a write (inline or the writer task's) is in flight
+        self._clock = clock
+        self._queue: list[_End] = []
+        self._flushing: asyncio.Task[None] | None = None
 
-    async def end(self, end: WorkerEnd) -> Termination:
-        """Terminate one claimed job (with whatever else is ending now); its :class:`Termination`.
+    async def end(
+        self, job_id: uuid.UUID, token: int, status: JobStatus, *, result: Any = None, error: JobError | None = None
+    ) -> Termination:
+        """End one job under its claim; returns when its batch has committed."""
+        if status is JobStatus.COMPLETED and error is not None:
+            raise ValueError("a completed job carries no error")
+        item = _End(job_id, token, status, result, error)
+        self._queue.append(item)
+        if self._flushing is None or self._flushing.done():
+            self._flushing = asyncio.create_task(self._flush())
+        return await item.done
 
-        Idle, the caller writes its own end at once, in its own task (no hop through another,
-        so an end is never later than a single termination would be); while a write is in
-        flight, ends queue for the next batch.
-        """
-        if not self._busy:
-            self._busy = True
+    async def _flush(self) -> None:
+        await asyncio.sleep(0)  # let the other handlers finishing this turn join the batch
+        while self._queue:
+            batch = sorted(self._queue[:MAX_BATCH], key=lambda item: item.job_id)
+            del self._queue[:MAX_BATCH]
             try:
-                [result] = await self._terminate([end])
-            finally:
-                self._busy = False
-                self._start_writer()
-            return result
-        future: asyncio.Future[Termination] = asyncio.get_running_loop().create_future()
-        self._waiting.append((end, future))
-        self._start_writer()
-        return await future
-
-    def _start_writer(self) -> None:
-        if self._waiting and not self._busy:
-            self._busy = True
-            self._writer = asyncio.create_task(self._write_all(), name="job-completer")
-
-    async def _write_all(self) -> None:
-        try:
-            while self._waiting:
-                batch, self._waiting = self._waiting[: self.max_batch], self._waiting[self.max_batch :]
-                await self._write(batch)
-        except asyncio.CancelledError:
-            for _, future in self._waiting:  # nothing waits forever on a writer that is gone
-                future.cancel()
-            self._waiting = []
-            raise
-        finally:
-            self._busy = False
-
-    async def _write(self, batch: list[tuple[WorkerEnd, asyncio.Future[Termination]]]) -> None:
-        batch.sort(key=lambda item: item[0].job_id)
-        try:
-            results = await self._terminate([end for end, _ in batch])
-        except asyncio.CancelledError:
-            for _, future in batch:
-                future.cancel()
-            raise
-        except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(exc)
-            return
-        except Exception as exc:
-            if len(batch) == 1:
-                _, future = batch[0]
-                if not future.done():
-                    future.set_exception(exc)
-                return
-            log.exception("a batch of %d job terminations failed; ending them one by one", len(batch))
-            for item in batch:
-                await self._write([item])
-            return
-        for (_, future), result in zip(batch, results, strict=True):
-            if not future.done():
-                future.set_result(result)
-
-    async def _terminate(self, ends: list[WorkerEnd]) -> list[Termination]:
-        """One batch; a deadlock or serialization failure (another batch of shared rows, say
-        refunds to the same callers from another replica) rolled it all back, so it is retried."""
-        for attempt in range(1, ROLLBACK_RETRIES + 1):
-            try:
-                async with self._pool.connection() as conn:
-                    return await terminate_many(conn, ends)
-            except psycopg.errors.TransactionRollback:
-                if attempt == ROLLBACK_RETRIES:
+                ended = await self._write(batch)
+            except BaseException as exc:
+                for item in batch:
+                    if not item.done.done():
+                        item.done.set_exception(exc)
+                if isinstance(exc, asyncio.CancelledError):
                     raise
-                log.warning("a batch of %d job terminations was rolled back; retrying", len(ends))
-        raise AssertionError("unreachable")
+                continue
+            for item in batch:
+                item.done.set_result(ended.get(item.job_id, Termination(False, None, None)))
+
+    async def _write(self, batch: list[_End]) -> dict[uuid.UUID, Termination]:
+        answers = [proxy_answer(item.status, item.result, item.error) for item in batch]
+        params = {
+            "job_ids": [item.job_id for item in batch],
+            "statuses": [item.status.value for item in batch],
+            "tokens": [item.token for item in batch],
+            "results": [Jsonb(item.result) if item.result is not None else None for item in batch],
+            "codes": [item.error.code.value if item.error else None for item in batch],
+            "messages": [item.error.message[:MAX_ERROR_MESSAGE_CHARS] if item.error else None for item in batch],
+            "response_statuses": [status for status, _ in answers],
+            "response_bodies": [Jsonb(body) for _, body in answers],
+            "now": self._clock(),
+        }
+        async with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+            await cur.execute(TERMINATE_MANY, params)
+            rows = await cur.fetchall()
+        return {
+            job_id: Termination(
+                bool(changed), JobStatus(status) if status else None, Settlement(settlement) if settlement else None
+            )
+            for job_id, changed, status, settlement in rows
+        }

@@ -7,8 +7,10 @@ holds in the background while the handlers run, whether or not they report progr
 is only about liveness; the job's deadline and the fencing token are separate.
 
 Every job ends in the ledger's one termination transaction (guarded status change + settlement,
-:mod:`desired_state.services.termination`); a guard that matches nothing (the job was cancelled,
-timed out or re-claimed meanwhile) changes nothing, so a late worker is a no-op.
+``paid_terminate``); a guard that matches nothing (the job was cancelled, timed out or re-claimed
+meanwhile) changes nothing, so a late worker is a no-op. The worker's own ends are written in
+batches (:mod:`reconciler.jobs.completer`): one statement and one commit for every job that
+finished in the same turn of the event loop.
 
 How each way of ending is decided:
 
@@ -151,10 +153,10 @@ class JobRunner:
         )
         self._running: dict[tuple[Hashable, int], tuple[JobContext | None, asyncio.Event]] = {}
         self._tasks: set[asyncio.Task[JobOutcome | None]] = set()
-        self._completer = Completer(pool)
         self._wake = asyncio.Event()
         self._stopping = False
         self.outcomes: list[JobOutcome] = []
+        self.completer = Completer(pool, lambda: self.clock())
         metrics.preinitialise_jobs(definition.id for definition in registry)
 
     # -- the loop ---------------------------------------------------------------------------------
@@ -195,9 +197,12 @@ class JobRunner:
         """Run until no job is pending or running (or ``within`` seconds); for tests, the demo, the CLI."""
         deadline = time.monotonic() + within
         first = len(self.outcomes)
+        next_sweep = 0.0
         async with self.leases.renewing():
             while time.monotonic() < deadline:
-                await self.sweep()
+                if time.monotonic() >= next_sweep:
+                    await self.sweep()
+                    next_sweep = time.monotonic() + self.settings.tick_seconds
                 await self.fill()
                 if not self._tasks and not await self._live_jobs():
                     break
@@ -380,9 +385,7 @@ class JobRunner:
         error: JobError | None = None,
     ) -> JobOutcome:
         """The termination transaction, guarded by our claim (still running, still our token)."""
-        ended = await self._completer.end(
-            termination.WorkerEnd(claim.job_id, claim.fencing_token, status, self.clock(), result, error)
-        )
+        ended = await self.completer.end(claim.job_id, claim.fencing_token, status, result=result, error=error)
         if ended.changed:
             self._count(claim.service_id, status)
         return JobOutcome(claim.job_id, claim.service_id, status.value if ended.changed else "lost", ended.changed)

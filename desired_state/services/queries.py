@@ -116,21 +116,6 @@ SELECT changed, status, settlement
 
 SETTLE = "SELECT paid_settle(%(job_id)s, %(now)s)"
 
-# Many workers' terminations in one statement (and so one transaction and one commit): the same
-# paid_terminate per row, in the order given (the caller sorts by job id, so two batches lock
-# shared rows in one order and never deadlock). Worker guard: running, under the given token.
-TERMINATE_MANY = """
-SELECT x.n, t.changed, t.status, t.settlement
-  FROM unnest(%(job_ids)s::uuid[], %(statuses)s::text[], %(tokens)s::bigint[], %(nows)s::timestamptz[],
-              %(results)s::jsonb[], %(error_codes)s::text[], %(error_messages)s::text[],
-              %(response_statuses)s::integer[], %(response_bodies)s::jsonb[])
-       WITH ORDINALITY AS x (job_id, status, token, now, result, error_code, error_message, response_status,
-                             response_body, n)
- CROSS JOIN LATERAL paid_terminate(x.job_id, x.status, ARRAY['running'], x.token, x.now, x.result, x.error_code,
-                                   x.error_message, x.response_status, x.response_body) AS t
- ORDER BY x.n
-"""
-
 SELECT_UNSETTLED = """
 SELECT job_id FROM service_jobs
  WHERE settled_at IS NULL AND status IN ('completed', 'failed', 'cancelled', 'timed_out')

@@ -20,7 +20,7 @@ settlement, say one written over plain SQL, is settled).
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -97,7 +97,10 @@ async def terminate(
     The sweeps narrow the guard further: ``lease_lapsed_by`` (the lease must have lapsed by then)
     and ``deadline_passed_by`` (the deadline must have passed by then).
     """
-    _check_terminal(status, error)
+    if status in LIVE_STATUSES:
+        raise ValueError(f"{status} is not a terminal status")
+    if status is JobStatus.COMPLETED and error is not None:
+        raise ValueError("a completed job carries no error")
     response_status, response_body = proxy_answer(status, result, error)
     params = {
         "job_id": job_id,
@@ -120,58 +123,6 @@ async def terminate(
     if row is None or row[1] is None:
         return Termination(False, None, None)
     return Termination(bool(row[0]), JobStatus(row[1]), Settlement(row[2]) if row[2] else None)
-
-
-def _check_terminal(status: JobStatus, error: JobError | None) -> None:
-    if status in LIVE_STATUSES:
-        raise ValueError(f"{status} is not a terminal status")
-    if status is JobStatus.COMPLETED and error is not None:
-        raise ValueError("a completed job carries no error")
-
-
-@dataclass(frozen=True)
-class WorkerEnd:
-    """One worker's termination of the job it holds (``token``: its claim), for :func:`terminate_many`."""
-
-    job_id: uuid.UUID
-    token: int
-    status: JobStatus
-    now: datetime
-    result: Any = None
-    error: JobError | None = None
-
-
-async def terminate_many(conn: psycopg.AsyncConnection[Any], ends: Sequence[WorkerEnd]) -> list[Termination]:
-    """:func:`terminate` for many claimed jobs at once (guard: running, under the end's token), in one
-    statement and so one transaction: the loop ends together every job that finished together, and
-    pays one commit for them instead of one each. Returns each end's :class:`Termination`, in order.
-
-    A guard that matches nothing changes nothing for that job only; an error rolls the whole batch
-    back (the caller may retry the jobs one by one)."""
-    for end in ends:
-        _check_terminal(end.status, end.error)
-    answers = [proxy_answer(end.status, end.result, end.error) for end in ends]
-    params = {
-        "job_ids": [end.job_id for end in ends],
-        "statuses": [end.status.value for end in ends],
-        "tokens": [end.token for end in ends],
-        "nows": [end.now for end in ends],
-        "results": [Jsonb(end.result) if end.result is not None else None for end in ends],
-        "error_codes": [end.error.code.value if end.error else None for end in ends],
-        "error_messages": [end.error.message[:MAX_ERROR_MESSAGE_CHARS] if end.error else None for end in ends],
-        "response_statuses": [status for status, _ in answers],
-        "response_bodies": [Jsonb(body) for _, body in answers],
-    }
-    async with conn.cursor() as cur:
-        await cur.execute(queries.TERMINATE_MANY, params)
-        rows = await cur.fetchall()
-    terminations = [Termination(False, None, None)] * len(ends)
-    for n, changed, status, settlement in rows:
-        if status is not None:
-            terminations[int(n) - 1] = Termination(
-                bool(changed), JobStatus(status), Settlement(settlement) if settlement else None
-            )
-    return terminations
 
 
 @dataclass(frozen=True)

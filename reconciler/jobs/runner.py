@@ -152,6 +152,7 @@ class JobRunner:
             params=lambda: {"now": self.clock(), "services": self.services},
         )
         self._running: dict[tuple[Hashable, int], tuple[JobContext | None, asyncio.Event]] = {}
+        self._running_tokens: dict[Hashable, set[int]] = {}  # job -> its running claims (a NOTIFY names the job)
         self._tasks: set[asyncio.Task[JobOutcome | None]] = set()
         self._wake = asyncio.Event()
         self._stopping = False
@@ -284,6 +285,7 @@ class JobRunner:
             return None
         stopped = asyncio.Event()
         self._running[key] = (None, stopped)
+        self._running_tokens.setdefault(claim.job_id, set()).add(claim.fencing_token)
         started = time.monotonic()
         try:
             outcome = await self._run(claim, stopped)
@@ -293,6 +295,10 @@ class JobRunner:
             return None
         finally:
             self._running.pop(key, None)
+            tokens = self._running_tokens.get(claim.job_id, set())
+            tokens.discard(claim.fencing_token)
+            if not tokens:
+                self._running_tokens.pop(claim.job_id, None)
             self.leases.done(*key)
         if outcome.changed:
             self._metrics.job_seconds.labels(claim.service_id).observe(time.monotonic() - started)
@@ -436,9 +442,8 @@ class JobRunner:
                 log.exception("the sweep of %s failed", service_id)
 
     def _lost_everywhere(self, job_id: UUID) -> None:
-        for held_id, token in list(self._running):
-            if held_id == job_id:
-                self._lost(held_id, token)
+        for token in list(self._running_tokens.get(job_id, ())):
+            self._lost(job_id, token)
 
     # -- gauges -----------------------------------------------------------------------------------
 

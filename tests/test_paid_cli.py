@@ -67,6 +67,8 @@ async def test_bad_input_exits_2_naming_the_field_and_writes_nothing(db_url: str
         (("credits", "show", "@"), "email"),
         (("courses", "enroll", "ada@example.com", "Bad Course!"), "course"),
         (("callers", "revoke", "ada@example.com", "--key", "pk-123"), "--key"),
+        (("callers", "key", "ada"), "email"),
+        (("courses", "enroll", "ada@@example.com", "media-101"), "email"),
     ]
     for args, field in cases:
         code, _, err = await run_cli(*args, env=env)

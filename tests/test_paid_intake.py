@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import uuid
 from typing import Any
 
@@ -13,7 +14,15 @@ from desired_state.services import callers, intake, ledger
 from desired_state.services.builtin import DELAY_ECHO
 from desired_state.services.intake import AdmissionRefused
 from desired_state.services.termination import JobError, cancel, terminate
-from desired_state.services.vocabulary import ErrorCode, JobErrorCode, JobStatus, Settlement
+from desired_state.services.vocabulary import (
+    AccountKind,
+    ErrorCode,
+    JobErrorCode,
+    JobStatus,
+    Runtime,
+    Settlement,
+    TransferKind,
+)
 from tests.paid_support import FREE, GATED, LIMITED, PRICY, FakeClock, registry
 
 Conn = psycopg.AsyncConnection[Any]
@@ -216,3 +225,25 @@ async def test_a_terminal_job_cannot_be_reopened_over_sql(conn: Conn) -> None:
         with pytest.raises(psycopg.errors.RaiseException, match="never change"):
             await conn.execute(f"UPDATE service_jobs SET {change} WHERE job_id = %s".encode(), (admitted.job_id,))
     await assert_clean(conn)
+
+
+@pytest.mark.parametrize(
+    ("table", "column", "vocabulary"),
+    [
+        ("service_jobs", "status", JobStatus),
+        ("service_jobs", "runtime", Runtime),
+        ("service_jobs", "settlement", Settlement),
+        ("credit_transfers", "kind", TransferKind),
+        ("credit_accounts", "kind", AccountKind),
+    ],
+)
+async def test_the_schema_spells_the_vocabulary(conn: Conn, table: str, column: str, vocabulary: Any) -> None:
+    """The CHECK constraints of migration 0006 allow exactly the values of the Python enums."""
+    cur = await conn.execute(
+        """SELECT d FROM (SELECT pg_get_constraintdef(oid) AS d FROM pg_constraint
+                           WHERE conrelid = %s::regclass AND contype = 'c') c
+            WHERE d LIKE %s AND d NOT LIKE '%%finished_at%%'""",
+        (table, f"%({column} = ANY%"),
+    )
+    [(definition,)] = await cur.fetchall()
+    assert set(re.findall(r"'([a-z_]+)'::text", definition)) == {member.value for member in vocabulary}

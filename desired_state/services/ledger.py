@@ -7,7 +7,7 @@ yet finished) and ``revenue``. A transfer moves a positive amount from one accou
 * grant: grants -> caller (``reconciler credits grant``);
 * charge: caller -> escrow, at admission (``paid_admit``);
 * capture: escrow -> revenue, when a job completes; refund: escrow -> caller, when it fails, is
-  cancelled or times out (``paid_settle``, called by the termination transaction).
+  cancelled or times out (``paid_settlement_transfer``, in the termination transaction).
 
 Ids are deterministic (md5 of the kind and the job id, or of the grant key), and partial unique
 indexes allow one charge and one settlement per job, so a retried write meets "exists" and

@@ -1,7 +1,7 @@
 """Every SQL statement of the paid half, as named, parameterised constants.
 
-Admission, settlement and termination are plpgsql functions of migration 0006 (``paid_admit``,
-``paid_settle``, ``paid_terminate``), so a trusted backend writing over plain SQL and this
+Admission, termination and settlement are plpgsql functions of migration 0006 (``paid_admit``,
+``paid_terminate``, ``paid_settle``), so a trusted backend writing over plain SQL and this
 package run the very same code; the statements here call them, and read what they wrote.
 """
 

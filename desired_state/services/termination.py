@@ -1,9 +1,9 @@
 """The one termination transaction, used by the API (cancel, proxy calls) and the loop alike.
 
 :func:`terminate` calls the plpgsql function ``paid_terminate`` (migration 0006): in one
-statement it changes the status under a guard, settles the credits (``paid_settle``: capture on
-``completed``, refund on ``failed``/``cancelled``/``timed_out``, nothing for a free service),
-stores a keyed proxy call's answer, and notifies ``paid_jobs_done``. The guard is the status AND,
+statement it changes the status under a guard, settles the credits (capture on ``completed``,
+refund on ``failed``/``cancelled``/``timed_out``, nothing for a free service), stores a keyed
+proxy call's answer, and notifies ``paid_jobs_done``. The guard is the status AND,
 for a worker, the fencing token of its claim: a stale worker (its job cancelled, timed out, or
 re-claimed after its lease lapsed) matches nothing and changes nothing, and is told so
 (``changed`` is False) so it stops. Two terminations racing on one job are serialised by the row

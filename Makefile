@@ -29,8 +29,8 @@ lint: $(STAMP)  ## ruff and mypy --strict
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-bench: $(STAMP)  ## every benchmark at full size (about 16 minutes on 2 cores); rewrites docs/benchmarks.md
-	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+bench: $(STAMP)  ## every benchmark at full size (about 20 minutes on 2 cores); rewrites docs/benchmarks.md
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	$(BIN)/python -m tests.benchmarks
 
 clean:

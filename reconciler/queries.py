@@ -72,20 +72,37 @@ RETURNING instance_id
 # -- leases and fencing (the statements reconciler.claims runs for instances) ---------------------
 # The worker renews every claim it holds in one statement, in the background, while it works; a
 # claim another worker took since (the token moved on) is not renewed and comes back as lost.
+# Both lock their rows in instance id order, so two of them never wait on each other in a cycle.
 RENEW_LEASES = """
+WITH ours AS (
+    SELECT d.instance_id FROM desired_instances AS d
+      JOIN unnest(%(keys)s::text[], %(tokens)s::bigint[]) AS held(key, token)
+        ON d.instance_id = held.key AND d.fencing_token = held.token
+     WHERE d.lease_owner = %(owner)s
+     ORDER BY d.instance_id
+       FOR NO KEY UPDATE OF d
+)
 UPDATE desired_instances AS d
    SET lease_expires_at = now() + %(lease_seconds)s * interval '1 second'
-  FROM unnest(%(keys)s::text[], %(tokens)s::bigint[]) AS held(key, token)
- WHERE d.instance_id = held.key AND d.fencing_token = held.token AND d.lease_owner = %(owner)s
+  FROM ours
+ WHERE d.instance_id = ours.instance_id
 RETURNING d.instance_id, d.fencing_token
 """
 
 # Shutting down: claims whose pass has not started are due again for any replica at once.
 RELEASE_CLAIMS = """
+WITH ours AS (
+    SELECT d.instance_id FROM desired_instances AS d
+      JOIN unnest(%(keys)s::text[], %(tokens)s::bigint[]) AS held(key, token)
+        ON d.instance_id = held.key AND d.fencing_token = held.token
+     WHERE d.lease_owner = %(owner)s
+     ORDER BY d.instance_id
+       FOR NO KEY UPDATE OF d
+)
 UPDATE desired_instances AS d
    SET lease_owner = NULL, lease_expires_at = NULL
-  FROM unnest(%(keys)s::text[], %(tokens)s::bigint[]) AS held(key, token)
- WHERE d.instance_id = held.key AND d.fencing_token = held.token AND d.lease_owner = %(owner)s
+  FROM ours
+ WHERE d.instance_id = ours.instance_id
 RETURNING d.instance_id, d.fencing_token
 """
 

@@ -23,7 +23,7 @@ from desired_state.models import InstanceSpec, Tool
 from providers.simulated.faults import FaultPlan, FaultRule, Latency
 from reconciler.claims import LeaseLost
 from tests.conftest import FAST_ENGINE, Sim, simulated_runtime
-from tests.test_chaos import count, held_names, until
+from tests.test_chaos import FENCING_VIOLATIONS, count, held_names, until
 from tests.test_cli import ROOT, cli_env
 
 TAKEOVER_LIMIT = 15.0
@@ -50,22 +50,18 @@ async def tokens(conn: psycopg.AsyncConnection[Any]) -> dict[str, int]:
 async def test_renewal_keeps_a_slow_pass_from_being_overtaken(
     db_url: str, sim: Sim, conn: psycopg.AsyncConnection[Any]
 ) -> None:
-    # Every provider call takes 0.4 s, so one pass of a new instance takes several seconds,
-    # many times the 1 s lease; two workers drain at once.
-    slow_providers(sim, 400)
-    engine = replace(FAST_ENGINE, lease_seconds=1.0)
+    # Every provider call takes 0.5 s, so one pass of a new instance takes several seconds,
+    # over twice the 1.5 s lease; two workers drain at once.
+    slow_providers(sim, 500)
+    engine = replace(FAST_ENGINE, lease_seconds=1.5)
     await store.put_many(conn, [InstanceSpec(instance_id=f"slow{i}", tools=(Tool.OPENROUTER,)) for i in range(4)])
     async with simulated_runtime(db_url, sim, engine) as first, simulated_runtime(db_url, sim, engine) as second:
         started = time.monotonic()
         await asyncio.gather(first.worker.drain(), second.worker.drain())
-        assert time.monotonic() - started > 3 * engine.lease_seconds, "the passes were not slow enough to prove it"
+        assert time.monotonic() - started > 2 * engine.lease_seconds, "the passes were not slow enough to prove it"
         lost = [rt.metrics.lease_lost._value.get() for rt in (first, second)]
-    assert lost == [0, 0]
-    # Each instance's first pass ran under its first claim, start to finish.
-    events = await (
-        await conn.execute("SELECT count(*) FROM events WHERE action = 'create' AND fencing_token <> 1")
-    ).fetchone()
-    assert events == (0,)
+    assert lost == [0, 0]  # no pass was overtaken: not one write refused by the fence
+    assert await count(conn, FENCING_VIOLATIONS) == 0
     assert held_names(sim.simulator)["railway.services"] == [f"convos-agent-slow{i}" for i in range(4)]
 
 

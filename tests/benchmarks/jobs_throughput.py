@@ -77,6 +77,8 @@ API_KEY = "benchmark-api-key"
 NOWHERE = "http://127.0.0.1:9"
 """Provider base URL of the in-process runtime: only its job loop runs, which calls no provider."""
 
+PROCRASTINATE_DATABASE = "bench_procrastinate"
+OUR_DATABASE = "bench_paid_jobs"
 LIVE_JOBS = "SELECT count(*) FROM service_jobs WHERE status IN ('pending', 'running')"
 OUR_FIGURES = """
 SELECT count(*) FILTER (WHERE status = 'completed') AS completed,
@@ -174,6 +176,45 @@ def process_cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def backend_cpu(database: str) -> dict[int, float]:
+    """CPU seconds of each Postgres backend connected to ``database``, by pid (Linux ``/proc``; else empty).
+
+    A backend's title is ``postgres: <user> <database> <client> <state>``.
+    """
+    found: dict[int, float] = {}
+    for entry in Path("/proc").iterdir() if Path("/proc").is_dir() else ():
+        if not entry.name.isdigit():
+            continue
+        try:
+            title = (entry / "cmdline").read_bytes().split(b"\0")[0].split()
+        except OSError:
+            continue
+        if len(title) >= 3 and title[0] == b"postgres:" and title[2] == database.encode():
+            cpu = process_cpu_seconds(int(entry.name))
+            if cpu is not None:
+                found[int(entry.name)] = cpu
+    return found
+
+
+@dataclass(frozen=True)
+class CpuMark:
+    """Where the CPU went from a mark on: this process (the queue's Python) and the database's backends."""
+
+    python: float
+    postgres: dict[int, float]
+
+    @classmethod
+    def now(cls, database: str) -> CpuMark:
+        return cls(time.process_time(), backend_cpu(database))
+
+    def per_job_ms(self, later: CpuMark, jobs: int) -> dict[str, float]:
+        postgres = sum(cpu - self.postgres.get(pid, 0.0) for pid, cpu in later.postgres.items())
+        return {
+            "python_cpu_ms_per_job": round((later.python - self.python) * 1000 / jobs, 3),
+            "postgres_cpu_ms_per_job": round(postgres * 1000 / jobs, 3),
+        }
+
+
 def _ms(delta: Any) -> float | None:
     return round(delta.total_seconds() * 1000, 1) if delta is not None else None
 
@@ -186,7 +227,7 @@ async def procrastinate_burn_down(server_url: str, jobs: int, concurrency: int) 
     import procrastinate
 
     logging.getLogger("procrastinate").setLevel(logging.ERROR)
-    with fresh_database(server_url, "bench_procrastinate", migrated=False) as url:
+    with fresh_database(server_url, PROCRASTINATE_DATABASE, migrated=False) as url:
         app = procrastinate.App(
             connector=procrastinate.PsycopgConnector(conninfo=url, min_size=1, max_size=max(10, concurrency + 2))
         )
@@ -205,6 +246,7 @@ async def procrastinate_burn_down(server_url: str, jobs: int, concurrency: int) 
             await vacuum_analyze(url)
             before = await counters(url)
             load_average = machine_load()
+            mark = CpuMark.now(PROCRASTINATE_DATABASE)
             started = time.perf_counter()
             await app.run_worker_async(
                 queues=["bench"],
@@ -215,11 +257,13 @@ async def procrastinate_burn_down(server_url: str, jobs: int, concurrency: int) 
                 delete_jobs="never",
             )
             drain_seconds = time.perf_counter() - started
+            cpu = mark.per_job_ms(CpuMark.now(PROCRASTINATE_DATABASE), jobs)
         async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
             statuses = {status: int(n) for status, n in await (await conn.execute(PROCRASTINATE_STATUSES)).fetchall()}
         cost = await cost_per_job(url, before, jobs)
     return {
         **cost,
+        **cpu,
         "load_average": load_average,
         "concurrency": concurrency,
         "enqueue_jobs_per_second": round(jobs / enqueue_seconds, 1),
@@ -263,10 +307,13 @@ async def admit_all(url: str, caller_ids: Sequence[Any], jobs: int, connections:
     return time.perf_counter() - started
 
 
-async def run_loop_until_drained(url: str, options: RuntimeOptions) -> datetime:
-    """Run ``reconciler run``'s job loop until no job is pending or running; returns when it started."""
+async def run_loop_until_drained(url: str, options: RuntimeOptions, jobs: int) -> tuple[datetime, dict[str, float]]:
+    """Run ``reconciler run``'s job loop until no job is pending or running; returns when it
+    started and the CPU it took per job (marked before its pool closes, so no backend is gone)."""
     runtime = Runtime(load_settings(simulated_env_for(NOWHERE)), url, options, Metrics(CollectorRegistry()))
     stop = asyncio.Event()
+    mark = CpuMark.now(OUR_DATABASE)
+    cpu: dict[str, float] = {}
 
     async def watch() -> None:
         async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
@@ -274,6 +321,7 @@ async def run_loop_until_drained(url: str, options: RuntimeOptions) -> datetime:
                 await asyncio.sleep(0.05)
                 row = await (await conn.execute(LIVE_JOBS)).fetchone()
                 if row is not None and row[0] == 0:
+                    cpu.update(mark.per_job_ms(CpuMark.now(OUR_DATABASE), jobs))
                     stop.set()
 
     async with runtime:
@@ -284,7 +332,7 @@ async def run_loop_until_drained(url: str, options: RuntimeOptions) -> datetime:
         finally:
             stop.set()
             await watcher
-    return started_at
+    return started_at, cpu
 
 
 def simulated_env_for(root: str) -> dict[str, str]:
@@ -315,7 +363,7 @@ async def audit(url: str) -> dict[str, Any]:
 async def our_burn_down(
     server_url: str, jobs: int, callers: int, admit_connections: int, options: RuntimeOptions
 ) -> dict[str, Any]:
-    with fresh_database(server_url, "bench_paid_jobs", migrated=True) as url:
+    with fresh_database(server_url, OUR_DATABASE, migrated=True) as url:
         async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
             per_caller = -(-jobs // callers)
             issued = await create_callers(conn, "burn", callers, per_caller)
@@ -324,7 +372,7 @@ async def our_burn_down(
         await vacuum_analyze(url)
         before = await counters(url)
         load_average = machine_load()
-        drain_started = await run_loop_until_drained(url, options)
+        drain_started, cpu = await run_loop_until_drained(url, options, jobs)
         cost = await cost_per_job(url, before, jobs)
         commit_ms = await commit_milliseconds(url)
         async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
@@ -333,6 +381,7 @@ async def our_burn_down(
     drain_seconds = (figures["last_finished"] - drain_started).total_seconds()
     return {
         **cost,
+        **cpu,
         "load_average": load_average,
         "commit_ms": commit_ms,
         "callers": callers,
@@ -660,14 +709,15 @@ def markdown(r: dict[str, object]) -> str:
         f"Measured {res['measured_at']}, {res['jobs']:,} jobs on each side.",
         "",
         "| run | enqueue / admit (jobs/s) | drain (s) | drain (jobs/s) | commits / job | WAL bytes / job "
-        "| load average at start | all done |",
-        "|---|---:|---:|---:|---:|---:|---:|---|",
+        "| Python CPU / job (ms) | Postgres CPU / job (ms) | load average at start | all done |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for peer in res["procrastinate"]:
         lines.append(
             f"| procrastinate {res['procrastinate_version']}, concurrency {peer['concurrency']}, run {peer['run']} "
             f"| {peer['enqueue_jobs_per_second']:,.0f} | {peer['drain_seconds']} | "
             f"{peer['drain_jobs_per_second']:,.0f} | {peer['commits_per_job']} | {peer['wal_bytes_per_job']:,} | "
+            f"{peer.get('python_cpu_ms_per_job', '-')} | {peer.get('postgres_cpu_ms_per_job', '-')} | "
             f"{peer['load_average']} | {'yes' if peer['complete'] else peer['statuses']} |"
         )
     for run in res["our_runs"]:
@@ -677,6 +727,7 @@ def markdown(r: dict[str, object]) -> str:
             f"| {run['admit_jobs_per_second']:,.0f} "
             f"({run['admit_connections']} connections, {run['callers']} callers) | {run['drain_seconds']} | "
             f"{run['drain_jobs_per_second']:,.0f} | {run['commits_per_job']} | {run['wal_bytes_per_job']:,} | "
+            f"{run.get('python_cpu_ms_per_job', '-')} | {run.get('postgres_cpu_ms_per_job', '-')} | "
             f"{run['load_average']} | {'yes' if run['complete'] else run['completed']} |"
         )
     if best is not None:
@@ -748,6 +799,17 @@ def findings(r: Any) -> list[str]:
             "a paid job also writes its charge and its capture (two transfers) and the idempotency and "
             "ledger bookkeeping."
         )
+    if "python_cpu_ms_per_job" in ours:
+        split = (
+            f"Where our drain's time goes, per job: {ours['python_cpu_ms_per_job']} ms of CPU in the loop's Python "
+            f"and {ours['postgres_cpu_ms_per_job']} ms in its Postgres backends"
+        )
+        if best is not None and "python_cpu_ms_per_job" in best:
+            split += (
+                f" (procrastinate: {best['python_cpu_ms_per_job']} ms and {best['postgres_cpu_ms_per_job']} ms); "
+                "the two run on the two cores at once, so the larger bounds the rate"
+            )
+        notes.append(split + ".")
     notes.append(
         "No hot row: the escrow and revenue accounts keep no cached balance (the audit derives theirs from "
         "the transfers), so the terminations of different callers never queue on one row; a refund updates "

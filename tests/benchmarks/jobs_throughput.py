@@ -5,15 +5,17 @@ One Postgres server, one run, three parts, each on a fresh database of its own:
 1. **procrastinate** (3.10, the closest Python peer; a benchmark-only dependency, the ``bench``
    extra): ``jobs`` no-op jobs enqueued with ``batch_defer_async`` in batches of 1,000, then
    ``VACUUM ANALYZE``, then drained by its own worker, ``run_worker_async(wait=False)``, once per
-   concurrency in ``procrastinate_concurrency``; the best drain rate is the one compared.
+   concurrency in ``procrastinate_concurrency``. Each burn-down runs in a fresh process of its own,
+   ``repeats`` rounds of them; each side's median run is compared (procrastinate's at the
+   concurrency whose median is best).
 2. **Ours**: ``callers`` callers are created and credited, then ``jobs`` paid no-op jobs
    (``util.delay-echo`` with ``seconds: 0``, 1 credit each, callers taken in turn) are admitted
    through the admission code (:func:`desired_state.services.intake.admit`, the ``paid_admit``
    transaction: key, rate limit, balance, charge, job row, NOTIFY) from ``admit_connections``
    connections; ``VACUUM ANALYZE``; then the job loop ``reconciler run`` runs
    (:meth:`reconciler.jobs.runner.JobRunner.run_forever` of a :class:`reconciler.runtime.Runtime`
-   built with ``reconciler run``'s defaults, in this process) until no job is live, and the ledger
-   audit (I1-I7) runs over the result. The drain time is from the loop's start to the last
+   built with ``reconciler run``'s defaults) until no job is live, and the ledger audit (I1-I7)
+   runs over the result. The drain time is from the loop's start to the last
    ``finished_at`` (stamped by the loop's clock), so the watcher that notices the end adds nothing.
 3. **HTTP admission**: the real ``reconciler run`` (API and loop, a child process, the simulated
    providers behind it) takes ``POST /api/services/invoke/util/delay-echo`` with ``seconds: 0``
@@ -28,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib.util
+import json
 import logging
 import os
 import signal
@@ -585,22 +588,23 @@ async def run(
     ``repeats`` rounds, each round procrastinate at every concurrency and then ours, and each side
     is represented by its median run (procrastinate at the concurrency whose median is best)."""
     quiet_logs()
-    options = RuntimeOptions(engine=EngineSettings())
-    jobs_settings = options.jobs
-    if job_concurrency:
-        jobs_settings = replace(jobs_settings, concurrency=job_concurrency)
-    if job_batch_size:
-        jobs_settings = replace(jobs_settings, batch_size=job_batch_size)
-    options = replace(options, jobs=jobs_settings)
-
     peer: list[dict[str, Any]] = []
     our_runs: list[dict[str, Any]] = []
     installed = procrastinate_installed()
     for repeat in range(1, repeats + 1):
         if installed:
             for concurrency in procrastinate_concurrency:
-                peer.append({"run": repeat, **await procrastinate_burn_down(server_url, jobs, concurrency)})
-        our_runs.append({"run": repeat, **await our_burn_down(server_url, jobs, callers, admit_connections, options)})
+                task = {"part": "procrastinate", "jobs": jobs, "concurrency": concurrency}
+                peer.append({"run": repeat, **await burn_down_in_child(server_url, task)})
+        task = {
+            "part": "ours",
+            "jobs": jobs,
+            "callers": callers,
+            "admit_connections": admit_connections,
+            "job_concurrency": job_concurrency,
+            "job_batch_size": job_batch_size,
+        }
+        our_runs.append({"run": repeat, **await burn_down_in_child(server_url, task)})
     peer_version = _version("procrastinate") if installed else None
     http = await http_admission(server_url, http_clients, http_seconds) if http_seconds > 0 else None
 
@@ -636,6 +640,45 @@ def round_ratios(r: Any) -> list[float]:
         if peers:
             ratios.append(round(ours["drain_jobs_per_second"] / max(peers), 1))
     return ratios
+
+
+# -- each burn-down in a fresh process ------------------------------------------------------------
+
+CHILD_TASK = "BENCH_JOBS_CHILD"
+"""Set in a child's environment: the burn-down it runs (JSON), the server URL beside it."""
+
+
+def loop_options(job_concurrency: int = 0, job_batch_size: int = 0) -> RuntimeOptions:
+    """``reconciler run``'s runtime options, with the job loop's size changed where asked (0: default)."""
+    options = RuntimeOptions(engine=EngineSettings())
+    jobs_settings = options.jobs
+    if job_concurrency:
+        jobs_settings = replace(jobs_settings, concurrency=job_concurrency)
+    if job_batch_size:
+        jobs_settings = replace(jobs_settings, batch_size=job_batch_size)
+    return replace(options, jobs=jobs_settings)
+
+
+async def burn_down_in_child(server_url: str, task: dict[str, Any]) -> dict[str, Any]:
+    """Run one burn-down in a fresh Python process, as a worker process would be: nothing another
+    run left in memory (objects, pools, the collector's work) weighs on it, and its CPU is its own."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), CHILD_TASK: json.dumps(task), "BENCH_DATABASE_URL": server_url}
+    child = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "tests.benchmarks.jobs_throughput", cwd=ROOT, env=env, stdout=subprocess.PIPE
+    )
+    out, _ = await child.communicate()
+    if child.returncode != 0:
+        raise RuntimeError(f"the {task['part']} burn-down exited with code {child.returncode}")
+    answer: dict[str, Any] = json.loads(out.decode().strip().splitlines()[-1])
+    return answer
+
+
+async def child_burn_down(server_url: str, task: dict[str, Any]) -> dict[str, Any]:
+    quiet_logs()
+    if task["part"] == "procrastinate":
+        return await procrastinate_burn_down(server_url, task["jobs"], task["concurrency"])
+    options = loop_options(task["job_concurrency"], task["job_batch_size"])
+    return await our_burn_down(server_url, task["jobs"], task["callers"], task["admit_connections"], options)
 
 
 def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -856,23 +899,28 @@ callers created and credited, then 10,000 `util.delay-echo` jobs (`seconds: 0`, 
 the callers in turn) admitted through `intake.admit` (the `paid_admit` transaction: advisory
 lock, key, rate limit, balance, charge, job row, NOTIFY) from 8 connections, `VACUUM ANALYZE`,
 then `JobRunner.run_forever` of a `Runtime` built with `reconciler run`'s defaults (the same
-loop code; in the benchmark's process, so only the job loop runs) until no job is live. Each of
-our jobs is claimed in a batch, run by the real handler, ended by `paid_terminate` (guarded
-status change, capture escrow -> revenue, NOTIFY), and the ledger audit (I1-I7) runs over the
-result. Our drain time is from the loop's start to the last `finished_at`. Finished rows are
-kept on both sides. The burn-downs run three rounds (each round procrastinate at C = 1, 10, 50,
-then ours), since the shared machine's load drifts; each side is represented by its median run,
-procrastinate at the concurrency whose median is best. **HTTP**: the real `reconciler run` (API
-and loop; the simulated providers behind it, idle) in a child process; 32 clients, each its own
-caller and its own keep-alive connection, post `{"seconds": 0}` back to back for 20 s after 3
-warm-up requests each; the loop drains what they admit, then the audit runs again. The load
-generator shares the 2 cores with the server and Postgres, so it writes prebuilt request bytes
-on a keep-alive connection and reads each answer by its Content-Length (its CPU per request is
-in the table). The load average at the start of each part is in the tables: the machine is
-shared with other work."""
+loop code; only the job loop runs) until no job is live. Each of our jobs is claimed in a batch,
+run by the real handler, ended by `paid_terminate` (guarded status change, capture escrow ->
+revenue, NOTIFY), and the ledger audit (I1-I7) runs over the result. Our drain time is from the
+loop's start to the last `finished_at`. Finished rows are kept on both sides. The burn-downs run
+three rounds (each round procrastinate at C = 1, 10, 50, then ours, each burn-down in a fresh
+Python process that runs only it), since the shared machine's load drifts; each side is
+represented by its median run, procrastinate at the concurrency whose median is best. **HTTP**:
+the real `reconciler run` (API and loop; the simulated providers behind it, idle) in a child
+process; 32 clients, each its own caller and its own keep-alive connection, post `{"seconds":
+0}` back to back for 20 s after 3 warm-up requests each; the loop drains what they admit, then
+the audit runs again. The load generator shares the 2 cores with the server and Postgres, so it
+writes prebuilt request bytes on a keep-alive connection and reads each answer by its
+Content-Length (its CPU per request is in the table). The load average at the start of each part
+is in the tables: the machine is shared with other work."""
 
 
 def main() -> None:
+    task = os.environ.get(CHILD_TASK)
+    if task is not None:
+        answer = asyncio.run(child_burn_down(os.environ["BENCH_DATABASE_URL"], json.loads(task)))
+        print(json.dumps(answer, default=str))
+        return
     cli(
         __doc__.splitlines()[0] if __doc__ else None,
         run,

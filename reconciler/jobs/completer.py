@@ -9,17 +9,26 @@ statement that calls ``paid_terminate`` once per job (the same function, the sam
 late worker still changes nothing), in job-id order so two batches never wait on each other.
 Each caller gets its own job's :class:`~desired_state.services.termination.Termination`.
 
-The batch is one transaction: if the database fails it, every job in it is left running under its
-lease, and the lapsed-lease sweep decides for each (as for a worker that died).
+The batch is one transaction. Postgres may roll it back for a deadlock or a serialization failure
+(SQLSTATE class 40, ``transaction_rollback``: another transaction locked some of the same rows in
+another order); then
+nothing was written, so the same batch is written again, a few times with a short jittered pause.
+That is safe because every end is guarded by its claim: a retry of an end that another worker
+overtook meanwhile changes nothing. If the database fails the batch otherwise (or every attempt
+is rolled back), every job in it is left running under its lease, and the lapsed-lease sweep
+decides for each (as for a worker that died).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import random
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+import psycopg
 from psycopg import AsyncConnection
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
@@ -27,7 +36,14 @@ from psycopg_pool import AsyncConnectionPool
 from desired_state.services.termination import MAX_ERROR_MESSAGE_CHARS, JobError, Termination, proxy_answer
 from desired_state.services.vocabulary import Clock, JobStatus, Settlement
 
+log = logging.getLogger(__name__)
+
 MAX_BATCH = 256
+WRITE_ATTEMPTS = 3
+"""A batch rolled back by a deadlock or a serialization failure is written again, this many times in all."""
+ROLLED_BACK_SQLSTATE_CLASS = "40"
+RETRY_PAUSE_SECONDS = 0.05
+"""The longest pause before writing a rolled-back batch again (jittered, so two rivals part)."""
 
 # One paid_terminate per job, guarded by the worker's claim (still running, still its token).
 TERMINATE_MANY = """
@@ -78,7 +94,7 @@ class Completer:
             batch = sorted(self._queue[:MAX_BATCH], key=lambda item: item.job_id)
             del self._queue[:MAX_BATCH]
             try:
-                ended = await self._write(batch)
+                ended = await self._write_retrying(batch)
             except BaseException as exc:
                 for item in batch:
                     if not item.done.done():
@@ -88,6 +104,17 @@ class Completer:
                 continue
             for item in batch:
                 item.done.set_result(ended.get(item.job_id, Termination(False, None, None)))
+
+    async def _write_retrying(self, batch: list[_End]) -> dict[uuid.UUID, Termination]:
+        for attempt in range(1, WRITE_ATTEMPTS + 1):
+            try:
+                return await self._write(batch)
+            except psycopg.OperationalError as exc:
+                if not _rolled_back(exc) or attempt == WRITE_ATTEMPTS:
+                    raise
+                log.info("a batch of %d job ends was rolled back (%s); writing it again", len(batch), exc.sqlstate)
+                await asyncio.sleep(random.uniform(0, RETRY_PAUSE_SECONDS))
+        raise AssertionError("unreachable")
 
     async def _write(self, batch: list[_End]) -> dict[uuid.UUID, Termination]:
         answers = [proxy_answer(item.status, item.result, item.error) for item in batch]
@@ -111,3 +138,12 @@ class Completer:
             )
             for job_id, changed, status, settlement in rows
         }
+
+
+def _rolled_back(exc: psycopg.Error) -> bool:
+    """Postgres rolled the transaction back (deadlock, serialization failure): nothing was written.
+
+    psycopg raises these as their own classes (``DeadlockDetected``, ``SerializationFailure``), not
+    subclasses of ``TransactionRollback``, so the SQLSTATE class is what names them all.
+    """
+    return (exc.sqlstate or "").startswith(ROLLED_BACK_SQLSTATE_CLASS)

@@ -151,7 +151,9 @@ class JobRunner:
             on_lost=self._lost,
             params=lambda: {"now": self.clock(), "services": self.services},
         )
-        self._running: dict[tuple[Hashable, int], tuple[JobContext | None, asyncio.Event]] = {}
+        # Each running claim's context and its stop signal: a bare future, which asyncio.wait takes
+        # as it is (an Event would need a waiter task per job).
+        self._running: dict[tuple[Hashable, int], tuple[JobContext | None, asyncio.Future[None]]] = {}
         self._running_tokens: dict[Hashable, set[int]] = {}  # job -> its running claims (a NOTIFY names the job)
         self._tasks: set[asyncio.Task[JobOutcome | None]] = set()
         self._wake = asyncio.Event()
@@ -241,7 +243,7 @@ class JobRunner:
         for context, stopped in self._running.values():
             if context is not None:
                 context.stopped = True
-            stopped.set()
+            _signal(stopped)
         if self._tasks:
             await asyncio.wait(set(self._tasks))
         self._stopping = False
@@ -283,7 +285,7 @@ class JobRunner:
         key = (claim.job_id, claim.fencing_token)
         if not self.leases.start(*key):
             return None
-        stopped = asyncio.Event()
+        stopped: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._running[key] = (None, stopped)
         self._running_tokens.setdefault(claim.job_id, set()).add(claim.fencing_token)
         started = time.monotonic()
@@ -304,7 +306,7 @@ class JobRunner:
             self._metrics.job_seconds.labels(claim.service_id).observe(time.monotonic() - started)
         return outcome
 
-    async def _run(self, claim: work.ClaimedJob, stopped: asyncio.Event) -> JobOutcome:
+    async def _run(self, claim: work.ClaimedJob, stopped: asyncio.Future[None]) -> JobOutcome:
         try:
             definition = self.registry.get(claim.service_id)
         except UnknownService:
@@ -331,11 +333,7 @@ class JobRunner:
         self._running[(claim.job_id, claim.fencing_token)] = (context, stopped)
         remaining = (claim.deadline - self.clock()).total_seconds()
         running = asyncio.create_task(handler(context), name=f"handler-{claim.service_id}")
-        stop_waiter = asyncio.create_task(stopped.wait())
-        try:
-            await asyncio.wait({running, stop_waiter}, timeout=max(0.0, remaining), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stop_waiter.cancel()
+        await asyncio.wait({running, stopped}, timeout=max(0.0, remaining), return_when=asyncio.FIRST_COMPLETED)
         if not running.done():
             context.stopped = True
             running.cancel()
@@ -344,7 +342,7 @@ class JobRunner:
             current = asyncio.current_task()
             if current is not None and current.cancelling():
                 raise asyncio.CancelledError  # this run itself is being cancelled: write nothing
-            if stopped.is_set():
+            if stopped.done():
                 if self._stopping:
                     return await self._interrupted(claim)
                 return JobOutcome(claim.job_id, claim.service_id, "lost", changed=False)
@@ -415,7 +413,7 @@ class JobRunner:
             context, stopped = running
             if context is not None:
                 context.stopped = True
-            stopped.set()
+            _signal(stopped)
 
     def _count(self, service_id: str, status: JobStatus) -> None:
         self._metrics.jobs_finished.labels(service_id, status.value).inc()
@@ -495,6 +493,11 @@ class JobRunner:
                 log.warning("job LISTEN connection lost (%s); reconnecting in %.1fs", type(exc).__name__, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
+
+
+def _signal(stopped: asyncio.Future[None]) -> None:
+    if not stopped.done():
+        stopped.set_result(None)
 
 
 def _first_line(exc: BaseException) -> str:

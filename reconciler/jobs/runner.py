@@ -333,7 +333,8 @@ class JobRunner:
         self._running[(claim.job_id, claim.fencing_token)] = (context, stopped)
         remaining = (claim.deadline - self.clock()).total_seconds()
         running = asyncio.create_task(handler(context), name=f"handler-{claim.service_id}")
-        await asyncio.wait({running, stopped}, timeout=max(0.0, remaining), return_when=asyncio.FIRST_COMPLETED)
+        waiting: set[asyncio.Future[Any]] = {running, stopped}
+        await asyncio.wait(waiting, timeout=max(0.0, remaining), return_when=asyncio.FIRST_COMPLETED)
         if not running.done():
             context.stopped = True
             running.cancel()

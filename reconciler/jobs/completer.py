@@ -9,6 +9,12 @@ statement that calls ``paid_terminate`` once per job (the same function, the sam
 late worker still changes nothing), in job-id order so two batches never wait on each other.
 Each caller gets its own job's :class:`~desired_state.services.termination.Termination`.
 
+Two batches are in flight at once (``WRITERS``): while one is in Postgres (its updates, its
+commit), the ends finishing meanwhile queue and go out as the next, on another connection, so
+the loop's Python and its Postgres work overlap on two cores instead of taking turns. The batches
+hold disjoint jobs; two refunds of one caller in two batches may still lock its account in
+opposite orders, which is the rolled-back case below.
+
 The batch is one transaction. Postgres may roll it back for a deadlock or a serialization failure
 (SQLSTATE class 40, ``transaction_rollback``: another transaction locked some of the same rows in
 another order); then
@@ -39,20 +45,25 @@ from desired_state.services.vocabulary import Clock, JobStatus, Settlement
 log = logging.getLogger(__name__)
 
 MAX_BATCH = 256
+WRITERS = 2
+"""Batches written at once: while one is in Postgres, the loop's Python gathers and sends the next."""
 WRITE_ATTEMPTS = 3
 """A batch rolled back by a deadlock or a serialization failure is written again, this many times in all."""
 ROLLED_BACK_SQLSTATE_CLASS = "40"
 RETRY_PAUSE_SECONDS = 0.05
 """The longest pause before writing a rolled-back batch again (jittered, so two rivals part)."""
 
-# One paid_terminate per job, guarded by the worker's claim (still running, still its token).
+# One paid_terminate per job, guarded by the worker's claim (still running, still its token). The
+# JSON values travel as one JSON array each (a jsonb[] parameter is escaped element by element).
 TERMINATE_MANY = """
 SELECT t.job_id, r.changed, r.status, r.settlement
-  FROM unnest(%(job_ids)s::uuid[], %(statuses)s::text[], %(tokens)s::bigint[], %(results)s::jsonb[],
-              %(codes)s::text[], %(messages)s::text[], %(response_statuses)s::int[], %(response_bodies)s::jsonb[])
+  FROM ROWS FROM (unnest(%(job_ids)s::uuid[]), unnest(%(statuses)s::text[]), unnest(%(tokens)s::bigint[]),
+                  jsonb_array_elements(%(results)s::jsonb), unnest(%(codes)s::text[]), unnest(%(messages)s::text[]),
+                  unnest(%(response_statuses)s::int[]), jsonb_array_elements(%(response_bodies)s::jsonb))
        WITH ORDINALITY AS t(job_id, status, token, result, code, message, response_status, response_body, n)
- CROSS JOIN LATERAL paid_terminate(t.job_id, t.status, ARRAY['running'], t.token, %(now)s, t.result, t.code,
-                                   t.message, t.response_status, t.response_body, NULL, NULL, NULL) AS r
+ CROSS JOIN LATERAL paid_terminate(t.job_id, t.status, ARRAY['running'], t.token, %(now)s,
+                                   NULLIF(t.result, 'null'::jsonb), t.code, t.message, t.response_status,
+                                   t.response_body, NULL, NULL, NULL) AS r
  ORDER BY t.n
 """
 
@@ -74,7 +85,7 @@ class Completer:
         self._pool = pool
         self._clock = clock
         self._queue: list[_End] = []
-        self._flushing: asyncio.Task[None] | None = None
+        self._flushing: set[asyncio.Task[None]] = set()
 
     async def end(
         self, job_id: uuid.UUID, token: int, status: JobStatus, *, result: Any = None, error: JobError | None = None
@@ -84,8 +95,10 @@ class Completer:
             raise ValueError("a completed job carries no error")
         item = _End(job_id, token, status, result, error)
         self._queue.append(item)
-        if self._flushing is None or self._flushing.done():
-            self._flushing = asyncio.create_task(self._flush())
+        if len(self._flushing) < WRITERS:
+            flushing = asyncio.create_task(self._flush())
+            self._flushing.add(flushing)
+            flushing.add_done_callback(self._flushing.discard)
         return await item.done
 
     async def _flush(self) -> None:
@@ -122,11 +135,11 @@ class Completer:
             "job_ids": [item.job_id for item in batch],
             "statuses": [item.status.value for item in batch],
             "tokens": [item.token for item in batch],
-            "results": [Jsonb(item.result) if item.result is not None else None for item in batch],
+            "results": Jsonb([item.result for item in batch]),
             "codes": [item.error.code.value if item.error else None for item in batch],
             "messages": [item.error.message[:MAX_ERROR_MESSAGE_CHARS] if item.error else None for item in batch],
             "response_statuses": [status for status, _ in answers],
-            "response_bodies": [Jsonb(body) for _, body in answers],
+            "response_bodies": Jsonb([body for _, body in answers]),
             "now": self._clock(),
         }
         async with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:

@@ -90,8 +90,9 @@ JOB_CLAIMS = ClaimStatements(
 class JobSettings:
     """Size and timing of the job loop (seconds unless it says otherwise)."""
 
-    concurrency: int = 256
-    """Handlers running at once in one process (coroutines: mostly waiting)."""
+    concurrency: int = 512
+    """Handlers running at once in one process (coroutines: mostly waiting). Twice the claim batch, so
+    the next batch is claimed while one runs and its ends are written."""
     batch_size: int = 256
     """Most jobs claimed by one statement."""
     tick_seconds: float = 1.0

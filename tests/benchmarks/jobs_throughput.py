@@ -881,14 +881,14 @@ def findings(r: Any) -> list[str]:
         )
     if best is not None and not r["meets_ratio_target"]:
         notes.append(
-            f"The {r['target_ratio']:g}{TIMES} target is missed on this run ({r['ratio']:.1f}{TIMES}). Our loop "
-            "alternates between its Python and its Postgres more than it overlaps them (a batch is claimed, run, "
-            "then ended, while the next waits for free slots), so its rate is nearer 1 / (their sum) than "
-            "1 / (the larger); what is left: overlapping them (a claim batch of half the concurrency measured "
-            "10-20% faster in side runs, not conclusive on this machine), and the per-job costs themselves: Python "
-            "(three asyncio tasks, input and output validation, the metrics) and Postgres (`paid_terminate` is "
-            "plpgsql per row and two non-HOT updates per job touch every index of `service_jobs`; a NOTIFY per "
-            "termination)."
+            f"The {r['target_ratio']:g}{TIMES} target is missed on this run ({r['ratio']:.1f}{TIMES}). The loop "
+            "already overlaps what it can in one process (claims of 256 with 512 handler slots, so the next "
+            "batch is claimed while one runs; two termination batches in flight at once), but on two cores "
+            "shared with the load of other processes its rate stays near 1 / (Python + Postgres CPU per job). "
+            "What is left is the per-job cost itself: Python (two asyncio tasks per job, input and output "
+            "validation, the metrics) and Postgres (`paid_terminate` is plpgsql per row, and the claim and the "
+            "termination are two non-HOT updates that touch every index of `service_jobs`; a NOTIFY per "
+            "termination); a set-based termination and HOT-friendly indexes are the next steps."
         )
     if http is not None:
         verdict = "meets" if http["meets_target"] else "misses"
@@ -896,7 +896,8 @@ def findings(r: Any) -> list[str]:
         notes.append(
             f"HTTP admission {verdict} the p99 target: {http['requests_per_second']:,.0f} requests/s, p50 "
             f"{http['p50_ms']} ms, p99 {http['p99_ms']} ms. Each admission is its own transaction (a 202 promises "
-            "that the charge and the job are durable): a key lookup and `paid_admit`, two round trips and a commit, "
+            "that the charge and the job are durable): a key lookup and `paid_admit`, two round trips (`paid_admit` "
+            "is one statement, run in autocommit: no BEGIN or COMMIT round trip of its own), "
             f"{http['server_cpu_ms_per_request']} ms of the server's CPU per request with its job loop included. "
             f"{http['clients']} clients that each wait for their answer queue for {http['clients']} / (requests per "
             f"second) = {mean_ms:.1f} ms on average; the p99 is the tail above that, in one `reconciler run` process "

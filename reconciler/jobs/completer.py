@@ -17,9 +17,8 @@ opposite orders, which is the rolled-back case below.
 
 The batch is one transaction. Postgres may roll it back for a deadlock or a serialization failure
 (SQLSTATE class 40, ``transaction_rollback``: another transaction locked some of the same rows in
-another order); then
-nothing was written, so the same batch is written again, a few times with a short jittered pause.
-That is safe because every end is guarded by its claim: a retry of an end that another worker
+another order); then nothing was written, so the same batch is written again, a few times with a
+short jittered pause. That is safe because every end is guarded by its claim: a retry of an end that another worker
 overtook meanwhile changes nothing. If the database fails the batch otherwise (or every attempt
 is rolled back), every job in it is left running under its lease, and the lapsed-lease sweep
 decides for each (as for a worker that died).

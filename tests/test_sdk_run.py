@@ -34,7 +34,7 @@ from reconciler.demo import simulated_env
 from reconciler.webhooks.signing import new_secret
 from tests.conftest import Sim
 from tests.sdk_support import DropFirstPost, sdk
-from tests.support import free_port
+from tests.support import free_port, until
 from tests.webhook_receiver import Receiver, running_receiver
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -97,10 +97,7 @@ async def _scalar(db_url: str, query: str, *args: Any) -> Any:
 
 
 async def _until_delivered(receiver: Receiver, key: str) -> None:
-    deadline = time.monotonic() + 30
-    while key not in receiver.ids():
-        assert time.monotonic() < deadline, f"no webhook {key}"
-        await asyncio.sleep(0.1)
+    await until(lambda: key in receiver.ids(), 30, interval=0.1, message=f"no webhook {key}")
 
 
 @pytest.mark.timeout(240)

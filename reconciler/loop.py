@@ -36,6 +36,7 @@ from psycopg_pool import AsyncConnectionPool
 from providers.base import ResourceKind
 from reconciler import queries
 from reconciler.engine import Claim, Outcome, Reconciler
+from reconciler.logs import first_line
 from reconciler.metrics import NOT_CONVERGED_REASONS, PROVIDERS, Metrics
 from reconciler.observe import Observer
 from reconciler.status import phase_counts
@@ -143,7 +144,7 @@ class Worker:
         try:
             await self.reconciler.leases.release_unstarted()
         except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
-            log.warning("could not hand back unstarted claims (they expire instead): %s", _first_line(exc))
+            log.warning("could not hand back unstarted claims (they expire instead): %s", first_line(exc))
 
     async def tick(self) -> None:
         if self._stopping:
@@ -174,7 +175,7 @@ class Worker:
             log.info("observation cycle interrupted by shutdown")
             return
         except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
-            log.error("database unavailable, observation skipped: %s", _first_line(exc))
+            log.error("database unavailable, observation skipped: %s", first_line(exc))
             return
         except Exception:
             log.exception("observation cycle failed")
@@ -284,8 +285,3 @@ class Worker:
                 log.warning("LISTEN connection lost (%s); reconnecting in %.1fs", type(exc).__name__, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__

@@ -36,6 +36,7 @@ from psycopg_pool import AsyncConnectionPool
 from providers.base import ResourceKind
 from reconciler import queries
 from reconciler.engine import Claim, Outcome, Reconciler
+from reconciler.listen import listen_forever
 from reconciler.logs import first_line
 from reconciler.metrics import NOT_CONVERGED_REASONS, PROVIDERS, Metrics
 from reconciler.observe import Observer
@@ -271,17 +272,11 @@ class Worker:
             self._stopping = False  # drain() on demand works again
 
     async def _listen(self, stop: asyncio.Event) -> None:
-        delay = 0.5
-        while not stop.is_set():
-            try:
-                conn = await psycopg.AsyncConnection.connect(self._database_url, autocommit=True)
-                async with conn:
-                    await conn.execute(f"LISTEN {WAKE_CHANNEL}")
-                    delay = 0.5
-                    self.wake()  # anything written while we were not listening
-                    async for _ in conn.notifies():
-                        self.wake()
-            except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
-                log.warning("LISTEN connection lost (%s); reconnecting in %.1fs", type(exc).__name__, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
+        await listen_forever(
+            self._database_url,
+            [WAKE_CHANNEL],
+            stop,
+            on_connect=self.wake,
+            on_notice=lambda _: self.wake(),
+            name="reconcile",
+        )

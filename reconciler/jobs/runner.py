@@ -72,6 +72,7 @@ from reconciler.claims import ClaimStatements, Leases, LeaseSettings
 from reconciler.jobs import queries
 from reconciler.jobs.completer import Completer
 from reconciler.jobs.handlers import HandlerRegistry, JobCancelled, JobContext, JobFailed
+from reconciler.listen import listen_forever
 from reconciler.logs import first_line
 from reconciler.metrics import LIVE_JOB_STATUSES, Metrics
 
@@ -477,22 +478,20 @@ class JobRunner:
 
     async def _listen(self, stop: asyncio.Event) -> None:
         assert self._database_url is not None
-        delay = 0.5
-        while not stop.is_set():
-            try:
-                conn = await psycopg.AsyncConnection.connect(self._database_url, autocommit=True)
-                async with conn:
-                    await conn.execute(f"LISTEN {WAKE_CHANNEL}")
-                    await conn.execute(f"LISTEN {DONE_CHANNEL}")
-                    delay = 0.5
-                    self._wake.set()
-                    async for notice in conn.notifies():
-                        if notice.channel == WAKE_CHANNEL:
-                            self._wake.set()
-                        else:
-                            with contextlib.suppress(ValueError):
-                                self._lost_everywhere(UUID(notice.payload))
-            except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
-                log.warning("job LISTEN connection lost (%s); reconnecting in %.1fs", type(exc).__name__, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
+        await listen_forever(
+            self._database_url,
+            [WAKE_CHANNEL, DONE_CHANNEL],
+            stop,
+            on_connect=self._wake.set,
+            on_notice=self._on_notice,
+            name="job",
+        )
+
+    def _on_notice(self, notice: psycopg.Notify) -> None:
+        if notice.channel == WAKE_CHANNEL:
+            # New or due work: claim now.
+            self._wake.set()
+        else:
+            # A job ended elsewhere (cancelled, terminated): stop its handler here if it runs.
+            with contextlib.suppress(ValueError):
+                self._lost_everywhere(UUID(notice.payload))

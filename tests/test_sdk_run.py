@@ -9,7 +9,6 @@ retried with the same idempotency key and charged once.
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import sys
 import time
@@ -30,11 +29,10 @@ from starlette.routing import Route
 from desired_state.services import callers, ledger
 from desired_state.webhooks import webhook_id
 from providers.simulated.server import serve_in_background
-from reconciler.demo import simulated_env
 from reconciler.webhooks.signing import new_secret
 from tests.conftest import Sim
 from tests.sdk_support import DropFirstPost, sdk
-from tests.support import free_port, until
+from tests.support import cli_env, free_port, until
 from tests.webhook_receiver import Receiver, running_receiver
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -51,13 +49,10 @@ async def _echo(request: Request) -> JSONResponse:
 @asynccontextmanager
 async def reconciler_run(db_url: str, sim: Sim, upstream: str) -> AsyncIterator[str]:
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAILWAY_", "SERVICE_WEBHOOK", "WEBHOOK_"))}
-    env.update(simulated_env(sim.root, sim.simulator.railway.project_id))
+    env = {k: v for k, v in cli_env(db_url, sim).items() if not k.startswith(("SERVICE_WEBHOOK", "WEBHOOK_"))}
     env.update(
-        SERVICE_DATABASE_URL=db_url,
         SERVICES_API_KEY="instance-key",
         PORT=str(port),
-        PYTHONPATH=str(ROOT),
         UTIL_ECHO_BASE_URL=upstream,
         SERVICE_WEBHOOK_SECRET=SECRET,
         WEBHOOK_ALLOW_PRIVATE="1",

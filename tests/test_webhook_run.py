@@ -4,7 +4,6 @@ sender in the same process posts them. Without a secret it says so once and reco
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 from typing import Any
 
@@ -15,20 +14,18 @@ from desired_state.services import intake, termination
 from desired_state.services.builtin import DELAY_ECHO, builtin_registry
 from desired_state.services.vocabulary import system_clock
 from desired_state.webhooks import webhook_id
-from reconciler.demo import simulated_env
 from reconciler.webhooks.signing import new_secret
 from tests.conftest import Sim
 from tests.jobs_support import new_caller
-from tests.support import ROOT, replica_args, until
+from tests.support import ROOT, cli_env, replica_args, until
 from tests.webhook_receiver import running_receiver
 
 SECRET = new_secret()
 
 
 def _env(db_url: str, sim: Sim, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAILWAY_", "SERVICE_WEBHOOK", "WEBHOOK_"))}
-    env.update(simulated_env(sim.root, sim.simulator.railway.project_id))
-    env.update(SERVICE_DATABASE_URL=db_url, PYTHONPATH=str(ROOT), WEBHOOK_ALLOW_PRIVATE="1", **extra)
+    env = {k: v for k, v in cli_env(db_url, sim).items() if not k.startswith(("SERVICE_WEBHOOK", "WEBHOOK_"))}
+    env.update(WEBHOOK_ALLOW_PRIVATE="1", **extra)
     return env
 
 

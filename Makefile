@@ -31,7 +31,8 @@ lint: $(STAMP)  ## ruff, mypy --strict, the import-linter layering contracts (py
 	$(BIN)/lint-imports
 	$(BIN)/reconciler sdk generate --check
 
-bench: $(STAMP)  ## every benchmark at full size (about 16 minutes on 2 cores); rewrites docs/benchmarks.md
+bench: $(STAMP)  ## every benchmark at full size (about 20 minutes on 2 cores); rewrites docs/benchmarks.md
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	$(BIN)/python -m tests.benchmarks
 
 clean:

@@ -33,6 +33,7 @@ import psycopg
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from psycopg_pool import AsyncConnectionPool
 
+from desired_state.vocabulary import PHASES
 from providers.base import ResourceKind
 from reconciler import queries
 from reconciler.engine import Claim, Outcome, Reconciler
@@ -206,8 +207,8 @@ class Worker:
             return  # the tick reports the outage
         self._metrics.queue_due.set(due)
         self._metrics.queue_oldest_due_seconds.set(float(oldest))
-        for phase in ("Pending", "Provisioning", "Ready", "Deleting", "Failed"):
-            self._metrics.instances.labels(phase).set(phases.get(phase, 0))
+        for phase in PHASES:
+            self._metrics.instances.labels(phase.value).set(phases.get(phase, 0))
         for reason in NOT_CONVERGED_REASONS:
             self._metrics.not_converged.labels(reason).set(reasons.get(reason, 0))
         for provider in PROVIDERS:

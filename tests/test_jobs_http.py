@@ -8,8 +8,8 @@ import httpx
 import psycopg
 from prometheus_client import CollectorRegistry
 
-from desired_state.api import ApiConfig, create_app
-from desired_state.http_paid import PaidApiConfig, PaidRoutes
+from desired_state.http import ApiConfig, create_app
+from desired_state.http.routes_paid import PaidApiConfig, PaidRoutes
 from desired_state.services import callers, ledger
 from reconciler.jobs.builtin import builtin_handlers
 from reconciler.metrics import Metrics

@@ -70,13 +70,3 @@ async def test_the_worker_process_decodes_and_survives_being_killed() -> None:
         assert await worker.decode(b"[1]", 10) == [1]
     finally:
         await worker.close()
-
-
-def test_the_compatibility_module_still_serves_its_importers() -> None:
-    from desired_state import api
-
-    with pytest.raises(ApiError, match=r"^400: a\.0: must not contain NUL characters$"):
-        api._check_strings({"a": ["x\x00"]}, "")
-    with pytest.raises(ValueError, match="NaN is not JSON"):
-        api._no_constants("NaN")
-    assert api.create_app is not None and api.ApiError is ApiError

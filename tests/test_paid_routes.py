@@ -14,8 +14,8 @@ import httpx
 import psycopg
 import pytest
 
-from desired_state.api import ApiConfig, create_app
-from desired_state.http_paid import PaidApiConfig, PaidRoutes, ProxyCall
+from desired_state.http import ApiConfig, create_app
+from desired_state.http.routes_paid import PaidApiConfig, PaidRoutes, ProxyCall
 from desired_state.services import callers, ledger
 from desired_state.services.definitions import ServiceDefinition, UpstreamError
 from desired_state.services.vocabulary import JobErrorCode
@@ -189,14 +189,15 @@ async def test_job_lifecycle_poll_cancel_refund_and_credits(paid: Paid) -> None:
         ("/api/services/invoke/util/delay-echo", b'{"seconds": 301}', 400, "seconds"),
         ("/api/services/invoke/util/delay-echo", b'{"seconds": "5"}', 400, "seconds"),
         ("/api/services/invoke/util/delay-echo", b'{"sekonds": 5}', 400, "sekonds"),
-        ("/api/services/invoke/util/delay-echo", b'{"seconds": 1, "seconds": 2}', 400, "more than once"),
-        ("/api/services/invoke/util/delay-echo", b'\xef\xbb\xbf{"seconds": 1}', 400, "byte order mark"),
+        ("/api/services/invoke/util/delay-echo", b'{"seconds": 1, "seconds": 2}', 400, "appears twice"),
+        ("/api/services/invoke/util/delay-echo", b'\xef\xbb\xbf{"seconds": 1}', 400, "byte-order mark"),
         ("/api/services/invoke/util/delay-echo", b"[1]", 400, "JSON object"),
         ("/api/services/invoke/util/delay-echo", b"{", 400, "not valid JSON"),
         ("/api/services/invoke/util/delay-echo", b'{"seconds": NaN}', 400, "not valid JSON"),
         ("/api/services/invoke/util/delay-echo", b'{"payload": "a\\u0000"}', 400, "payload"),
         ("/api/services/invoke/util/delay-echo", b"\xff\xfe", 400, "UTF-8"),
         ("/api/services/invoke/util/delay-echo", b'{"payload": "' + b"x" * 5000 + b'"}', 413, "body_too_large"),
+        ("/api/services/invoke/util/delay-echo", b'{"payload": [' + b"0," * 2000 + b"0" + b"]}", 400, "2001 items"),
         ("/api/services/invoke/agents/provision", b'{"name": "a", "tools": ["slack"]}', 400, "tools"),
         ("/api/services/invoke/agents/provision", b'{"name": "a", "env": {"1BAD": "x"}}', 400, "env"),
         ("/api/services/invoke/agents/destroy", b'{"instanceId": "bad id"}', 400, "instanceId"),
@@ -214,6 +215,17 @@ async def test_bad_input_is_refused_naming_the_field_and_writes_nothing(
     assert names in body["message"] or names == body["error"]
     assert await paid.written() == (0, 0, 0)
     assert await paid.balance() == 10
+
+
+async def test_a_body_that_is_not_json_is_invalid_input(paid: Paid) -> None:
+    response = await paid.client.post(
+        "/api/services/invoke/util/delay-echo",
+        content=b"seconds=1",
+        headers={**paid.auth(), "Content-Type": "application/x-www-form-urlencoded"},
+    )
+    assert response.status_code == 400 and response.json()["error"] == "invalid_input"
+    assert "Content-Type: application/json" in response.json()["message"]
+    assert await paid.written() == (0, 0, 0)
 
 
 async def test_bad_paths_and_queries_are_400(paid: Paid) -> None:
@@ -360,7 +372,7 @@ async def test_database_outage_is_503(db_url: str) -> None:
 
     from fastapi import FastAPI
 
-    from desired_state.http_paid import create_paid_router
+    from desired_state.http.routes_paid import create_paid_router
 
     app = FastAPI()
     app.include_router(create_paid_router(PaidApiConfig(registry=registry()), unreachable))

@@ -23,8 +23,8 @@ import httpx
 import psycopg
 import pytest
 
-from desired_state.api import ApiConfig, create_app
-from desired_state.http_paid import PaidApiConfig, PaidRoutes
+from desired_state.http import ApiConfig, create_app
+from desired_state.http.routes_paid import PaidApiConfig, PaidRoutes
 from desired_state.services import callers, ledger
 from desired_state.services.definitions import ServiceDefinition
 from providers.simulated.server import serve_in_background

@@ -30,8 +30,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from desired_state.api import ApiConfig, create_app
-from desired_state.http_paid import PaidApiConfig, PaidRoutes
+from desired_state.http import ApiConfig, create_app
+from desired_state.http.routes_paid import PaidApiConfig, PaidRoutes
 from desired_state.services import callers, ledger
 from desired_state.services.builtin import BuiltinSettings, builtin_definitions, builtin_registry
 from desired_state.services.definitions import ServiceDefinition, ServiceRegistry

@@ -14,7 +14,6 @@ import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -32,10 +31,8 @@ from providers.simulated.server import serve_in_background
 from reconciler.webhooks.signing import new_secret
 from tests.conftest import Sim
 from tests.sdk_support import DropFirstPost, sdk
-from tests.support import cli_env, free_port, until
+from tests.support import ROOT, cli_env, free_port, until
 from tests.webhook_receiver import Receiver, running_receiver
-
-ROOT = Path(__file__).resolve().parent.parent
 
 SECRET = new_secret()
 BALANCE = "SELECT balance FROM credit_accounts a JOIN callers c USING (caller_id) WHERE c.email = 'ada@example.com'"
@@ -49,6 +46,7 @@ async def _echo(request: Request) -> JSONResponse:
 @asynccontextmanager
 async def reconciler_run(db_url: str, sim: Sim, upstream: str) -> AsyncIterator[str]:
     port = free_port()
+    # The tests' database and key, the simulated providers; no webhook settings of the caller's own.
     env = {k: v for k, v in cli_env(db_url, sim).items() if not k.startswith(("SERVICE_WEBHOOK", "WEBHOOK_"))}
     env.update(
         SERVICES_API_KEY="instance-key",

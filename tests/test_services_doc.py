@@ -20,12 +20,11 @@ import pytest
 from desired_state.services import intake
 from desired_state.services.builtin import builtin_definitions
 from desired_state.services.definitions import ServiceDefinition, ServiceRegistry
-from reconciler.demo import simulated_env
 from reconciler.jobs.builtin import builtin_handlers
 from reconciler.jobs.handlers import HandlerRegistry
 from tests.conftest import Sim, simulated_runtime
 from tests.jobs_support import FAST_JOBS, JOB_ENGINE, new_caller, wait_for
-from tests.support import free_port
+from tests.support import cli_env, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "services.md"
@@ -41,8 +40,8 @@ def blocks(language: str) -> list[str]:
 def test_every_shell_block_runs_as_written(db_url: str, sim: Sim) -> None:
     script = "\n".join(blocks("sh"))
     assert "reconciler run" in script and "curl" in script
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAILWAY_", "SERVICE_WEBHOOK"))}
-    env.update(simulated_env(sim.root, sim.simulator.railway.project_id))
+    # The tests' database and key, the simulated providers; no webhook settings of the caller's own.
+    env = {k: v for k, v in cli_env(db_url, sim).items() if not k.startswith(("SERVICE_WEBHOOK", "WEBHOOK_"))}
     env.update(
         SERVICE_DATABASE_URL=db_url,
         SERVICES_API_KEY="instance-key",

@@ -14,8 +14,8 @@ from prometheus_client import CollectorRegistry
 from psycopg_pool import AsyncConnectionPool
 from standardwebhooks.webhooks import Webhook
 
-from desired_state.api import ApiConfig, create_app
-from desired_state.http_paid import PaidApiConfig, PaidRoutes
+from desired_state.http import ApiConfig, create_app
+from desired_state.http.routes_paid import PaidApiConfig, PaidRoutes
 from desired_state.services import callers, ledger
 from desired_state.services.builtin import builtin_definitions
 from desired_state.services.definitions import ServiceRegistry

@@ -24,6 +24,7 @@ SECRET = new_secret()
 
 
 def _env(db_url: str, sim: Sim, **extra: str) -> dict[str, str]:
+    # The tests' database and key, the simulated providers; no webhook settings of the caller's own.
     env = {k: v for k, v in cli_env(db_url, sim).items() if not k.startswith(("SERVICE_WEBHOOK", "WEBHOOK_"))}
     env.update(WEBHOOK_ALLOW_PRIVATE="1", **extra)
     return env

@@ -1,9 +1,10 @@
 """The callers' HTTP API: the seed Services API's routes and ``/instances``, as desired-state writes.
 
 Modules: ``app`` (wiring), ``routes_health``, ``routes_seed`` and ``routes_instances`` (one router
-per family of routes), ``schemas`` (the wire models), ``body`` and ``json_decode`` (strict,
-bounded request bodies), ``auth``, ``errors``, ``database`` (the pool, readiness, availability),
-``waiting`` (the convergence wait) and ``server`` (uvicorn). See ``docs/api.md``.
+per family of routes), ``schemas`` (the wire models), ``routes_paid`` and ``schemas_paid`` (the
+paid services' ``/api/*`` routes, mounted with ``create_app(config, paid=PaidRoutes(...))``),
+``body`` and ``json_decode`` (strict, bounded request bodies), ``auth``, ``errors``, ``database``
+(the pool, readiness, availability), ``waiting`` (the convergence wait) and ``server`` (uvicorn). See ``docs/api.md``.
 """
 
 from __future__ import annotations

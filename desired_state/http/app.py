@@ -36,7 +36,7 @@ ConnectionFactory = Callable[[], contextlib.AbstractAsyncContextManager[psycopg.
 
 class DelegatedRoutes(Protocol):
     """A family of routes that authenticates its own callers under ``prefix`` (the paid-jobs
-    routes, ``desired_state.http_paid.PaidRoutes``): the bearer middleware lets that prefix through
+    routes, ``desired_state.http.routes_paid.PaidRoutes``): the bearer middleware lets that prefix through
     and the router draws its connections from this app's pool."""
 
     @property

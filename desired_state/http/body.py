@@ -2,13 +2,13 @@
 
 FastAPI reads a body with ``await request.body()`` (the whole stream, however long) and decodes
 it with ``json.loads`` (which accepts a BOM, UTF-16 and duplicate keys). Routes built with
-:func:`strict_json_route` get a request whose ``body()`` and ``json()`` are ours instead; the
+:class:`StrictJsonRoute` get a request whose ``body()`` and ``json()`` are ours instead; the
 handler, the pydantic validation and the derived OpenAPI document stay FastAPI's. A router opts
-in with ``APIRouter(route_class=StrictJsonRoute)``, so another family of routes (the paid-jobs
-router) gets the same rules by passing the same class.
+in with ``APIRouter(route_class=StrictJsonRoute)``; another family of routes (the paid-jobs
+router, ``routes_paid``) subclasses it to get the same rules under its own byte cap.
 
-* **The size cap is enforced while reading** (issue 11): a ``Content-Length`` over
-  :data:`MAX_BODY_BYTES` is refused before a byte is read, and a streamed body is refused as
+* **The size cap is enforced while reading** (issue 11): a ``Content-Length`` over the route's
+  ``max_bytes`` (:data:`MAX_BODY_BYTES` by default) is refused before a byte is read, and a streamed body is refused as
   soon as it passes the cap, never buffered beyond it. Bodies over :data:`LARGE_BODY_BYTES` are
   read and decoded by at most :data:`LARGE_BODIES_AT_ONCE` requests at a time, so memory stays
   bounded however many such requests arrive together.
@@ -30,7 +30,7 @@ import logging
 import marshal
 import sys
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any
+from typing import Any, ClassVar
 
 from fastapi import Request, Response
 from fastapi.datastructures import Default, DefaultPlaceholder
@@ -129,22 +129,25 @@ def _is_json(content_type: str | None) -> bool:
 class StrictJsonRequest(Request):
     """A request whose body is read against the cap and decoded by our rules."""
 
-    def __init__(self, scope: Scope, receive: Receive, max_values: int = DEFAULT_MAX_VALUES) -> None:
+    def __init__(
+        self, scope: Scope, receive: Receive, max_values: int = DEFAULT_MAX_VALUES, max_bytes: int = MAX_BODY_BYTES
+    ) -> None:
         super().__init__(scope, receive)
         self.max_values = max_values
+        self.max_bytes = max_bytes
         self._large_slot: asyncio.Semaphore | None = None
 
     async def body(self) -> bytes:
         if hasattr(self, "_body"):
             return self._body
         declared = self.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-            raise ApiError(413, f"body: larger than {MAX_BODY_BYTES} bytes", headers={"Connection": "close"})
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            raise ApiError(413, f"body: larger than {self.max_bytes} bytes", headers={"Connection": "close"})
         chunks = bytearray()
         async for chunk in self.stream():
             chunks += chunk
-            if len(chunks) > MAX_BODY_BYTES:
-                raise ApiError(413, f"body: larger than {MAX_BODY_BYTES} bytes", headers={"Connection": "close"})
+            if len(chunks) > self.max_bytes:
+                raise ApiError(413, f"body: larger than {self.max_bytes} bytes", headers={"Connection": "close"})
             if self._large_slot is None and len(chunks) > LARGE_BODY_BYTES:
                 slots = decoding_of(self).large_bodies
                 await slots.acquire()
@@ -183,30 +186,39 @@ class StrictJsonRequest(Request):
             slot.release()
 
 
-def strict_json_route(max_values: int = DEFAULT_MAX_VALUES) -> type[APIRoute]:
+class StrictJsonRoute(APIRoute):
+    """The route class for routers whose bodies are small JSON documents: at most
+    :attr:`max_values` values in at most :attr:`max_bytes` bytes. A subclass may set either (or
+    add its own handling around :meth:`get_route_handler`, as the paid routes' class does)."""
+
+    max_values: ClassVar[int] = DEFAULT_MAX_VALUES
+    max_bytes: ClassVar[int] = MAX_BODY_BYTES
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        if isinstance(kwargs.get("strict_content_type", Default(True)), DefaultPlaceholder):
+            kwargs["strict_content_type"] = False  # no Content-Type: read as JSON, as the seed did
+        super().__init__(*args, **kwargs)
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler: Callable[[Request], Awaitable[Response]] = super().get_route_handler()
+        max_values, max_bytes = self.max_values, self.max_bytes
+
+        async def strict_handler(request: Request) -> Response:
+            strict = StrictJsonRequest(request.scope, request.receive, max_values, max_bytes)
+            try:
+                return await handler(strict)
+            finally:
+                strict.release()
+
+        return strict_handler
+
+
+def strict_json_route(max_values: int = DEFAULT_MAX_VALUES) -> type[StrictJsonRoute]:
     """A route class whose requests decode bodies strictly, with at most ``max_values`` values."""
+    values_bound = max_values
 
-    class StrictRoute(APIRoute):
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            if isinstance(kwargs.get("strict_content_type", Default(True)), DefaultPlaceholder):
-                kwargs["strict_content_type"] = False  # no Content-Type: read as JSON, as the seed did
-            super().__init__(*args, **kwargs)
+    class BoundedRoute(StrictJsonRoute):
+        max_values = values_bound
 
-        def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-            handler: Callable[[Request], Awaitable[Response]] = super().get_route_handler()
-
-            async def strict_handler(request: Request) -> Response:
-                strict = StrictJsonRequest(request.scope, request.receive, max_values)
-                try:
-                    return await handler(strict)
-                finally:
-                    strict.release()
-
-            return strict_handler
-
-    StrictRoute.__name__ = f"StrictJsonRoute{max_values}"
-    return StrictRoute
-
-
-StrictJsonRoute = strict_json_route()
-"""The route class for routers whose bodies are small JSON documents (the default bound)."""
+    BoundedRoute.__name__ = f"StrictJsonRoute{max_values}"
+    return BoundedRoute

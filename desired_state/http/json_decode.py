@@ -83,12 +83,6 @@ def _short(text: str) -> str:
     return repr(text) if len(text) <= 40 else repr(text[:37] + "...")
 
 
-def check_strings(value: Any, where: str = "") -> None:
-    """Refuse a NUL or a lone surrogate anywhere in ``value`` (a decoded body, or a part of one at
-    the dotted path ``where``), naming the field; no bound on the number of values."""
-    _check(value, sys.maxsize, tuple(where.split(".")) if where else ())
-
-
 def _too_many(path: tuple[str, ...], items: int, max_values: int) -> str:
     return f"{_where(path)}: has {items} items; a body may hold at most {max_values} JSON values"
 

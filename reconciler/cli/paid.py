@@ -1,10 +1,11 @@
 """The paid half's commands: ``callers``, ``credits``, ``courses``, ``services`` and ``ledger``.
 
 Each is a typer sub-app registered in ``cli.py``. They resolve the database exactly as every other
-command does (``cli.settings_or_exit`` and ``cli.database``: ``SERVICE_DATABASE_URL``, else the
-embedded Postgres) and fail the same way (one line on stderr; exit 2 for bad input, checked before
-anything is written, 1 otherwise). ``cli`` is imported when a command runs, not at import time,
-because ``cli.py`` imports this module to register it.
+command does (:mod:`reconciler.cli.common`: ``SERVICE_DATABASE_URL``, else the embedded Postgres,
+and a schema this version's migrations have reached) and fail the same way (a
+:class:`~reconciler.cli.common.CommandError`: one line on stderr; exit 2 for bad input, checked
+before anything is written, 1 otherwise). Keys are printed on stdout alone, everything else on
+the shared consoles without markup (emails and reasons are the operator's text).
 """
 
 from __future__ import annotations
@@ -13,21 +14,29 @@ import json
 import os
 import sys
 from collections.abc import Awaitable, Callable
-from types import ModuleType
-from typing import Annotated, Any, NoReturn, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import psycopg
 import typer
-from rich.console import Console
 
 from desired_state.services import callers, ledger
 from desired_state.services.builtin import BuiltinSettings, builtin_registry
 from desired_state.services.callers import CallerError, CallerExists, CallerNotFound
+from desired_state.services.definitions import COURSE_ID_PATTERN
 from desired_state.services.ledger import LedgerError
+from reconciler.cli.common import (
+    EXIT_BAD_INPUT,
+    async_connection,
+    console,
+    database,
+    err_console,
+    fail,
+    require_current_schema,
+    run_async,
+    settings_or_exit,
+)
 
 T = TypeVar("T")
-console = Console(highlight=False, soft_wrap=True)
-err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 callers_app = typer.Typer(help="Callers of the paid services and their API keys.", no_args_is_help=True)
 credits_app = typer.Typer(help="Credit balances: grant credits, show a balance.", no_args_is_help=True)
@@ -38,41 +47,35 @@ ledger_app = typer.Typer(help="The credits ledger.", no_args_is_help=True)
 EmailArg = Annotated[str, typer.Argument(help="The caller's email address.", show_default=False)]
 
 
-def _cli() -> ModuleType:
-    from reconciler.cli import common  # settings, database resolution, errors
-
-    return common
+def _say(line: str) -> None:
+    console.print(line, highlight=False, markup=False, soft_wrap=True)
 
 
-def _fail(message: str, bad_input: bool = False) -> NoReturn:
-    main = _cli()
-    main.fail(message, main.EXIT_BAD_INPUT if bad_input else main.EXIT_FAILURE)
-    raise AssertionError("unreachable")
+def _note(line: str) -> None:
+    err_console.print(line, highlight=False, markup=False)
 
 
 def _with_connection(work: Callable[[psycopg.AsyncConnection[Any]], Awaitable[T]]) -> T:
     """Run ``work`` on an autocommit connection to the configured (or embedded) database."""
-    main = _cli()
-    settings = main.settings_or_exit()
-    with main.database(settings) as url:
-        main.require_current_schema(url)
+    settings = settings_or_exit()
+    with database(settings) as url:
+        require_current_schema(url)
 
         async def run() -> T:
-            async with await main.async_connection(url) as conn:
+            async with await async_connection(url) as conn:
                 return await work(conn)
 
         try:
-            result: T = main.run_async(run())
+            return run_async(run())
         except CallerNotFound as exc:
-            _fail(str(exc))
-        return result
+            fail(str(exc))
 
 
 def _email(email: str) -> str:
     try:
         return callers.normalise_email(email)
     except CallerError as exc:
-        _fail(str(exc), bad_input=True)
+        fail(str(exc), EXIT_BAD_INPUT)
 
 
 # -- callers -------------------------------------------------------------------------------------------
@@ -87,10 +90,10 @@ def callers_create(email: EmailArg) -> None:
         try:
             return await callers.create_caller(conn, address)
         except CallerExists as exc:
-            _fail(str(exc))
+            fail(str(exc))
 
     issued = _with_connection(create)
-    err_console.print(f"created caller {address}; its API key is shown once, below: store it now")
+    _note(f"created caller {address}; its API key is shown once, below: store it now")
     sys.stdout.write(issued.secret + "\n")
 
 
@@ -99,7 +102,7 @@ def callers_key(email: EmailArg) -> None:
     """Issue another API key for a caller (the old ones stay valid until revoked); printed once."""
     address = _email(email)
     issued = _with_connection(lambda conn: callers.issue_key(conn, address))
-    err_console.print(f"new API key for {address}, shown once, below")
+    _note(f"new API key for {address}, shown once, below")
     sys.stdout.write(issued.secret + "\n")
 
 
@@ -113,19 +116,19 @@ def callers_revoke(
     """Revoke a caller's API keys (all of them, or the one named by --key); requests with them get 401."""
     address = _email(email)
     if key is not None and not key.startswith("sk-"):
-        _fail("--key: must be the start of a key, like sk-AbCdEfGh", bad_input=True)
+        fail("--key: must be the start of a key, like sk-AbCdEfGh", EXIT_BAD_INPUT)
 
     async def revoke(conn: psycopg.AsyncConnection[Any]) -> list[str]:
         try:
             return await callers.revoke_keys(conn, address, key)
         except CallerError as exc:
-            _fail(str(exc), bad_input=True)
+            fail(str(exc), EXIT_BAD_INPUT)
 
     revoked = _with_connection(revoke)
     if not revoked:
-        _fail(f"{address} has no live key" + (f" starting {key}" if key else ""))
+        fail(f"{address} has no live key" + (f" starting {key}" if key else ""))
     for prefix in revoked:
-        console.print(f"revoked {prefix}...")
+        _say(f"revoked {prefix}...")
 
 
 # -- credits -------------------------------------------------------------------------------------------
@@ -143,21 +146,21 @@ def credits_grant(
     """Grant credits to a caller (a transfer from the grants account)."""
     address = _email(email)
     if not reason.strip() or len(reason) > ledger.MAX_REASON_CHARS:
-        _fail(f"--reason: must be 1-{ledger.MAX_REASON_CHARS} characters", bad_input=True)
+        fail(f"--reason: must be 1-{ledger.MAX_REASON_CHARS} characters", EXIT_BAD_INPUT)
     if grant_key is not None and not 1 <= len(grant_key) <= 200:
-        _fail("--grant-key: must be 1-200 characters", bad_input=True)
+        fail("--grant-key: must be 1-200 characters", EXIT_BAD_INPUT)
 
     async def grant(conn: psycopg.AsyncConnection[Any]) -> ledger.Granted:
         try:
             return await ledger.grant(conn, address, amount, reason, grant_key=grant_key)
         except LedgerError as exc:
-            _fail(str(exc), bad_input=True)
+            fail(str(exc), EXIT_BAD_INPUT)
 
     granted = _with_connection(grant)
     if granted.created:
-        console.print(f"granted {amount} credits to {address}; balance {granted.balance}")
+        _say(f"granted {amount} credits to {address}; balance {granted.balance}")
     else:
-        console.print(f"grant {grant_key} was made before; nothing changed; balance {granted.balance}")
+        _say(f"grant {grant_key} was made before; nothing changed; balance {granted.balance}")
 
 
 @credits_app.command("show")
@@ -196,10 +199,10 @@ def credits_show(
         }
         sys.stdout.write(json.dumps(document, indent=2) + "\n")
         return
-    console.print(f"{address}: {balance} credits")
+    _say(f"{address}: {balance} credits")
     for t in transfers:
         about = t.reason or (f"job {t.job_id}" if t.job_id else "")
-        console.print(f"  {t.created_at:%Y-%m-%d %H:%M:%S}  {t.kind.value:<8} {t.signed_for(account):>+8}  {about}")
+        _say(f"  {t.created_at:%Y-%m-%d %H:%M:%S}  {t.kind.value:<8} {t.signed_for(account):>+8}  {about}")
 
 
 # -- courses -------------------------------------------------------------------------------------------
@@ -212,12 +215,10 @@ def courses_enroll(
 ) -> None:
     """Record that a caller bought a course (opens the services gated on it)."""
     address = _email(email)
-    from desired_state.services.definitions import COURSE_ID_PATTERN
-
     if not COURSE_ID_PATTERN.fullmatch(course):
-        _fail("course: must be 1-100 characters of a-z, 0-9, '.', '_' or '-'", bad_input=True)
+        fail("course: must be 1-100 characters of a-z, 0-9, '.', '_' or '-'", EXIT_BAD_INPUT)
     added = _with_connection(lambda conn: callers.enroll(conn, address, course))
-    console.print(f"{address} {'enrolled in' if added else 'was already enrolled in'} {course}")
+    _say(f"{address} {'enrolled in' if added else 'was already enrolled in'} {course}")
 
 
 # -- services ------------------------------------------------------------------------------------------
@@ -229,7 +230,7 @@ def services_list(as_json: Annotated[bool, typer.Option("--json", help="The cata
     try:
         settings = BuiltinSettings.from_env(os.environ)
     except ValueError as exc:
-        _fail(str(exc), bad_input=True)
+        fail(str(exc), EXIT_BAD_INPUT)
     items = builtin_registry(settings).catalog()
     if as_json:
         sys.stdout.write(json.dumps([item.model_dump(mode="json") for item in items], indent=2) + "\n")
@@ -242,7 +243,7 @@ def services_list(as_json: Annotated[bool, typer.Option("--json", help="The cata
             ) if value]  # fmt: skip
             limits = " limit " + ",".join(parts)
         gate = f" course {item.access['requiresCoursePurchase']}" if "requiresCoursePurchase" in item.access else ""
-        console.print(f"{item.id:<20} {item.runtime.value:<5} {item.costCredits:>5} cr{limits}{gate}  {item.summary}")
+        _say(f"{item.id:<20} {item.runtime.value:<5} {item.costCredits:>5} cr{limits}{gate}  {item.summary}")
 
 
 # -- ledger --------------------------------------------------------------------------------------------
@@ -264,13 +265,13 @@ def ledger_audit(as_json: Annotated[bool, typer.Option("--json", help="Machine-r
         }
         sys.stdout.write(json.dumps(document, indent=2) + "\n")
     else:
-        console.print(
+        _say(
             f"granted {report.granted} = callers {report.callers_total} + escrow {report.escrow} "
             f"+ revenue {report.revenue}; escrow holds {report.held} for jobs not finished"
         )
         for violation in report.violations:
-            console.print(str(violation), markup=False)
+            _say(str(violation))
         summary = f"{len(report.violations)} violation(s)" if report.violations else "every invariant holds"
-        console.print(f"ledger audit: {summary}")
+        _say(f"ledger audit: {summary}")
     if not report.clean:
         raise typer.Exit(1)

@@ -85,7 +85,7 @@ def run_command(
         runtime = Runtime(settings, url, options)
         api_config = None
         if api:
-            from desired_state.http_paid import PaidApiConfig, PaidRoutes
+            from desired_state.http.routes_paid import PaidApiConfig, PaidRoutes
 
             paid = PaidRoutes(
                 PaidApiConfig(

@@ -26,7 +26,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Final
 
-from desired_state.http_paid import JOBS_PATH, SERVICES_PATH
+from desired_state.http.routes_paid import JOBS_PATH, SERVICES_PATH
 from desired_state.services.definitions import ServiceDefinition, ServiceRegistry
 from desired_state.services.vocabulary import TERMINAL_STATUSES, ErrorCode, Runtime
 from reconciler.sdkgen.models import Emitter, ModelSource, Param, camel, literal, snake

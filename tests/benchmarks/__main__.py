@@ -30,7 +30,14 @@ from typing import Any
 import psycopg
 
 from reconciler.db import EmbeddedPostgres
-from tests.benchmarks import cold_convergence, hostile_input, new_work_latency, status_batch, steady_state
+from tests.benchmarks import (
+    cold_convergence,
+    hostile_input,
+    jobs_throughput,
+    new_work_latency,
+    status_batch,
+    steady_state,
+)
 from tests.benchmarks._harness import ROOT, Fleet, converged_fleet
 
 DOC = ROOT / "docs" / "benchmarks.md"
@@ -114,6 +121,16 @@ BENCHMARKS: tuple[Benchmark, ...] = (
         {"rounds": 10},
         {"rounds": 1},
         "python -m tests.benchmarks.hostile_input --rounds 10",
+    ),
+    Benchmark(
+        "jobs_throughput",
+        "jobs_throughput",
+        "Paid jobs: our loop against procrastinate, and HTTP admission",
+        jobs_throughput.run,
+        jobs_throughput.markdown,
+        {},
+        jobs_throughput.QUICK,
+        "python -m tests.benchmarks.jobs_throughput --jobs 10000",
     ),
 )
 
@@ -255,6 +272,8 @@ def summary_rows(outcome: Outcome) -> list[tuple[str, str, str, str]]:
                 _status(res["meets_rss_target"]),
             ),
         ]
+    if module == "jobs_throughput":
+        return jobs_throughput.summary_rows(res)
     if module == "new_work_latency":
         observer = "observer paused" if res["observe_seconds"] > 600 else "observer running"
         p99 = res["p99_seconds"] if res["p99_seconds"] is not None else "not reached"
@@ -357,6 +376,7 @@ every 20 ms. "closed" answers are refusals the client saw as a closed connection
 answered 413 and closed while the client was still uploading. The peak RSS is the server's
 `VmHWM`; the JSON worker (`desired_state/http/json_decode.py`, which decodes bodies that could
 hold more values than `INLINE_VALUES`) is its own process and shown apart.""",
+    "jobs_throughput": jobs_throughput.METHOD,
 }
 
 

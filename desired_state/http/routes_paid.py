@@ -4,17 +4,23 @@
 ``DELETE /api/services/jobs/{jobId}``, ``GET /api/services/usage/{group}/{method}?history=1`` and
 ``GET /api/credits``. Every route but the catalog takes ``Authorization: Bearer sk-...``, a
 caller's key (:mod:`desired_state.services.callers`: looked up by its SHA-256, compared in constant
-time). ``SERVICES_API_KEY`` opens the instance routes only: this router never sees it, so here it is
-an unknown key (401), and the instance app's own middleware refuses an ``sk-`` key in turn.
+time), through the :data:`CALLER_KEY` security dependency, so the OpenAPI document declares the
+``callerKey`` scheme on exactly those operations. ``SERVICES_API_KEY`` opens the instance routes
+only: the app's bearer middleware lets :data:`PREFIX` through to this router (``create_app(...,
+paid=PaidRoutes(...))``), which never sees that key as anything but an unknown one (401); the
+middleware refuses an ``sk-`` key on the instance routes in turn.
 
 Errors are ``{error: <code>, message, hint}`` with the seed's codes
-(:class:`~desired_state.services.vocabulary.ErrorCode`); a 429 carries an exact ``Retry-After``, a
-replay ``Idempotency-Replayed: true``. A router cannot install exception handlers, so its routes
-use a route class that turns every refusal (and a malformed path or query) into that shape.
+(:class:`~desired_state.services.vocabulary.ErrorCode`, wire models in ``schemas_paid``); a 429
+carries an exact ``Retry-After``, a replay ``Idempotency-Replayed: true``. A router cannot install
+exception handlers, so its routes use a route class (:class:`PaidRoute`) that turns every refusal
+(and a malformed path or query, an undecodable body, a database outage) into that shape.
 
-Bodies are strict and bounded: at most ``max_body_bytes``, UTF-8 without a byte order mark, no
-duplicate keys, no NaN or Infinity, no text Postgres cannot store (the instance API's string
-rules, imported from :mod:`desired_state.api`), then the service's pydantic model in strict mode.
+Bodies are decoded by the package's one strict decoder: :class:`PaidRoute` is a
+:class:`~desired_state.http.body.StrictJsonRoute` (UTF-8 without a byte-order mark, no duplicate
+keys, no NaN or Infinity, no text Postgres cannot store, a bounded number of values, a byte cap
+enforced while reading), here capped at ``max_body_bytes``; then the service's pydantic model
+validates it in strict mode.
 
 A job answers 202 ``{jobId, status, pollUrl}`` at once: the loop runs it. A proxy is admitted as
 a running row leased to this process, its upstream call is made by the injected ``proxy_call``
@@ -28,35 +34,38 @@ process dies during the call, the loop fails and refunds it when the lease lapse
 # registry inside create_paid_router, and FastAPI must see them as objects, not names.
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import socket
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Annotated, Any
 
 import psycopg
-from fastapi import APIRouter, Path, Query, Request
+from fastapi import APIRouter, Depends, Path, Query, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from fastapi.routing import APIRoute
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from psycopg_pool import PoolTimeout
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 from starlette.types import Receive, Scope, Send
 
-from desired_state import api as instance_api
+from desired_state.http.body import StrictJsonRoute
+from desired_state.http.errors import ApiError
+from desired_state.http.schemas_paid import (
+    AUTH_ERRORS,
+    Cancelled,
+    Catalog,
+    Credits,
+    Invoked,
+    PaidError,
+    TransferView,
+    documented_errors,
+)
 from desired_state.services import callers, intake, jobs, ledger, termination
 from desired_state.services.callers import Caller
-from desired_state.services.definitions import (
-    CatalogItem,
-    InputError,
-    ServiceDefinition,
-    ServiceRegistry,
-    UpstreamError,
-)
+from desired_state.services.definitions import InputError, ServiceDefinition, ServiceRegistry, UpstreamError
 from desired_state.services.intake import Admission, AdmissionRefused
 from desired_state.services.jobs import JobView, Usage
 from desired_state.services.termination import JobError
@@ -66,7 +75,6 @@ from desired_state.services.vocabulary import (
     JobErrorCode,
     JobStatus,
     Runtime,
-    TransferKind,
     caller_account,
     system_clock,
 )
@@ -77,11 +85,11 @@ log = logging.getLogger(__name__)
 PREFIX = "/api"
 SERVICES_PATH = "/api/services"
 JOBS_PATH = f"{SERVICES_PATH}/jobs"
-SECURITY_SCHEME = "callerKey"
-SECURITY_SCHEMES: dict[str, Any] = {
-    SECURITY_SCHEME: {"type": "http", "scheme": "bearer", "description": "A caller's API key (sk-...)."}
-}
-UTF8_BOM = b"\xef\xbb\xbf"
+CALLER_KEY = HTTPBearer(scheme_name="callerKey", description="A caller's API key (sk-...).", auto_error=False)
+"""The paid routes' security scheme: reads the bearer token (checking is :func:`authenticated`'s)."""
+DECODE_ERRORS = {413: ErrorCode.BODY_TOO_LARGE}
+"""The paid code of a body the strict decoder refuses, by its status; any other is ``invalid_input``
+(a body that is not JSON, 415 on the instance routes, is a 400 here: the seed has no such code)."""
 
 ProxyCall = Callable[[ServiceDefinition, dict[str, Any], uuid.UUID], Awaitable[Any]]
 """Runs a proxy's upstream call: (definition, validated input, job id as the upstream idempotency
@@ -105,45 +113,6 @@ class PaidApiConfig:
     max_body_bytes: int = 1024 * 1024
     history_limit: int = 50
     transfers_limit: int = 20
-
-
-# -- wire models -------------------------------------------------------------------------------------
-
-
-class PaidError(BaseModel):
-    error: ErrorCode
-    message: str
-    hint: str | None = None
-
-
-class Catalog(BaseModel):
-    services: list[CatalogItem]
-
-
-class Invoked(BaseModel):
-    jobId: uuid.UUID
-    status: JobStatus
-    pollUrl: str
-
-
-class Cancelled(BaseModel):
-    jobId: uuid.UUID
-    status: JobStatus
-    refunded: bool = Field(description="True when this request refunded the job's credits.")
-
-
-class TransferView(BaseModel):
-    transferId: uuid.UUID
-    kind: TransferKind
-    amount: int = Field(description="Signed: positive into your balance, negative out of it.")
-    jobId: uuid.UUID | None
-    reason: str | None
-    createdAt: datetime
-
-
-class Credits(BaseModel):
-    balance: int
-    transfers: list[TransferView]
 
 
 class Refusal(Exception):
@@ -175,11 +144,14 @@ def _from_admission(exc: AdmissionRefused) -> Refusal:
     return Refusal(exc.code, exc.message, exc.hint, headers)
 
 
-class PaidRoute(APIRoute):
-    """Turns refusals, malformed paths and queries, and database outages into ``{error, message, hint}``.
+class PaidRoute(StrictJsonRoute):
+    """Turns refusals, malformed paths, queries and bodies, and database outages into
+    ``{error, message, hint}``.
 
-    It also answers a method a path does not take with 405 and an ``Allow`` header naming every
-    method of that path (Starlette's router names only those of the first route it matched).
+    A :class:`StrictJsonRoute`, so ``await request.json()`` in a handler is the strict decoder's
+    (:func:`create_paid_router` sets ``max_bytes`` from the config). It also answers a method a
+    path does not take with 405 and an ``Allow`` header naming every method of that path
+    (Starlette's router names only those of the first route it matched).
     """
 
     allowed_methods: frozenset[str] = frozenset()
@@ -208,6 +180,9 @@ class PaidRoute(APIRoute):
             except AdmissionRefused as exc:
                 refusal = _from_admission(exc)
                 return error_response(refusal.code, refusal.message, refusal.hint, refusal.headers)
+            except ApiError as exc:  # the strict decoder refused the body (or its size)
+                code = DECODE_ERRORS.get(exc.status, ErrorCode.INVALID_INPUT)
+                return error_response(code, exc.message, headers=dict(exc.headers or {}))
             except RequestValidationError as exc:
                 problems = []
                 for item in exc.errors():
@@ -227,49 +202,11 @@ class PaidRoute(APIRoute):
 # -- request parsing -----------------------------------------------------------------------------------
 
 
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    document: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in document:
-            raise Refusal(ErrorCode.INVALID_INPUT, f"body: key {key!r} appears more than once", key)
-        document[key] = value
-    return document
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    """The body, refused with 413 as soon as it exceeds ``limit`` (never read whole first)."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise Refusal(ErrorCode.BODY_TOO_LARGE, f"body: larger than {limit} bytes")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise Refusal(ErrorCode.BODY_TOO_LARGE, f"body: larger than {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def parse_body(raw: bytes, limit: int) -> Any:
-    """A request body as JSON under the paid routes' rules (see the module docstring)."""
-    if len(raw) > limit:
-        raise Refusal(ErrorCode.BODY_TOO_LARGE, f"body: larger than {limit} bytes")
-    if raw.startswith(UTF8_BOM):
-        raise Refusal(ErrorCode.INVALID_INPUT, "body: must be UTF-8 JSON without a byte order mark")
-    if not raw.strip():
+async def json_object(request: Request) -> dict[str, Any]:
+    """The body as a JSON object, decoded by the strict decoder; no body (or only whitespace) is ``{}``."""
+    data = await request.json()
+    if data is None:
         return {}
-    try:
-        text = raw.decode()
-    except UnicodeDecodeError:
-        raise Refusal(ErrorCode.INVALID_INPUT, "body: is not UTF-8") from None
-    try:
-        data = json.loads(text, parse_constant=instance_api._no_constants, object_pairs_hook=_unique_keys)
-        instance_api._check_strings(data, "")
-    except (ValueError, RecursionError) as exc:
-        raise Refusal(ErrorCode.INVALID_INPUT, "body: is not valid JSON") from exc
-    except instance_api.ApiError as exc:
-        raise Refusal(ErrorCode.INVALID_INPUT, exc.message) from None
     if not isinstance(data, dict):
         raise Refusal(ErrorCode.INVALID_INPUT, "body: must be a JSON object")
     return data
@@ -282,31 +219,26 @@ def _json(model: BaseModel, status: int = 200, headers: dict[str, str] | None = 
     return JSONResponse(model.model_dump(mode="json"), status_code=status, headers=headers)
 
 
-def _errors(*codes: ErrorCode) -> dict[int | str, dict[str, Any]]:
-    responses: dict[int | str, dict[str, Any]] = {}
-    for code in codes:
-        entry = responses.setdefault(code.http_status, {"model": PaidError, "description": ""})
-        entry["description"] = ", ".join(filter(None, [entry["description"], f"`{code.value}`"]))
-    return responses
-
-
-AUTH_ERRORS = _errors(ErrorCode.AUTHENTICATION_REQUIRED, ErrorCode.DATABASE_UNAVAILABLE)
-SECURED: dict[str, Any] = {"security": [{SECURITY_SCHEME: []}]}
-
-
 # -- the router ----------------------------------------------------------------------------------------
 
 
 def create_paid_router(config: PaidApiConfig, connection: ConnectionFactory) -> APIRouter:
     """The paid routes; ``connection`` lends a pooled autocommit connection (the app's pool)."""
-    router = APIRouter(route_class=PaidRoute, tags=["paid services"])
+    body_cap = config.max_body_bytes
+
+    class ConfiguredRoute(PaidRoute):
+        max_bytes = body_cap
+
+    router = APIRouter(route_class=ConfiguredRoute, tags=["paid services"])
     registry = config.registry
 
-    async def authenticated(request: Request) -> Caller:
-        scheme, _, token = request.headers.get("authorization", "").strip().partition(" ")
-        token = token.strip()
+    async def authenticated(
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Security(CALLER_KEY)],
+    ) -> Caller:
+        """The caller whose live key the request bears; 401 otherwise (run before anything else)."""
+        token = credentials.credentials.strip() if credentials is not None else ""
         caller = None
-        if scheme.lower() == "bearer" and token:
+        if token:
             async with connection() as conn:
                 caller = await callers.verify_key(conn, token)
         if caller is None:
@@ -317,6 +249,8 @@ def create_paid_router(config: PaidApiConfig, connection: ConnectionFactory) -> 
                 {"WWW-Authenticate": "Bearer"},
             )
         return caller
+
+    CallerOf = Annotated[Caller, Depends(authenticated)]
 
     groups = sorted({d.group for d in registry})
     methods = sorted({d.path_method for d in registry})
@@ -345,7 +279,7 @@ def create_paid_router(config: PaidApiConfig, connection: ConnectionFactory) -> 
         responses={
             200: {"description": "A proxy's output (the service's outputSchema)."},
             **AUTH_ERRORS,
-            **_errors(
+            **documented_errors(
                 ErrorCode.INVALID_INPUT,
                 ErrorCode.INSUFFICIENT_CREDITS,
                 ErrorCode.COURSE_NOT_PURCHASED,
@@ -359,7 +293,6 @@ def create_paid_router(config: PaidApiConfig, connection: ConnectionFactory) -> 
             ),
         },
         openapi_extra={
-            **SECURED,
             "requestBody": {
                 "required": False,
                 "content": {
@@ -378,14 +311,13 @@ def create_paid_router(config: PaidApiConfig, connection: ConnectionFactory) -> 
             ],
         },
     )
-    async def invoke(request: Request, group: GroupPath, method: MethodPath) -> Response:
+    async def invoke(request: Request, caller: CallerOf, group: GroupPath, method: MethodPath) -> Response:
         """Invoke a service: a job answers 202 with its id at once; a proxy answers 200 with its output.
 
         The cost is charged before anything runs and refunded if it fails, is cancelled or times out.
         """
-        caller = await authenticated(request)
         definition = service_of(group, method)
-        data = parse_body(await read_body(request, config.max_body_bytes), config.max_body_bytes)
+        data = await json_object(request)
         key = request.headers.get("idempotency-key")
         try:
             async with connection() as conn:
@@ -471,12 +403,10 @@ def create_paid_router(config: PaidApiConfig, connection: ConnectionFactory) -> 
     @router.get(
         f"{JOBS_PATH}/{{jobId}}",
         response_model=JobView,
-        responses={**AUTH_ERRORS, **_errors(ErrorCode.INVALID_INPUT, ErrorCode.JOB_NOT_FOUND)},
-        openapi_extra=SECURED,
+        responses={**AUTH_ERRORS, **documented_errors(ErrorCode.INVALID_INPUT, ErrorCode.JOB_NOT_FOUND)},
     )
-    async def get_job(request: Request, job_id: JobIdPath) -> Response:
+    async def get_job(caller: CallerOf, job_id: JobIdPath) -> Response:
         """A job's status, progress, result or error, cost and refund (your jobs only)."""
-        caller = await authenticated(request)
         ident = job_id
         async with connection() as conn:
             record = await jobs.get_job(conn, ident, caller.caller_id)
@@ -488,12 +418,10 @@ def create_paid_router(config: PaidApiConfig, connection: ConnectionFactory) -> 
     @router.delete(
         f"{JOBS_PATH}/{{jobId}}",
         response_model=Cancelled,
-        responses={**AUTH_ERRORS, **_errors(ErrorCode.INVALID_INPUT, ErrorCode.JOB_NOT_FOUND)},
-        openapi_extra=SECURED,
+        responses={**AUTH_ERRORS, **documented_errors(ErrorCode.INVALID_INPUT, ErrorCode.JOB_NOT_FOUND)},
     )
-    async def cancel_job(request: Request, job_id: JobIdPath) -> Response:
+    async def cancel_job(caller: CallerOf, job_id: JobIdPath) -> Response:
         """Cancel a pending or running job and refund it; a finished job keeps its state (refunded: false)."""
-        caller = await authenticated(request)
         ident = job_id
         async with connection() as conn:
             outcome = await termination.cancel(conn, ident, now=config.clock(), caller_id=caller.caller_id)
@@ -504,17 +432,15 @@ def create_paid_router(config: PaidApiConfig, connection: ConnectionFactory) -> 
     @router.get(
         f"{SERVICES_PATH}/usage/{{group}}/{{method}}",
         response_model=Usage,
-        responses={**AUTH_ERRORS, **_errors(ErrorCode.INVALID_INPUT, ErrorCode.SERVICE_NOT_FOUND)},
-        openapi_extra=SECURED,
+        responses={**AUTH_ERRORS, **documented_errors(ErrorCode.INVALID_INPUT, ErrorCode.SERVICE_NOT_FOUND)},
     )
     async def usage(
-        request: Request,
+        caller: CallerOf,
         group: GroupPath,
         method: MethodPath,
         history: Annotated[bool, Query(description="1: include your recent jobs of this service.")] = False,
     ) -> Response:
         """Your use of one service: counts by outcome, credits spent, refunded and held, rate windows."""
-        caller = await authenticated(request)
         definition = service_of(group, method)
         async with connection() as conn:
             report = await jobs.usage(
@@ -530,15 +456,13 @@ def create_paid_router(config: PaidApiConfig, connection: ConnectionFactory) -> 
     @router.get(
         f"{PREFIX}/credits",
         response_model=Credits,
-        responses={**AUTH_ERRORS, **_errors(ErrorCode.INVALID_INPUT)},
-        openapi_extra=SECURED,
+        responses={**AUTH_ERRORS, **documented_errors(ErrorCode.INVALID_INPUT)},
     )
     async def credits(
-        request: Request,
+        caller: CallerOf,
         limit: Annotated[int | None, Query(ge=1, le=500, description="How many recent transfers.")] = None,
     ) -> Response:
         """Your balance and recent transfers (grants, charges, refunds)."""
-        caller = await authenticated(request)
         account = caller_account(caller.caller_id)
         async with connection() as conn:
             balance = await ledger.balance(conn, caller.caller_id)

@@ -32,6 +32,7 @@ import psycopg
 from psycopg import sql
 
 from reconciler import queries
+from reconciler.logs import first_line
 
 MIGRATIONS_PACKAGE = "migrations"
 EMBEDDED_DIR = Path(".reconciler") / "pgdata"
@@ -101,12 +102,7 @@ def connect(url: str, **kwargs: Any) -> psycopg.Connection[Any]:
     try:
         return psycopg.connect(url, **kwargs)
     except psycopg.OperationalError as exc:
-        raise DatabaseError(f"cannot connect to Postgres: {_first_line(exc)}") from None
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
+        raise DatabaseError(f"cannot connect to Postgres: {first_line(exc)}") from None
 
 
 class EmbeddedPostgres:
@@ -127,7 +123,7 @@ class EmbeddedPostgres:
         try:
             self._server = pgserver.get_server(str(self.directory), cleanup_mode="stop")  # type: ignore[attr-defined]
         except Exception as exc:  # pgserver raises plain exceptions with the server log
-            raise DatabaseError(f"the embedded Postgres did not start: {_first_line(exc)}") from None
+            raise DatabaseError(f"the embedded Postgres did not start: {first_line(exc)}") from None
         return str(self._server.get_uri())
 
     def stop(self) -> None:

@@ -37,6 +37,7 @@ from psycopg.rows import dict_row
 
 from desired_state.vocabulary import TOOLS, Tool
 from reconciler import queries
+from reconciler.logs import first_line
 
 SERVICES_LEGACY_COLUMNS = ("gateway_token", "setup_password", "wallet_key")
 """``instance_infra`` columns the old system stopped using (seed: ``--drop``)."""
@@ -111,7 +112,7 @@ def upgrade(
                 with psycopg.connect(pool_url) as pool:
                     _backfill(services, pool, project_id, environment_id, report)
             except psycopg.Error as exc:
-                report.problems.append(f"pool backfill failed (nothing was copied): {_first_line(exc)}")
+                report.problems.append(f"pool backfill failed (nothing was copied): {first_line(exc)}")
         if drop:
             _drop_columns(services, "instance_infra", SERVICES_LEGACY_COLUMNS, report)
             if pool_url:
@@ -129,7 +130,7 @@ def upgrade(
                             index = queries.DROP_INDEX.format(sql.Identifier(POOL_LEGACY_INDEX))
                             pool.execute(index)
                 except psycopg.Error as exc:
-                    report.problems.append(f"dropping the pool DB's legacy columns failed: {_first_line(exc)}")
+                    report.problems.append(f"dropping the pool DB's legacy columns failed: {first_line(exc)}")
     return report
 
 
@@ -206,8 +207,3 @@ def _drop_columns(
             queries.DROP_COLUMN.format(sql.Identifier(table), sql.Identifier(column))
         )
         report.dropped.append(f"{table}.{column}")
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__

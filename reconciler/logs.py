@@ -48,3 +48,9 @@ def configure_logging(level: str | None = None) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     # A tick still running when the next is due is skipped by design (it drains the queue anyway).
     logging.getLogger("apscheduler").setLevel(logging.ERROR)
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (a driver's rest is context and hints), else its type."""
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__

@@ -37,6 +37,8 @@ from desired_state.vocabulary import PHASES
 from providers.base import ResourceKind
 from reconciler import queries
 from reconciler.engine import Claim, Outcome, Reconciler
+from reconciler.listen import listen_forever
+from reconciler.logs import first_line
 from reconciler.metrics import NOT_CONVERGED_REASONS, PROVIDERS, Metrics
 from reconciler.observe import Observer
 from reconciler.status import phase_counts
@@ -144,7 +146,7 @@ class Worker:
         try:
             await self.reconciler.leases.release_unstarted()
         except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
-            log.warning("could not hand back unstarted claims (they expire instead): %s", _first_line(exc))
+            log.warning("could not hand back unstarted claims (they expire instead): %s", first_line(exc))
 
     async def tick(self) -> None:
         if self._stopping:
@@ -175,7 +177,7 @@ class Worker:
             log.info("observation cycle interrupted by shutdown")
             return
         except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
-            log.error("database unavailable, observation skipped: %s", _first_line(exc))
+            log.error("database unavailable, observation skipped: %s", first_line(exc))
             return
         except Exception:
             log.exception("observation cycle failed")
@@ -271,22 +273,11 @@ class Worker:
             self._stopping = False  # drain() on demand works again
 
     async def _listen(self, stop: asyncio.Event) -> None:
-        delay = 0.5
-        while not stop.is_set():
-            try:
-                conn = await psycopg.AsyncConnection.connect(self._database_url, autocommit=True)
-                async with conn:
-                    await conn.execute(f"LISTEN {WAKE_CHANNEL}")
-                    delay = 0.5
-                    self.wake()  # anything written while we were not listening
-                    async for _ in conn.notifies():
-                        self.wake()
-            except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
-                log.warning("LISTEN connection lost (%s); reconnecting in %.1fs", type(exc).__name__, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
+        await listen_forever(
+            self._database_url,
+            [WAKE_CHANNEL],
+            stop,
+            on_connect=self.wake,
+            on_notice=lambda _: self.wake(),
+            name="reconcile",
+        )

@@ -74,10 +74,9 @@ RETURNING instance_id
 """
 
 # -- leases and fencing (the statements reconciler.claims runs for instances) ---------------------
-# The worker renews every claim it holds in one statement, in the background, while it works; a
-# claim another worker took since (the token moved on) is not renewed and comes back as lost.
-# Both lock their rows in instance id order, so two of them never wait on each other in a cycle.
-RENEW_LEASES = """
+# The rows of this worker's claims that are still ours (token unchanged), locked in instance id
+# order: the common head of the renewal and the hand-back below.
+_OURS_INSTANCES = """
 WITH ours AS (
     SELECT d.instance_id FROM desired_instances AS d
       JOIN unnest(%(keys)s::text[], %(tokens)s::bigint[]) AS held(key, token)
@@ -85,7 +84,12 @@ WITH ours AS (
      WHERE d.lease_owner = %(owner)s
      ORDER BY d.instance_id
        FOR NO KEY UPDATE OF d
-)
+)"""
+
+# The worker renews every claim it holds in one statement, in the background, while it works; a
+# claim another worker took since (the token moved on) is not renewed and comes back as lost.
+# Both lock their rows in instance id order, so two of them never wait on each other in a cycle.
+RENEW_LEASES = _OURS_INSTANCES + """
 UPDATE desired_instances AS d
    SET lease_expires_at = now() + %(lease_seconds)s * interval '1 second'
   FROM ours
@@ -94,15 +98,7 @@ RETURNING d.instance_id, d.fencing_token
 """
 
 # Shutting down: claims whose pass has not started are due again for any replica at once.
-RELEASE_CLAIMS = """
-WITH ours AS (
-    SELECT d.instance_id FROM desired_instances AS d
-      JOIN unnest(%(keys)s::text[], %(tokens)s::bigint[]) AS held(key, token)
-        ON d.instance_id = held.key AND d.fencing_token = held.token
-     WHERE d.lease_owner = %(owner)s
-     ORDER BY d.instance_id
-       FOR NO KEY UPDATE OF d
-)
+RELEASE_CLAIMS = _OURS_INSTANCES + """
 UPDATE desired_instances AS d
    SET lease_owner = NULL, lease_expires_at = NULL
   FROM ours

@@ -1,25 +1,32 @@
-"""Helpers the integration tests share: one way to wait for a condition, and common reads.
+"""Helpers the integration tests share: one way to wait for a condition, the API served, common reads.
 
 Every test that waits for the reconciler uses :func:`until` (poll a condition) or :func:`settle`
 (run passes until a condition holds), so a timeout always fails the same way, with the message
-the caller gave.
+the caller gave. Test modules import what they share from here (or take a fixture from
+``conftest.py``), never from each other.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import inspect
 import os
 import socket
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import psycopg
+from fastapi import FastAPI
 
+from desired_state.http import ApiConfig, create_app
+from providers.simulated.server import serve_in_background
 from reconciler.demo import simulated_env
 from reconciler.runtime import Runtime
 from reconciler.secrets_box import embedded_key
@@ -29,6 +36,20 @@ from tests.conftest import Sim
 CLI = [sys.executable, "-c", "import cli; cli.main()"]
 """The ``reconciler`` command, run from the checkout (no install needed)."""
 ROOT = Path(__file__).resolve().parent.parent
+
+API_KEY = "test-services-api-key"
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
+
+# Every fencing token an instance's events carry must be non-decreasing in the order they were
+# written: a smaller one after a larger one would be a stale worker's write getting through.
+FENCING_VIOLATIONS = """
+SELECT count(*) FROM (
+    SELECT fencing_token < max(fencing_token) OVER (
+               PARTITION BY instance_id ORDER BY id ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING
+           ) AS stale
+      FROM events WHERE fencing_token IS NOT NULL
+) checked WHERE stale
+"""
 
 Condition = Callable[[], Any]
 """A check returning a truthy value when done; plain or async."""
@@ -74,6 +95,59 @@ async def settle(runtime: Runtime, done: Condition, timeout: float = 20.0) -> No
     await until(drained_and_done, timeout, message="did not converge in time")
 
 
+@contextlib.asynccontextmanager
+async def looping(runtime: Runtime) -> AsyncIterator[Runtime]:
+    """The runtime's reconcile loop running in the background for the block."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(runtime.worker.run_forever(stop))
+    try:
+        yield runtime
+    finally:
+        stop.set()
+        await task
+
+
+@dataclass
+class Api:
+    client: httpx.AsyncClient
+    root: str
+    app: FastAPI
+
+
+@contextlib.asynccontextmanager
+async def served(config: ApiConfig) -> AsyncIterator[Api]:
+    """The app on a free loopback port, with its lifespan (the pool) around it."""
+    app = create_app(config)
+    async with (
+        app.router.lifespan_context(app),
+        serve_in_background(app) as root,
+        httpx.AsyncClient(base_url=root, headers=AUTH, timeout=60) as client,
+    ):
+        yield Api(client, root, app)
+
+
+def config_for(db_url: str, sim: Sim, **overrides: Any) -> ApiConfig:
+    base = ApiConfig(
+        api_key=API_KEY,
+        database_url=db_url,
+        project_id=sim.simulator.railway.project_id,
+        environment_id=None,
+        wait_timeout=30.0,
+        poll_interval=0.05,
+    )
+    return dataclasses.replace(base, **overrides)
+
+
+async def count(conn: psycopg.AsyncConnection[Any], query: str) -> int:
+    """The single number ``query`` answers (0 when it answers no row)."""
+    row = await (await conn.execute(query)).fetchone()
+    return int(row[0]) if row else 0
+
+
+async def desired_count(conn: psycopg.AsyncConnection[Any]) -> int:
+    return await count(conn, "SELECT count(*) FROM desired_instances")
+
+
 async def all_ready(conn: psycopg.AsyncConnection[Any], count: int) -> bool:
     return (await phase_counts(conn)).get("Ready", 0) == count
 
@@ -111,6 +185,18 @@ def cli_env(db_url: str, sim: Sim | None = None) -> dict[str, str]:
     if sim is not None:
         env.update(simulated_env(sim.root, sim.simulator.railway.project_id))
     return env
+
+
+def replica_args(*extra: str) -> list[str]:
+    """``reconciler run`` as a loop-only replica for the process tests: no API, a short tick, no observer."""
+    return [*CLI, "run", "--no-api", "--metrics-port", "0", "--tick", "0.2", "--observe-seconds", "3600", *extra]
+
+
+async def start_replica(env: dict[str, str], *extra: str) -> asyncio.subprocess.Process:
+    """One replica (:func:`replica_args`) in the background, its output discarded."""
+    return await asyncio.create_subprocess_exec(
+        *replica_args(*extra), env=env, cwd=ROOT, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
+    )
 
 
 async def run_cli(*args: str, env: dict[str, str], timeout: float = 60) -> tuple[int, str, str]:

@@ -7,73 +7,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import psycopg
 import pytest
-from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
 from desired_state import store
 from desired_state.http import ApiConfig, ApiConfigError, ApiStartError, begin_shutdown, create_app, serve
 from desired_state.models import InstanceSpec, Tool
-from providers.simulated.server import serve_in_background
 from reconciler.demo import simulated_settings
 from reconciler.metrics import Metrics
 from reconciler.runtime import Runtime, RuntimeOptions
 from tests.conftest import FAST_ENGINE, Sim
+from tests.support import API_KEY, AUTH, Api, config_for, desired_count, looping, served, until
 
-API_KEY = "test-services-api-key"
-AUTH = {"Authorization": f"Bearer {API_KEY}"}
 ASYNC = {"Prefer": "respond-async"}
-
-
-@dataclass
-class Api:
-    client: httpx.AsyncClient
-    root: str
-    app: FastAPI
-
-
-@contextlib.asynccontextmanager
-async def served(config: ApiConfig) -> AsyncIterator[Api]:
-    """The app on a free loopback port, with its lifespan (the pool) around it."""
-    app = create_app(config)
-    async with (
-        app.router.lifespan_context(app),
-        serve_in_background(app) as root,
-        httpx.AsyncClient(base_url=root, headers=AUTH, timeout=60) as client,
-    ):
-        yield Api(client, root, app)
-
-
-@contextlib.asynccontextmanager
-async def looping(runtime: Runtime) -> AsyncIterator[Runtime]:
-    stop = asyncio.Event()
-    task = asyncio.create_task(runtime.worker.run_forever(stop))
-    try:
-        yield runtime
-    finally:
-        stop.set()
-        await task
-
-
-def config_for(db_url: str, sim: Sim, **overrides: Any) -> ApiConfig:
-    base = ApiConfig(
-        api_key=API_KEY,
-        database_url=db_url,
-        project_id=sim.simulator.railway.project_id,
-        environment_id=None,
-        wait_timeout=30.0,
-        poll_interval=0.05,
-    )
-    return dataclasses.replace(base, **overrides)
 
 
 @pytest.fixture
@@ -82,21 +35,8 @@ async def api(db_url: str, sim: Sim, runtime: Runtime) -> AsyncIterator[Api]:
         yield served_api
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not await check():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.05)
-
-
 def held(sim: Sim, provider: str, kind: str) -> list[dict[str, Any]]:
     return list(sim.simulator.snapshot()[provider][kind])
-
-
-async def desired_count(conn: psycopg.AsyncConnection[Any]) -> int:
-    row = await (await conn.execute("SELECT count(*) FROM desired_instances")).fetchone()
-    assert row is not None
-    return int(row[0])
 
 
 async def openrouter_secrets(conn: psycopg.AsyncConnection[Any]) -> list[str]:
@@ -307,7 +247,7 @@ async def test_destroy_of_an_instance_the_replaced_system_made(
     # instance_infra and instance_services rows and their resources, but no desired row: an
     # upgraded database (made here by converging one and then dropping its desired row).
     await store.put(conn, InstanceSpec(instance_id="old2", tools=(Tool.OPENROUTER,)))
-    await eventually(lambda: _phase_is(conn, "old2", "Ready"))
+    await until(lambda: _phase_is(conn, "old2", "Ready"))
     await conn.execute("DELETE FROM desired_instances WHERE instance_id = 'old2'")
     assert [s["instanceId"] for s in (await api.client.post("/status/batch")).json()["services"]] == ["old2"]
 
@@ -345,7 +285,7 @@ async def test_respond_async_answers_202_at_once_with_a_status_url(
         view = (await api.client.get(body["statusUrl"])).json()
         return bool(view["phase"] == "Ready" and view["observedGeneration"] == 1)
 
-    await eventually(ready)
+    await until(ready)
     # Once converged, the synchronous create answers at once with the seed's shape.
     sync = await api.client.post("/create-instance", json={"instanceId": "asyncOne", "tools": ["agentmail"]})
     assert sync.status_code == 200 and sync.json()["services"]["agentmail"]["resourceId"]
@@ -356,7 +296,7 @@ async def test_respond_async_answers_202_at_once_with_a_status_url(
     async def deleted() -> bool:
         return (await api.client.get("/instances/asyncOne")).status_code == 404
 
-    await eventually(deleted)
+    await until(deleted)
     assert held(sim, "agentmail", "inboxes") == [] and held(sim, "railway", "services") == []
 
 
@@ -517,7 +457,7 @@ async def test_provision_and_destroy_one_tool(api: Api, sim: Sim, conn: psycopg.
         ).fetchone()
         return row is not None
 
-    await eventually(has_phone)
+    await until(has_phone)
 
     unknown_tool = await api.client.post("/provision/tools1/slack")
     assert unknown_tool.status_code == 400 and "toolId" in unknown_tool.json()["error"]

@@ -37,7 +37,7 @@ from providers.simulated.server import serve_in_background
 from reconciler.db import EmbeddedPostgres
 from reconciler.runtime import Runtime
 from tests.conftest import Sim
-from tests.test_api import API_KEY, config_for, desired_count, looping, served
+from tests.support import API_KEY, config_for, desired_count, looping, served
 
 JSON = {"Content-Type": "application/json"}
 CHUNK = 64 * 1024

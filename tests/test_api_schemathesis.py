@@ -27,7 +27,7 @@ import pytest
 
 from reconciler.runtime import Runtime
 from tests.conftest import Sim
-from tests.test_api import API_KEY, config_for, looping, served
+from tests.support import API_KEY, config_for, looping, served
 
 MAX_EXAMPLES = int(os.environ.get("SCHEMATHESIS_MAX_EXAMPLES", "10"))
 SCHEMATHESIS = Path(sys.executable).parent / "schemathesis"

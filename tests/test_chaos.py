@@ -10,7 +10,6 @@ import asyncio
 import os
 import random
 import signal
-import sys
 import time
 from typing import Any
 
@@ -23,22 +22,9 @@ from providers.simulated.app import Simulator, SimulatorSettings
 from providers.simulated.server import serve_in_background
 from reconciler.db import EmbeddedPostgres
 from tests.conftest import Sim
-from tests.support import ROOT, cli_env
+from tests.support import FENCING_VIOLATIONS, cli_env, count, held, start_replica, until
 
 CHAOS_INSTANCES = int(os.environ.get("CHAOS_INSTANCES", "50"))
-RUN = [sys.executable, "-c", "import cli; cli.main()", "run", "--no-api", "--metrics-port", "0", "--tick", "0.2",
-       "--lease-seconds", "3", "--observe-seconds", "3600"]  # fmt: skip
-
-# Every fencing token an instance's events carry must be non-decreasing in the order they were
-# written: a smaller one after a larger one would be a stale worker's write getting through.
-FENCING_VIOLATIONS = """
-SELECT count(*) FROM (
-    SELECT fencing_token < max(fencing_token) OVER (
-               PARTITION BY instance_id ORDER BY id ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING
-           ) AS stale
-      FROM events WHERE fencing_token IS NOT NULL
-) checked WHERE stale
-"""
 
 
 def specs(count: int) -> list[InstanceSpec]:
@@ -64,35 +50,6 @@ def expected_names(count: int) -> dict[str, list[str]]:
     }
 
 
-def held_names(simulator: Simulator) -> dict[str, list[str]]:
-    out: dict[str, list[str]] = {}
-    for provider, kinds in simulator.snapshot().items():
-        for kind, items in kinds.items():
-            if kind not in ("messaging_profiles", "deployments"):
-                out[f"{provider}.{kind}"] = sorted(str(item["name"]) for item in items)
-    return out
-
-
-async def start(env: dict[str, str]) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
-        *RUN, env=env, cwd=ROOT, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
-    )
-
-
-async def count(conn: psycopg.AsyncConnection[Any], query: str) -> int:
-    row = await (await conn.execute(query)).fetchone()
-    return int(row[0]) if row else 0
-
-
-async def until(predicate: Any, timeout: float, during: Any = None) -> None:
-    deadline = time.monotonic() + timeout
-    while not await predicate():
-        assert time.monotonic() < deadline, "timed out"
-        if during is not None:
-            await during()
-        await asyncio.sleep(0.2)
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(120 + 6 * CHAOS_INSTANCES)
 async def test_three_replicas_converge_and_tear_down_while_being_killed(
@@ -101,7 +58,7 @@ async def test_three_replicas_converge_and_tear_down_while_being_killed(
     # The simulator has no rate limits here; the shared ones would only make the run longer.
     env = cli_env(db_url, sim) | {"RECONCILER_RATE_LIMITS": "railway=200,openrouter=200,agentmail=200,telnyx=200"}
     rng = random.Random(7)
-    processes = [await start(env) for _ in range(3)]
+    processes = [await start_replica(env, "--lease-seconds", "3") for _ in range(3)]
     kills = 0
     last_kill = time.monotonic()
     next_kill = time.monotonic() + rng.uniform(0.2, 0.6)
@@ -114,23 +71,23 @@ async def test_three_replicas_converge_and_tear_down_while_being_killed(
         processes[victim].send_signal(signal.SIGKILL)
         await processes[victim].wait()
         last_kill = time.monotonic()
-        processes[victim] = await start(env)
+        processes[victim] = await start_replica(env, "--lease-seconds", "3")
         kills += 1
         next_kill = time.monotonic() + rng.uniform(0.2, 0.8)
 
     try:
         await store.put_many(conn, specs(CHAOS_INSTANCES))
         ready = f"SELECT count(*) = {CHAOS_INSTANCES} FROM desired_instances WHERE phase = 'Ready'"
-        await until(lambda: count(conn, ready), timeout=60 + CHAOS_INSTANCES, during=chaos)
+        await until(lambda: count(conn, ready), timeout=60 + CHAOS_INSTANCES, interval=0.2, during=chaos)
         print(f"converged {time.monotonic() - last_kill:.1f}s after the last kill ({kills} kills)")
         converge_kills = kills
-        assert held_names(sim.simulator) == expected_names(CHAOS_INSTANCES)
+        assert held(sim) == expected_names(CHAOS_INSTANCES)
 
         await store.mark_absent(conn, [s.instance_id for s in specs(CHAOS_INSTANCES)])
         gone = "SELECT count(*) = 0 FROM desired_instances"
-        await until(lambda: count(conn, gone), timeout=60 + CHAOS_INSTANCES, during=chaos)
+        await until(lambda: count(conn, gone), timeout=60 + CHAOS_INSTANCES, interval=0.2, during=chaos)
         print(f"torn down {time.monotonic() - last_kill:.1f}s after the last kill ({kills} kills)")
-        assert all(not names for names in held_names(sim.simulator).values()), held_names(sim.simulator)
+        assert all(not names for names in held(sim).values()), held(sim)
         assert await count(conn, FENCING_VIOLATIONS) == 0
         assert converge_kills >= 1 and kills >= 3, f"too little chaos to prove anything ({kills} kills)"
     finally:
@@ -147,23 +104,24 @@ async def test_the_loop_recovers_by_itself_from_a_database_restart(
     server, url = private_postgres
     simulator = Simulator(SimulatorSettings(deploy_seconds=0.5, seed=3))
     async with serve_in_background(simulator.app()) as root:
-        env = cli_env(url, Sim(simulator, root))
-        process = await start(env)
+        sim = Sim(simulator, root)
+        env = cli_env(url, sim)
+        process = await start_replica(env, "--lease-seconds", "3")
         try:
             async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
                 await store.put_many(conn, specs(10))
                 # Mid-run: the loop has started work (a slow start on a loaded machine must not
                 # turn this into a test of start-up against a stopped database).
                 started = "SELECT count(*) FROM desired_instances WHERE observed_generation IS NOT NULL OR attempts > 0"
-                await until(lambda: count(conn, started), timeout=60)
+                await until(lambda: count(conn, started), timeout=60, interval=0.2)
             server.stop()
             await asyncio.sleep(2.0)
             assert process.returncode is None, "the loop must survive the outage"
             url = server.start()
             async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
                 ready = "SELECT count(*) = 10 FROM desired_instances WHERE phase = 'Ready'"
-                await until(lambda: count(conn, ready), timeout=60)
-            names = held_names(simulator)
+                await until(lambda: count(conn, ready), timeout=60, interval=0.2)
+            names = held(sim)
             assert names["openrouter.keys"] == expected_names(10)["openrouter.keys"]
             assert names["railway.services"] == expected_names(10)["railway.services"]
         finally:

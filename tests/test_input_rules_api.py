@@ -12,7 +12,7 @@ import pytest
 
 from reconciler.runtime import Runtime
 from tests.conftest import Sim
-from tests.test_api import Api, config_for, desired_count, looping, served
+from tests.support import Api, config_for, desired_count, looping, served
 
 REFERENCE = "${{convos-agent-OTHER.OPENROUTER_API_KEY}}"
 

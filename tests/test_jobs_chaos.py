@@ -16,7 +16,6 @@ import asyncio
 import os
 import random
 import signal
-import sys
 import time
 import uuid
 from typing import Any
@@ -30,24 +29,12 @@ from desired_state.services.termination import cancel
 from desired_state.services.vocabulary import system_clock
 from tests.conftest import Sim
 from tests.jobs_support import assert_audit_clean, new_caller
-from tests.support import ROOT, cli_env
-from tests.test_chaos import count, until
+from tests.support import cli_env, count, start_replica, until
 
 JOBS = int(os.environ.get("JOB_CHAOS_JOBS", "300"))
 TAKEOVER_LIMIT = 15.0
 
 Conn = psycopg.AsyncConnection[Any]
-
-
-def run_args(*extra: str) -> list[str]:
-    return [sys.executable, "-c", "import cli; cli.main()", "run", "--no-api", "--metrics-port", "0",
-            "--tick", "0.2", "--observe-seconds", "3600", *extra]  # fmt: skip
-
-
-async def start(env: dict[str, str], *extra: str) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
-        *run_args(*extra), env=env, cwd=ROOT, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
-    )
 
 
 async def kill_all(processes: list[asyncio.subprocess.Process]) -> None:
@@ -77,7 +64,7 @@ async def test_replicas_killed_at_random_leave_every_job_terminal_and_the_ledger
     rng = random.Random(2026)
     registry = builtin_registry()
     callers = [await new_caller(conn, f"c{i}@example.com", credits=1000) for i in range(10)]
-    processes = [await start(env, "--lease-seconds", "2") for _ in range(3)]
+    processes = [await start_replica(env, "--lease-seconds", "2") for _ in range(3)]
     kills = 0
     started = time.monotonic()
     try:
@@ -110,14 +97,14 @@ async def test_replicas_killed_at_random_leave_every_job_terminal_and_the_ledger
             victim = rng.randrange(len(processes))
             processes[victim].send_signal(signal.SIGKILL)
             await processes[victim].wait()
-            processes[victim] = await start(env, "--lease-seconds", "2")
+            processes[victim] = await start_replica(env, "--lease-seconds", "2")
             kills += 1
             next_kill = time.monotonic() + rng.uniform(0.3, 1.2)
 
         async def all_terminal() -> bool:
             return await count(conn, live) == 0
 
-        await until(all_terminal, timeout=120, during=chaos)
+        await until(all_terminal, timeout=120, interval=0.2, during=chaos)
         # Every completed provision's instance is Ready; every refunded one's is torn down.
         leftovers = """
             SELECT count(*) = 0 FROM desired_instances
@@ -149,7 +136,7 @@ async def test_a_killed_replicas_job_claims_are_dealt_with_elsewhere_within_15s(
     env = cli_env(db_url, sim)
     registry = builtin_registry()
     caller = await new_caller(conn, credits=1000)
-    victim = await start(env)
+    victim = await start_replica(env)
     survivor: asyncio.subprocess.Process | None = None
     try:
         provisions = [
@@ -159,7 +146,7 @@ async def test_a_killed_replicas_job_claims_are_dealt_with_elsewhere_within_15s(
         echoes = [(await intake.admit(conn, registry, caller, DELAY_ECHO, {"seconds": 120})).job_id for _ in range(3)]
         running = "SELECT count(*) = 6 FROM service_jobs WHERE status = 'running'"
         await until(lambda: _true(conn, running), timeout=30)
-        survivor = await start(env)
+        survivor = await start_replica(env)
         await asyncio.sleep(2.0)  # the survivor is up, and claims nothing: every job is held
         victim.send_signal(signal.SIGKILL)
         killed_at = time.monotonic()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import sys
 import time
 from dataclasses import replace
 from typing import Any
@@ -23,19 +22,9 @@ from desired_state.models import InstanceSpec, Tool
 from providers.simulated.faults import FaultPlan, FaultRule, Latency
 from reconciler.claims import LeaseLost
 from tests.conftest import FAST_ENGINE, Sim, simulated_runtime
-from tests.support import ROOT, cli_env
-from tests.test_chaos import FENCING_VIOLATIONS, count, held_names, until
+from tests.support import FENCING_VIOLATIONS, cli_env, count, held, start_replica, until
 
 TAKEOVER_LIMIT = 15.0
-RUN = [sys.executable, "-c", "import cli; cli.main()", "run", "--no-api", "--metrics-port", "0", "--tick", "0.2",
-       "--observe-seconds", "3600"]  # fmt: skip
-"""A replica with the default lease."""
-
-
-async def start(env: dict[str, str]) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
-        *RUN, env=env, cwd=ROOT, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
-    )
 
 
 def slow_providers(sim: Sim, ms: float) -> None:
@@ -62,7 +51,7 @@ async def test_renewal_keeps_a_slow_pass_from_being_overtaken(
         lost = [rt.metrics.lease_lost._value.get() for rt in (first, second)]
     assert lost == [0, 0]  # no pass was overtaken: not one write refused by the fence
     assert await count(conn, FENCING_VIOLATIONS) == 0
-    assert held_names(sim.simulator)["railway.services"] == [f"convos-agent-slow{i}" for i in range(4)]
+    assert held(sim)["railway.services"] == [f"convos-agent-slow{i}" for i in range(4)]
 
 
 async def test_a_renewal_reports_a_claim_another_worker_took(
@@ -108,13 +97,13 @@ async def test_a_killed_replicas_instance_claims_are_started_elsewhere_within_15
     # run with the default lease (no --lease-seconds).
     slow_providers(sim, 300)
     env = cli_env(db_url, sim)
-    victim = await start(env)
+    victim = await start_replica(env)
     survivor: asyncio.subprocess.Process | None = None
     try:
         await store.put_many(conn, [InstanceSpec(instance_id=f"kill{i}", tools=(Tool.OPENROUTER,)) for i in range(6)])
-        held = "SELECT count(*) = 6 FROM desired_instances WHERE lease_owner IS NOT NULL"
-        await until(lambda: count(conn, held), timeout=30)
-        survivor = await start(env)
+        leased = "SELECT count(*) = 6 FROM desired_instances WHERE lease_owner IS NOT NULL"
+        await until(lambda: count(conn, leased), timeout=30, interval=0.2)
+        survivor = await start_replica(env)
         await asyncio.sleep(2.0)  # the survivor is up and ticking (it finds nothing it may claim)
         before = await tokens(conn)
         victim.send_signal(signal.SIGKILL)
@@ -125,13 +114,13 @@ async def test_a_killed_replicas_instance_claims_are_started_elsewhere_within_15
             now = await tokens(conn)
             return all(now[key] > token for key, token in before.items())
 
-        await until(all_taken_over, timeout=30)
+        await until(all_taken_over, timeout=30, interval=0.2)
         took = time.monotonic() - killed_at
         print(f"the killed replica's claims were taken over {took:.1f}s after the kill")
         assert took <= TAKEOVER_LIMIT, f"the dead replica's claims were started elsewhere after {took:.1f}s"
         ready = "SELECT count(*) = 6 FROM desired_instances WHERE phase = 'Ready'"
-        await until(lambda: count(conn, ready), timeout=60)
-        assert held_names(sim.simulator)["railway.services"] == [f"convos-agent-kill{i}" for i in range(6)]
+        await until(lambda: count(conn, ready), timeout=60, interval=0.2)
+        assert held(sim)["railway.services"] == [f"convos-agent-kill{i}" for i in range(6)]
     finally:
         for process in (victim, survivor):
             if process is not None and process.returncode is None:

@@ -14,7 +14,6 @@ import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -32,10 +31,8 @@ from providers.simulated.server import serve_in_background
 from reconciler.webhooks.signing import new_secret
 from tests.conftest import Sim
 from tests.sdk_support import DropFirstPost, sdk
-from tests.support import cli_env, free_port
+from tests.support import ROOT, cli_env, free_port, until
 from tests.webhook_receiver import Receiver, running_receiver
-
-ROOT = Path(__file__).resolve().parent.parent
 
 SECRET = new_secret()
 BALANCE = "SELECT balance FROM credit_accounts a JOIN callers c USING (caller_id) WHERE c.email = 'ada@example.com'"
@@ -52,10 +49,8 @@ async def reconciler_run(db_url: str, sim: Sim, upstream: str) -> AsyncIterator[
     # The tests' database and key, the simulated providers; no webhook settings of the caller's own.
     env = {k: v for k, v in cli_env(db_url, sim).items() if not k.startswith(("SERVICE_WEBHOOK", "WEBHOOK_"))}
     env.update(
-        SERVICE_DATABASE_URL=db_url,
         SERVICES_API_KEY="instance-key",
         PORT=str(port),
-        PYTHONPATH=str(ROOT),
         UTIL_ECHO_BASE_URL=upstream,
         SERVICE_WEBHOOK_SECRET=SECRET,
         WEBHOOK_ALLOW_PRIVATE="1",
@@ -95,10 +90,7 @@ async def _scalar(db_url: str, query: str, *args: Any) -> Any:
 
 
 async def _until_delivered(receiver: Receiver, key: str) -> None:
-    deadline = time.monotonic() + 30
-    while key not in receiver.ids():
-        assert time.monotonic() < deadline, f"no webhook {key}"
-        await asyncio.sleep(0.1)
+    await until(lambda: key in receiver.ids(), 30, interval=0.1, message=f"no webhook {key}")
 
 
 @pytest.mark.timeout(240)

@@ -5,11 +5,9 @@ psycopg, no store functions, with the reconcile loop running against the simulat
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
@@ -24,6 +22,7 @@ from reconciler.db import MIGRATIONS_PACKAGE, create_database, migrate
 from reconciler.runtime import Runtime
 from reconciler.status import instance_statuses
 from tests.conftest import Sim, simulated_runtime
+from tests.support import looping, until
 
 CREATE = """
 INSERT INTO desired_instances (instance_id, name, spec)
@@ -33,17 +32,6 @@ PROGRESS = """
 SELECT generation, observed_generation, phase, last_error, conditions, present
   FROM desired_instances WHERE instance_id = %s
 """
-
-
-@contextlib.asynccontextmanager
-async def looping(runtime: Runtime) -> AsyncIterator[None]:
-    stop = asyncio.Event()
-    task = asyncio.create_task(runtime.worker.run_forever(stop))
-    try:
-        yield
-    finally:
-        stop.set()
-        await task
 
 
 async def row_of(conn: psycopg.AsyncConnection[Any], instance_id: str) -> dict[str, Any] | None:
@@ -64,10 +52,10 @@ async def until_converged(conn: psycopg.AsyncConnection[Any], instance_id: str, 
 
 
 async def until_gone(conn: psycopg.AsyncConnection[Any], instance_id: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while await row_of(conn, instance_id) is not None:
-        assert time.monotonic() < deadline, f"{instance_id} was not torn down"
-        await asyncio.sleep(0.05)
+    async def gone() -> bool:
+        return await row_of(conn, instance_id) is None
+
+    await until(gone, timeout, message=f"{instance_id} was not torn down")
 
 
 def service_of(sim: Sim, instance_id: str) -> dict[str, Any]:
@@ -175,13 +163,12 @@ async def test_an_instance_from_insert_to_teardown_with_plain_sql(runtime: Runti
 async def test_an_invalid_spec_written_over_sql_fails_visibly(runtime: Runtime, sim: Sim, db_url: str) -> None:
     async with looping(runtime), await psycopg.AsyncConnection.connect(db_url, autocommit=True) as conn:
         await conn.execute(CREATE, ("badSpec", "", '{"tools": ["slack"]}'))
-        deadline = time.monotonic() + 20
-        while True:
+
+        async def failed() -> dict[str, Any] | None:
             row = await row_of(conn, "badSpec")
-            if row and row["phase"] == "Failed":
-                break
-            assert time.monotonic() < deadline
-            await asyncio.sleep(0.05)
+            return row if row and row["phase"] == "Failed" else None
+
+        row = await until(failed)
         assert "spec.tools" in row["last_error"]
         assert sim.simulator.snapshot()["railway"]["services"] == []
         # Fixing the spec is a new generation; the row converges.

@@ -14,7 +14,6 @@ import os
 import random
 import signal
 import sys
-import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from desired_state.services.termination import JobError
 from desired_state.services.vocabulary import JobErrorCode, JobStatus
 from desired_state.webhooks import webhook_id
 from reconciler.webhooks.signing import new_secret
+from tests.support import until
 from tests.webhook_receiver import Receiver, running_receiver
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -94,10 +94,7 @@ async def _kill(process: asyncio.subprocess.Process) -> None:
 
 
 async def _new_request(receiver: Receiver, seen: int, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while len(receiver.received) <= seen:
-        assert time.monotonic() < deadline, "the sender posted nothing"
-        await asyncio.sleep(0.01)
+    await until(lambda: len(receiver.received) > seen, timeout, interval=0.01, message="the sender posted nothing")
 
 
 async def _undelivered(db_url: str) -> int:
@@ -143,11 +140,12 @@ async def test_sigkill_at_any_point_delivers_exactly_the_events_owed(db_url: str
 
         # 3. One sender left to finish, stopped cleanly.
         process = await _start(env)
-        deadline = time.monotonic() + 90
         receiver.delay = (0.0, 0.0)
-        while await _undelivered(db_url):
-            assert time.monotonic() < deadline, "deliveries still pending after 90 s"
-            await asyncio.sleep(0.2)
+
+        async def all_delivered() -> bool:
+            return await _undelivered(db_url) == 0
+
+        await until(all_delivered, 90, interval=0.2, message="deliveries still pending after 90 s")
         process.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(process.wait(), 30) == 0
 

@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import sys
-import time
-from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -20,32 +17,22 @@ from desired_state.webhooks import webhook_id
 from reconciler.webhooks.signing import new_secret
 from tests.conftest import Sim
 from tests.jobs_support import new_caller
-from tests.support import cli_env
+from tests.support import ROOT, cli_env, replica_args, until
 from tests.webhook_receiver import running_receiver
 
-ROOT = Path(__file__).resolve().parent.parent
-RUN = [sys.executable, "-c", "import cli; cli.main()", "run", "--no-api", "--metrics-port", "0", "--tick", "0.2",
-       "--observe-seconds", "3600"]  # fmt: skip
 SECRET = new_secret()
 
 
 def _env(db_url: str, sim: Sim, **extra: str) -> dict[str, str]:
     # The tests' database and key, the simulated providers; no webhook settings of the caller's own.
     env = {k: v for k, v in cli_env(db_url, sim).items() if not k.startswith(("SERVICE_WEBHOOK", "WEBHOOK_"))}
-    env.update(SERVICE_DATABASE_URL=db_url, PYTHONPATH=str(ROOT), WEBHOOK_ALLOW_PRIVATE="1", **extra)
+    env.update(WEBHOOK_ALLOW_PRIVATE="1", **extra)
     return env
 
 
 async def _states(conn: psycopg.AsyncConnection[Any]) -> dict[str, str]:
     cur = await conn.execute("SELECT webhook_id, state FROM webhook_deliveries")
     return {str(key): str(state) for key, state in await cur.fetchall()}
-
-
-async def _until(predicate: Any, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not await predicate():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.1)
 
 
 async def _stop(process: asyncio.subprocess.Process) -> str:
@@ -68,13 +55,17 @@ async def test_run_delivers_the_end_of_every_job_invoked_with_a_url(
         # Without a secret: the job still runs, its delivery is recorded disabled, start-up says so once.
         unsigned = await invoke({"seconds": 0, "payload": {"n": 0}})
         process = await asyncio.create_subprocess_exec(
-            *RUN, env=_env(db_url, sim), cwd=ROOT, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE
+            *replica_args(),
+            env=_env(db_url, sim),
+            cwd=ROOT,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
         )
 
         async def disabled() -> bool:
             return (await _states(conn)).get(webhook_id(unsigned, "completed")) == "disabled"
 
-        await _until(disabled)
+        await until(disabled, 60, interval=0.1)
         err = await _stop(process)
         assert err.count("SERVICE_WEBHOOK_SECRET is not set") == 1
         assert receiver.deliveries() == []
@@ -84,7 +75,7 @@ async def test_run_delivers_the_end_of_every_job_invoked_with_a_url(
         failed = await invoke({"seconds": 0, "payload": {"n": 2}, "fail": True})
         long = await invoke({"seconds": 300, "payload": {"n": 3}})
         process = await asyncio.create_subprocess_exec(
-            *RUN,
+            *replica_args(),
             env=_env(db_url, sim, SERVICE_WEBHOOK_SECRET=SECRET),
             cwd=ROOT,
             stdout=asyncio.subprocess.DEVNULL,
@@ -95,7 +86,7 @@ async def test_run_delivers_the_end_of_every_job_invoked_with_a_url(
             cur = await conn.execute("SELECT status FROM service_jobs WHERE job_id = %s", (long,))
             return (await cur.fetchone()) == ("running",)
 
-        await _until(running)
+        await until(running, 60, interval=0.1)
         await termination.cancel(conn, long, now=system_clock())
         owed = {webhook_id(done, "completed"), webhook_id(failed, "failed"), webhook_id(long, "cancelled")}
 
@@ -103,7 +94,7 @@ async def test_run_delivers_the_end_of_every_job_invoked_with_a_url(
             states = await _states(conn)
             return all(states.get(key) == "delivered" for key in owed)
 
-        await _until(delivered)
+        await until(delivered, 60, interval=0.1)
         await _stop(process)
 
     assert set(receiver.ids()) == owed

@@ -21,6 +21,7 @@ from rich.console import Console
 from desired_state.models import INSTANCE_ID_PATTERN
 from reconciler import db
 from reconciler.db import EmbeddedPostgres, load_migrations, migrate
+from reconciler.logs import first_line
 from reconciler.settings import Settings, SettingsError, load_settings
 
 console = Console()
@@ -108,9 +109,3 @@ async def async_connection(url: str) -> psycopg.AsyncConnection[Any]:
         return await psycopg.AsyncConnection.connect(url, autocommit=True)
     except psycopg.OperationalError as exc:
         fail(f"cannot connect to Postgres: {first_line(exc)}")
-
-
-def first_line(exc: BaseException) -> str:
-    """The first line of a driver's message (the rest is context and hints)."""
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__

@@ -10,9 +10,11 @@ and the lapsed-lease sweep do, so a test that moves the clock moves them all.
 
 from __future__ import annotations
 
-# Rows are locked in job id order, the order the batch completer (reconciler/jobs/completer.py)
-# terminates them in: two statements that lock many of the same rows in one order never deadlock.
-RENEW_JOB_LEASES = """
+# The running jobs of this worker's claims that are still ours (token unchanged): the common head of
+# the renewal and the hand-back below. Rows are locked in job id order, the order the batch completer
+# (reconciler/jobs/completer.py) terminates them in: two statements that lock many of the same rows
+# in one order never deadlock.
+_OURS_JOBS = """
 WITH ours AS (
     SELECT j.job_id FROM service_jobs AS j
       JOIN unnest(%(keys)s::uuid[], %(tokens)s::bigint[]) AS held(key, token)
@@ -20,7 +22,10 @@ WITH ours AS (
      WHERE j.lease_owner = %(owner)s AND j.status = 'running'
      ORDER BY j.job_id
        FOR UPDATE OF j
-)
+)"""
+
+# Every lease this worker holds, renewed in one statement.
+RENEW_JOB_LEASES = _OURS_JOBS + """
 UPDATE service_jobs AS j
    SET lease_expires_at = %(now)s + %(lease_seconds)s * interval '1 second'
   FROM ours
@@ -30,15 +35,7 @@ RETURNING j.job_id, j.fencing_token
 
 # A claim handed back before its handler started: pending again, as if never claimed (the attempt
 # is given back, and a first claim's deadline clock is stopped).
-RELEASE_JOB_CLAIMS = """
-WITH ours AS (
-    SELECT j.job_id FROM service_jobs AS j
-      JOIN unnest(%(keys)s::uuid[], %(tokens)s::bigint[]) AS held(key, token)
-        ON j.job_id = held.key AND j.fencing_token = held.token
-     WHERE j.lease_owner = %(owner)s AND j.status = 'running'
-     ORDER BY j.job_id
-       FOR UPDATE OF j
-)
+RELEASE_JOB_CLAIMS = _OURS_JOBS + """
 UPDATE service_jobs AS j
    SET status = 'pending', lease_owner = NULL, lease_expires_at = NULL, attempts = j.attempts - 1,
        started_at = CASE WHEN j.attempts = 1 THEN NULL ELSE j.started_at END,

@@ -72,6 +72,8 @@ from reconciler.claims import ClaimStatements, Leases, LeaseSettings
 from reconciler.jobs import queries
 from reconciler.jobs.completer import Completer
 from reconciler.jobs.handlers import HandlerRegistry, JobCancelled, JobContext, JobFailed
+from reconciler.listen import listen_forever
+from reconciler.logs import first_line
 from reconciler.metrics import LIVE_JOB_STATUSES, Metrics
 
 log = logging.getLogger(__name__)
@@ -184,7 +186,7 @@ class JobRunner:
                             next_audit = time.monotonic() + self.settings.audit_seconds
                             await self.refresh_audit()
                     except (psycopg.OperationalError, psycopg.InterfaceError, PoolClosed) as exc:
-                        log.error("database unavailable, the job loop retries next tick: %s", _first_line(exc))
+                        log.error("database unavailable, the job loop retries next tick: %s", first_line(exc))
                         next_sweep = time.monotonic() + self.settings.tick_seconds
                     except Exception:
                         log.exception("job loop tick failed")
@@ -238,7 +240,7 @@ class JobRunner:
         try:
             await self.leases.release_unstarted()
         except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
-            log.warning("could not hand back unstarted job claims (they lapse instead): %s", _first_line(exc))
+            log.warning("could not hand back unstarted job claims (they lapse instead): %s", first_line(exc))
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=self.settings.shutdown_grace)
         for context, stopped in self._running.values():
@@ -256,7 +258,7 @@ class JobRunner:
             return
         error = task.exception()
         if error is not None:
-            log.error("a job run failed: %s", _first_line(error))
+            log.error("a job run failed: %s", first_line(error))
             return
         outcome = task.result()
         if outcome is not None:
@@ -294,7 +296,7 @@ class JobRunner:
             outcome = await self._run(claim, stopped)
         except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
             # The database went away: the lease lapses and the sweep decides (re-run or refund).
-            log.error("job %s could not be ended: %s", claim.job_id, _first_line(exc))
+            log.error("job %s could not be ended: %s", claim.job_id, first_line(exc))
             return None
         finally:
             self._running.pop(key, None)
@@ -476,32 +478,25 @@ class JobRunner:
 
     async def _listen(self, stop: asyncio.Event) -> None:
         assert self._database_url is not None
-        delay = 0.5
-        while not stop.is_set():
-            try:
-                conn = await psycopg.AsyncConnection.connect(self._database_url, autocommit=True)
-                async with conn:
-                    await conn.execute(f"LISTEN {WAKE_CHANNEL}")
-                    await conn.execute(f"LISTEN {DONE_CHANNEL}")
-                    delay = 0.5
-                    self._wake.set()
-                    async for notice in conn.notifies():
-                        if notice.channel == WAKE_CHANNEL:
-                            self._wake.set()
-                        else:
-                            with contextlib.suppress(ValueError):
-                                self._lost_everywhere(UUID(notice.payload))
-            except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
-                log.warning("job LISTEN connection lost (%s); reconnecting in %.1fs", type(exc).__name__, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
+        await listen_forever(
+            self._database_url,
+            [WAKE_CHANNEL, DONE_CHANNEL],
+            stop,
+            on_connect=self._wake.set,
+            on_notice=self._on_notice,
+            name="job",
+        )
+
+    def _on_notice(self, notice: psycopg.Notify) -> None:
+        if notice.channel == WAKE_CHANNEL:
+            # New or due work: claim now.
+            self._wake.set()
+        else:
+            # A job ended elsewhere (cancelled, terminated): stop its handler here if it runs.
+            with contextlib.suppress(ValueError):
+                self._lost_everywhere(UUID(notice.payload))
 
 
 def _signal(stopped: asyncio.Future[None]) -> None:
     if not stopped.done():
         stopped.set_result(None)
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__

@@ -45,6 +45,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from desired_state.webhooks import WebhookState
 from reconciler.claims import ClaimStatements, Leases, LeaseSettings
+from reconciler.logs import first_line
 from reconciler.metrics import Metrics
 from reconciler.webhooks import queries
 from reconciler.webhooks.safety import RefusedDestination, UnresolvedHost, resolve_target
@@ -314,7 +315,7 @@ class WebhookSender:
         except httpx.TimeoutException:
             return AttemptResult(None, f"no answer within {self.settings.timeout_seconds:g}s")
         except httpx.HTTPError as exc:
-            return AttemptResult(None, f"{type(exc).__name__}: {_first_line(exc)}"[:200])
+            return AttemptResult(None, f"{type(exc).__name__}: {first_line(exc)}"[:200])
         status = response.status_code
         if 200 <= status < 300:
             return AttemptResult(status)
@@ -363,8 +364,3 @@ async def _read_prefix(response: httpx.Response) -> bytes:
         if len(prefix) >= RESPONSE_PREFIX_BYTES:
             break
     return prefix[:RESPONSE_PREFIX_BYTES]
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__

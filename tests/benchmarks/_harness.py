@@ -47,6 +47,7 @@ from reconciler.db import EmbeddedPostgres, create_database, migrate
 from reconciler.engine import EngineSettings
 from reconciler.metrics import Metrics
 from reconciler.runtime import Runtime, RuntimeOptions
+from reconciler.secrets_box import generate_key
 from reconciler.settings import load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -168,9 +169,14 @@ def fleet_specs(count: int, prefix: str, tools: tuple[Tool, ...] = ALL_TOOLS) ->
     return [InstanceSpec(instance_id=f"{prefix}{n:06d}", tools=tools) for n in range(count)]
 
 
+BENCH_SECRET_KEY = generate_key()
+"""Seals the stored provider secrets of every runtime and child process of one benchmark run (a
+configured database needs ``RECONCILER_SECRET_KEY``; the embedded default would generate one)."""
+
+
 def simulated_env(sim: SimulatorHandle) -> dict[str, str]:
     """The settings environment pointing every provider at ``sim`` (as ``reconciler demo`` does)."""
-    return demo.simulated_env(sim.root, sim.project_id)
+    return {**demo.simulated_env(sim.root, sim.project_id), "RECONCILER_SECRET_KEY": BENCH_SECRET_KEY}
 
 
 def runtime_for(sim: SimulatorHandle, database_url: str, options: RuntimeOptions) -> Runtime:

@@ -48,7 +48,6 @@ from typing import Any
 
 import httpx
 import psycopg
-from cryptography.fernet import Fernet
 from prometheus_client import CollectorRegistry
 from psycopg import sql
 
@@ -468,8 +467,6 @@ async def reconciler_run(url: str) -> AsyncIterator[tuple[str, int]]:
             "SERVICES_API_KEY": API_KEY,
             "PORT": str(port),
             "LOG_LEVEL": "WARNING",
-            # A database URL makes the key mandatory (replicas must share it); any key does here.
-            "RECONCILER_SECRET_KEY": os.environ.get("RECONCILER_SECRET_KEY") or Fernet.generate_key().decode(),
         }
         command = [sys.executable, "-c", "import cli; cli.main()", "run", "--host", "127.0.0.1", "--metrics-port", "0"]
         process = subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.DEVNULL)

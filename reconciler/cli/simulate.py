@@ -1,4 +1,4 @@
-"""``reconciler simulate``: the four simulated provider APIs on one port, with fault knobs.
+"""``reconciler simulate``: the simulated provider APIs and the util.echo upstream on one port, with fault knobs.
 
 The fault flags are parsed by the simulator's own grammar (``docs/simulator.md``); a bad flag is
 bad input (exit 2) with the flag named.
@@ -17,7 +17,7 @@ app = typer.Typer()
 
 @app.command("simulate", rich_help_panel="Serving")
 def simulate_command(
-    port: Annotated[int, typer.Option(help="Loopback port to serve the four simulated providers on.")] = 8090,
+    port: Annotated[int, typer.Option(help="Loopback port for the simulated providers and the util.echo upstream.")] = 8090,
     host: Annotated[str, typer.Option(help="Address to bind (loopback by default).")] = "127.0.0.1",
     deploy_seconds: Annotated[float, typer.Option(help="How long a simulated Railway deploy takes.")] = 3.0,
     seed: Annotated[int | None, typer.Option(help="Seed for reproducible ids and fault decisions.")] = None,

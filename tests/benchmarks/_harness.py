@@ -315,3 +315,33 @@ def cli(
         ):
             results = asyncio.run(run(embedded, **args))
     print(json.dumps(results, indent=2) if as_json else markdown(results))
+
+
+@contextlib.asynccontextmanager
+async def serving(
+    process: subprocess.Popen[bytes], root: str, ready_path: str, *, start_within: float, stop_within: float
+) -> AsyncIterator[tuple[str, int]]:
+    """Wait until the child ``process`` answers 200 on ``root + ready_path``; yield ``(root, pid)``;
+    then stop it with SIGTERM (SIGKILL after ``stop_within`` seconds). Raises ``RuntimeError`` if the
+    child exits or does not serve within ``start_within`` seconds."""
+    try:
+        async with httpx.AsyncClient(base_url=root) as probe:
+            deadline = time.monotonic() + start_within
+            while True:
+                if process.poll() is not None:
+                    raise RuntimeError(f"{process.args!r:.80} exited with code {process.returncode}")
+                with contextlib.suppress(httpx.TransportError):
+                    if (await probe.get(ready_path)).status_code == 200:
+                        break
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the child did not serve {ready_path} within {start_within:.0f} s")
+                await asyncio.sleep(0.05)
+        yield root, process.pid
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=stop_within)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+

@@ -33,8 +33,6 @@ import importlib.util
 import json
 import logging
 import os
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -59,7 +57,8 @@ from reconciler.engine import EngineSettings
 from reconciler.metrics import Metrics
 from reconciler.runtime import Runtime, RuntimeOptions
 from reconciler.settings import load_settings
-from tests.benchmarks._harness import ROOT, cli, percentile, quiet_logs, simulated_env, simulator_process
+from tests.benchmarks._harness import ROOT, cli, percentile, quiet_logs, serving, simulated_env, simulator_process
+from tests.support import free_port
 
 QUICK: dict[str, Any] = {
     "jobs": 200,
@@ -448,16 +447,10 @@ class KeepAliveClient:
         return int(lines[0].split(" ", 2)[1])
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @contextlib.asynccontextmanager
 async def reconciler_run(url: str) -> AsyncIterator[tuple[str, int]]:
     """``reconciler run`` (API and loop) in a child process against ``url``; yields the API root and its pid."""
-    port = _free_port()
+    port = free_port()
     async with simulator_process() as sim:
         env = {
             **os.environ,
@@ -471,26 +464,8 @@ async def reconciler_run(url: str) -> AsyncIterator[tuple[str, int]]:
         command = [sys.executable, "-c", "import cli; cli.main()", "run", "--host", "127.0.0.1", "--metrics-port", "0"]
         process = subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.DEVNULL)
         root = f"http://127.0.0.1:{port}"
-        try:
-            async with httpx.AsyncClient(base_url=root) as probe:
-                deadline = time.monotonic() + 60
-                while True:
-                    if process.poll() is not None:
-                        raise RuntimeError(f"reconciler run exited with code {process.returncode}")
-                    with contextlib.suppress(httpx.TransportError):
-                        if (await probe.get("/api/services/catalog")).status_code == 200:
-                            break
-                    if time.monotonic() > deadline:
-                        raise RuntimeError("reconciler run did not serve within 60 s")
-                    await asyncio.sleep(0.1)
-            yield root, process.pid
-        finally:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        async with serving(process, root, "/api/services/catalog", start_within=60, stop_within=30) as served:
+            yield served
 
 
 async def http_admission(server_url: str, clients: int, seconds: float) -> dict[str, Any]:

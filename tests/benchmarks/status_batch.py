@@ -24,8 +24,6 @@ import argparse
 import asyncio
 import contextlib
 import os
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -38,6 +36,8 @@ import httpx
 import psycopg
 
 from reconciler.db import EmbeddedPostgres, create_database, migrate
+from tests.benchmarks._harness import serving
+from tests.support import free_port
 
 BENCH_DATABASE = "reconciler_bench"
 API_KEY = "benchmark-api-key"
@@ -88,12 +88,6 @@ asyncio.run(main())
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def prepare_database(server_url: str, count: int) -> str:
     """A fresh, migrated ``reconciler_bench`` database holding ``count`` Ready instances."""
     url = create_database(server_url, BENCH_DATABASE)
@@ -113,7 +107,7 @@ def drop_database(server_url: str) -> None:
 @contextlib.asynccontextmanager
 async def serve_app(database_url: str, cpus: int) -> Any:
     """The real app in a child process pinned to ``cpus``: yields its root URL and pid."""
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         "PYTHONPATH": str(ROOT),
@@ -124,26 +118,8 @@ async def serve_app(database_url: str, cpus: int) -> Any:
     }
     process = subprocess.Popen([sys.executable, "-c", SERVER_SCRIPT], env=env, cwd=ROOT)
     root = f"http://127.0.0.1:{port}"
-    try:
-        async with httpx.AsyncClient(base_url=root) as probe:
-            deadline = time.monotonic() + 30
-            while True:
-                if process.poll() is not None:
-                    raise RuntimeError(f"the API server exited with code {process.returncode}")
-                with contextlib.suppress(httpx.TransportError):
-                    if (await probe.get("/healthz")).status_code == 200:
-                        break
-                if time.monotonic() > deadline:
-                    raise RuntimeError("the API server did not start within 30 s")
-                await asyncio.sleep(0.05)
-        yield root, process.pid
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    async with serving(process, root, "/healthz", start_within=30, stop_within=15) as served:
+        yield served
 
 
 def _percentile(samples: list[float], fraction: float) -> float:

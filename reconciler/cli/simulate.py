@@ -17,7 +17,7 @@ app = typer.Typer()
 
 @app.command("simulate", rich_help_panel="Serving")
 def simulate_command(
-    port: Annotated[int, typer.Option(help="Loopback port for the simulated providers and the util.echo upstream.")] = 8090,
+    port: Annotated[int, typer.Option(help="Loopback port of the simulated providers.")] = 8090,
     host: Annotated[str, typer.Option(help="Address to bind (loopback by default).")] = "127.0.0.1",
     deploy_seconds: Annotated[float, typer.Option(help="How long a simulated Railway deploy takes.")] = 3.0,
     seed: Annotated[int | None, typer.Option(help="Seed for reproducible ids and fault decisions.")] = None,

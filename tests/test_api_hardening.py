@@ -283,3 +283,24 @@ async def test_destroy_reports_only_what_the_teardown_deleted(
             destroyed = await destroying
     assert destroyed.status_code == 200, destroyed.text
     assert destroyed.json()["destroyed"]["agentmail"] is False
+
+
+async def test_connections_the_server_ended_are_dropped_at_checkout_not_failed_on(db_url: str, sim: Sim) -> None:
+    """A restart or ``pg_terminate_backend`` ends the pool's idle connections; requests still answer.
+
+    The checkout check costs a round trip only when an idle connection's socket has something to
+    read (issue 14): this is the case it exists for."""
+    async with served(config_for(db_url, sim, pool_size=4)) as api:
+        assert {r.status_code for r in await asyncio.gather(*(api.client.get("/instances") for _ in range(8)))} == {
+            200
+        }
+        with psycopg.connect(db_url, autocommit=True) as admin:
+            row = admin.execute(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            ).fetchone()
+        assert row is not None and row[0] >= 2
+        await asyncio.sleep(0.2)  # the server's goodbye reaches the sockets
+        sequential = [(await api.client.get("/instances")).status_code for _ in range(6)]
+        concurrent = [r.status_code for r in await asyncio.gather(*(api.client.get("/instances") for _ in range(6)))]
+        assert sequential + concurrent == [200] * 12

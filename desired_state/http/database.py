@@ -7,8 +7,15 @@ backoff, and a retry scheduled a minute out is what the next request waited behi
 
 * a request waits at most ``database_timeout`` (1.5 s) for a connection, then answers 503 with
   ``Retry-After`` (also with ``Prefer: respond-async``: the write itself needs the database);
-* every connection is checked on checkout (``check_connection``), so one broken by a restart is
-  dropped instead of failing the request that drew it;
+* every connection is checked on checkout (:meth:`Database.checkout`), so one ended by the server
+  (a restart, ``pg_terminate_backend``) is dropped instead of failing the request that drew it.
+  The check costs no round trip unless the connection has something to read: an idle
+  connection's socket is readable only when the server wrote to it unasked, which for this pool
+  (no ``LISTEN``) is nearly always its goodbye. Only then is the ``check_connection`` round trip
+  run. A dead connection is replaced and the next one tried at once: psycopg_pool's own check
+  loop backs off a second after each failed check, so a restart that ended four idle
+  connections cost the next request 503. A round trip per checkout was also two of the four
+  round trips of an HTTP admission (issue 14);
 * a reconnection attempt gives up after :data:`RECONNECT_WINDOW` seconds, so its backoff never
   grows past a second or two, and the next request or probe starts a fresh attempt at once;
   connecting itself times out after :data:`CONNECT_TIMEOUT` seconds (a host that does not answer);
@@ -23,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import select
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -53,6 +61,21 @@ DATABASE_UNAVAILABLE = Counter(
 Pool = AsyncConnectionPool[psycopg.AsyncConnection[Any]]
 
 
+async def is_alive(conn: psycopg.AsyncConnection[Any]) -> bool:
+    """Whether an idle pooled connection still works; a round trip only when its socket is readable."""
+    if conn.closed:
+        return False
+    poller = select.poll()  # not select.select: a busy process may hold descriptors above 1024
+    poller.register(conn.fileno(), select.POLLIN)
+    if not poller.poll(0):
+        return True
+    try:
+        await AsyncConnectionPool.check_connection(conn)
+    except psycopg.Error:
+        return False
+    return True
+
+
 class Database:
     """The pool (opened by the app's lifespan), its fail-fast checkout and its health."""
 
@@ -71,7 +94,6 @@ class Database:
             open=False,
             name="api",
             timeout=self.config.database_timeout,
-            check=AsyncConnectionPool.check_connection,
             reconnect_timeout=RECONNECT_WINDOW,
         )
         try:
@@ -97,11 +119,27 @@ class Database:
         """A pooled connection, or :class:`DatabaseUnavailable` within ``database_timeout``."""
         if self._pool is None:
             raise ApiError(503, "the API is not ready (database pool closed)", headers={"Retry-After": "5"})
+        pool = self._pool
         try:
-            async with self._pool.connection() as conn:
-                yield conn
+            conn = await self.checkout(pool, self.config.database_timeout)
+            try:
+                async with conn:  # the pool's own context: commit, or roll back on an error
+                    yield conn
+            finally:
+                await pool.putconn(conn)
         except PoolTimeout:
             raise DatabaseUnavailable from None
+
+    @staticmethod
+    async def checkout(pool: Pool, within: float) -> psycopg.AsyncConnection[Any]:
+        """A live connection within ``within`` seconds (``PoolTimeout`` otherwise); dead ones are replaced."""
+        deadline = time.monotonic() + within
+        while True:
+            conn = await pool.getconn(timeout=max(0.0, deadline - time.monotonic()))
+            if await is_alive(conn):
+                return conn
+            await conn.close()
+            await pool.putconn(conn)  # a closed connection is discarded and a new one opened
 
     def mark_unavailable(self) -> None:
         DATABASE_UP.set(0)
@@ -114,8 +152,11 @@ class Database:
         started = time.perf_counter()
         try:
             async with asyncio.timeout(self.config.database_timeout):
-                async with self._pool.connection(timeout=self.config.database_timeout) as conn:
+                conn = await self.checkout(self._pool, self.config.database_timeout)
+                try:
                     await conn.execute("SELECT 1")
+                finally:
+                    await self._pool.putconn(conn)
         except (psycopg.Error, PoolTimeout, TimeoutError) as exc:
             DATABASE_UP.set(0)
             return None, type(exc).__name__

@@ -23,6 +23,7 @@ from reconciler.cli.common import (
 )
 from reconciler.cli.webhooks import webhook_settings_or_exit
 from reconciler.engine import EngineSettings
+from reconciler.gc_tuning import settle_after_start_up
 from reconciler.runtime import Runtime, RuntimeOptions
 from reconciler.settings import SettingsError
 
@@ -128,6 +129,7 @@ def run_command(
                     probe = runtime.worker.seconds_since_progress if loop else None
                     http_app = create_app(dataclasses.replace(api_config, loop_probe=probe), paid=paid)
                     tasks.append(serve_api(http_app, host, settings.port, stop))
+                settle_after_start_up()
                 log.info(
                     "reconciler running",
                     extra={"metrics_port": metrics_port, "api_port": settings.port if api else None, "loop": loop},

@@ -143,6 +143,38 @@ async def test_revoked_key_is_refused(paid: Paid) -> None:
     assert (await paid.client.get("/api/credits", headers=paid.auth())).status_code == 401
 
 
+async def test_invoke_answers_a_wrong_key_401_before_anything_else(paid: Paid) -> None:
+    """The admission looks the key up inside its own statement (issue 14), yet a wrong, revoked or
+    malformed key is still answered 401 first: before an unknown service, a bad body or a bad
+    Idempotency-Key, and nothing is written or charged."""
+    unknown = {"Authorization": "Bearer sk-" + "A" * 43}  # well formed, never issued
+    malformed = {"Authorization": "Bearer sk-short"}
+    delay = "/api/services/invoke/util/delay-echo"
+    attempts = [
+        (delay, {"seconds": 0}, {}),
+        ("/api/services/invoke/util/no-such-service", {}, {}),
+        (delay, {"seconds": "soon"}, {}),
+        (delay, {"seconds": 0}, {"Idempotency-Key": "x" * 1000}),
+        (delay, {"seconds": 0}, {"X-Webhook-Url": "not a url"}),
+    ]
+    for who in (unknown, malformed, {}):
+        for path, body, extra in attempts:
+            response = await paid.client.post(path, json=body, headers={**who, **extra})
+            assert response.status_code == 401, (who, path, body, extra, response.text)
+            assert response.json()["error"] == "authentication_required"
+            assert response.headers["www-authenticate"] == "Bearer"
+    # the right key gets the real refusals, and then an admission
+    assert (await paid.client.post("/api/services/invoke/util/no-such-service", headers=paid.auth())).status_code == 404
+    assert (await paid.client.post(delay, json={"seconds": "soon"}, headers=paid.auth())).status_code == 400
+    assert await paid.written() == (0, 0, 0)
+    assert (await paid.client.post(delay, json={"seconds": 0}, headers=paid.auth())).status_code == 202
+    async with await psycopg.AsyncConnection.connect(paid.db_url, autocommit=True) as conn:
+        assert len(await callers.revoke_keys(conn, "ada@example.com")) == 1
+    revoked = await paid.client.post(delay, json={"seconds": 0}, headers=paid.auth())
+    assert revoked.status_code == 401 and revoked.json()["error"] == "authentication_required"
+    assert (await paid.written())[0] == 1 and await paid.balance() == 9
+
+
 async def test_job_lifecycle_poll_cancel_refund_and_credits(paid: Paid) -> None:
     response = await paid.client.post(
         "/api/services/invoke/util/delay-echo", json={"seconds": 5, "payload": {"hi": 1}}, headers=paid.auth()

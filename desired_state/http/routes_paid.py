@@ -5,7 +5,10 @@
 ``GET /api/credits``. Every route but the catalog takes ``Authorization: Bearer sk-...``, a
 caller's key (:mod:`desired_state.services.callers`: looked up by its SHA-256, compared in constant
 time), through the :data:`CALLER_KEY` security dependency, so the OpenAPI document declares the
-``callerKey`` scheme on exactly those operations. ``SERVICES_API_KEY`` opens the instance routes
+``callerKey`` scheme on exactly those operations. ``invoke`` does not look the key up on its own:
+its hash goes into the admission statement, which finds the caller in the same round trip (issue
+14); a refusal found before that statement still checks the key first, so a wrong key is 401
+before anything else on every route. ``SERVICES_API_KEY`` opens the instance routes
 only: the app's bearer middleware lets :data:`PREFIX` through to this router (``create_app(...,
 paid=PaidRoutes(...))``), which never sees that key as anything but an unknown one (401); the
 middleware refuses an ``sk-`` key on the instance routes in turn.
@@ -132,6 +135,22 @@ class Refusal(Exception):
         self.headers = headers or {}
 
 
+Credentials = Annotated[HTTPAuthorizationCredentials | None, Security(CALLER_KEY)]
+
+
+def bearer_token(credentials: HTTPAuthorizationCredentials | None) -> str:
+    return credentials.credentials.strip() if credentials is not None else ""
+
+
+def unauthenticated() -> Refusal:
+    return Refusal(
+        ErrorCode.AUTHENTICATION_REQUIRED,
+        "a valid caller API key is required",
+        "send Authorization: Bearer sk-...",
+        {"WWW-Authenticate": "Bearer"},
+    )
+
+
 def error_response(
     code: ErrorCode, message: str, hint: str | None = None, headers: dict[str, str] | None = None
 ) -> JSONResponse:
@@ -232,22 +251,15 @@ def create_paid_router(config: PaidApiConfig, connection: ConnectionFactory) -> 
     router = APIRouter(route_class=ConfiguredRoute, tags=["paid services"])
     registry = config.registry
 
-    async def authenticated(
-        credentials: Annotated[HTTPAuthorizationCredentials | None, Security(CALLER_KEY)],
-    ) -> Caller:
+    async def authenticated(credentials: Credentials) -> Caller:
         """The caller whose live key the request bears; 401 otherwise (run before anything else)."""
-        token = credentials.credentials.strip() if credentials is not None else ""
+        token = bearer_token(credentials)
         caller = None
         if token:
             async with connection() as conn:
                 caller = await callers.verify_key(conn, token)
         if caller is None:
-            raise Refusal(
-                ErrorCode.AUTHENTICATION_REQUIRED,
-                "a valid caller API key is required",
-                "send Authorization: Bearer sk-...",
-                {"WWW-Authenticate": "Bearer"},
-            )
+            raise unauthenticated()
         return caller
 
     CallerOf = Annotated[Caller, Depends(authenticated)]
@@ -311,28 +323,39 @@ def create_paid_router(config: PaidApiConfig, connection: ConnectionFactory) -> 
             ],
         },
     )
-    async def invoke(request: Request, caller: CallerOf, group: GroupPath, method: MethodPath) -> Response:
+    async def invoke(request: Request, credentials: Credentials, group: GroupPath, method: MethodPath) -> Response:
         """Invoke a service: a job answers 202 with its id at once; a proxy answers 200 with its output.
 
         The cost is charged before anything runs and refunded if it fails, is cancelled or times out.
         """
-        definition = service_of(group, method)
-        data = await json_object(request)
-        key = request.headers.get("idempotency-key")
+        # The key is looked up by the admission statement itself (one round trip, not two), so
+        # what needs no database is checked first; a refusal there still answers a wrong key 401
+        # first, as every paid route does.
+        presented = callers.presented_key(bearer_token(credentials))
+        if presented is None:
+            raise unauthenticated()
+        try:
+            definition = service_of(group, method)
+            invocation = intake.prepare(
+                registry,
+                definition.id,
+                await json_object(request),
+                idempotency_key=request.headers.get("idempotency-key"),
+                webhook_url=request.headers.get(WEBHOOK_URL_HEADER),
+            )
+        except (Refusal, AdmissionRefused, ApiError) as exc:
+            await authenticated(credentials)
+            if isinstance(exc, AdmissionRefused) and config.on_admission is not None:
+                config.on_admission(exc.code.value)
+            raise
         try:
             async with connection() as conn:
-                admission = await intake.admit(
-                    conn,
-                    registry,
-                    caller.caller_id,
-                    definition.id,
-                    data,
-                    idempotency_key=key,
-                    clock=config.clock,
-                    lease_owner=config.lease_owner,
-                    webhook_url=request.headers.get(WEBHOOK_URL_HEADER),
+                admission = await intake.admit_prepared(
+                    conn, invocation, presented, clock=config.clock, lease_owner=config.lease_owner
                 )
         except AdmissionRefused as exc:
+            if exc.code is ErrorCode.AUTHENTICATION_REQUIRED:
+                raise unauthenticated() from None
             if config.on_admission is not None:
                 config.on_admission(exc.code.value)
             raise

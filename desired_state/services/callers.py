@@ -6,6 +6,11 @@ as strong as a slow one and lets a request find its caller with one index lookup
 The looked-up hash is compared again with :func:`hmac.compare_digest`, so the answer never
 depends on where a wrong key first differs. Revoking marks a key, it never deletes it.
 
+A job's admission does not look the key up first: it hands the :class:`PresentedKey` to the
+admission statement, which finds the caller by the same index lookup inside ``paid_admit``'s own
+transaction (one round trip per admission instead of two; issue 14). An unknown or revoked key
+admits nothing and answers 401 as here.
+
 Every caller has a ledger account (``caller:<uuid>``), created in the same transaction.
 """
 
@@ -49,6 +54,20 @@ class CallerNotFound(LookupError):
 class Caller:
     caller_id: uuid.UUID
     email: str
+
+
+@dataclass(frozen=True)
+class PresentedKey:
+    """A well-formed key as a request presented it, not yet looked up: only its SHA-256 is kept."""
+
+    digest: bytes = field(repr=False)
+
+
+def presented_key(presented: str) -> PresentedKey | None:
+    """The key's digest, or None when it cannot be a key at all (no lookup needed to refuse it)."""
+    if not KEY_PATTERN.fullmatch(presented):
+        return None
+    return PresentedKey(hash_key(presented))
 
 
 @dataclass(frozen=True)
@@ -135,9 +154,10 @@ async def revoke_keys(
 
 async def verify_key(conn: psycopg.AsyncConnection[Any], presented: str) -> Caller | None:
     """The caller a presented key belongs to, or None (unknown, malformed or revoked)."""
-    if not KEY_PATTERN.fullmatch(presented):
+    key = presented_key(presented)
+    if key is None:
         return None
-    digest = hash_key(presented)
+    digest = key.digest
     async with conn.cursor() as cur:
         await cur.execute(queries.SELECT_KEY, {"key_hash": digest})
         row = await cur.fetchone()

@@ -32,6 +32,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from desired_state.services import queries
+from desired_state.services.callers import PresentedKey
 from desired_state.services.definitions import InputError, ServiceDefinition, ServiceRegistry
 from desired_state.services.vocabulary import (
     MAX_IDEMPOTENCY_KEY_LENGTH,
@@ -136,10 +137,40 @@ def validate(registry: ServiceRegistry, service_id: str, data: Any) -> tuple[Ser
         ) from None
 
 
+@dataclass(frozen=True)
+class Invocation:
+    """A request past every check that needs no database (steps 1 and 2, the key's and the webhook's
+    form): what the admission statement is given."""
+
+    definition: ServiceDefinition
+    document: dict[str, Any]
+    """The validated input."""
+    idempotency_key: str | None
+    webhook_url: str | None
+
+
+def prepare(
+    registry: ServiceRegistry,
+    service_id: str,
+    data: Any,
+    *,
+    idempotency_key: str | None = None,
+    webhook_url: str | None = None,
+) -> Invocation:
+    """Validate an invocation before any database work; refusals raise :class:`AdmissionRefused`."""
+    definition, document = validate(registry, service_id, data)
+    key = check_idempotency_key(idempotency_key)
+    try:
+        hook = None if webhook_url is None else parse_webhook_url(webhook_url)
+    except WebhookUrlError as exc:
+        raise AdmissionRefused(ErrorCode.INVALID_INPUT, str(exc), problems=[str(exc)]) from None
+    return Invocation(definition, document, key, hook)
+
+
 async def admit(
     conn: psycopg.AsyncConnection[Any],
     registry: ServiceRegistry,
-    caller_id: uuid.UUID,
+    caller: uuid.UUID | PresentedKey,
     service_id: str,
     data: Any,
     *,
@@ -150,22 +181,33 @@ async def admit(
 ) -> Admission:
     """Admit one invocation; raises :class:`AdmissionRefused` with the wire code otherwise.
 
+    ``caller`` is the caller's id, or the key a request presented: then the admission statement
+    looks the caller up itself (an unknown or revoked key is ``authentication_required``).
     ``lease_owner`` names the process that will call a proxy's upstream (the job row is leased
     to it for the service's timeout; if it dies, the loop refunds the call). ``webhook_url`` (a
     job's ``X-Webhook-Url``) is stored on the new job in the admission's transaction, so the job
     cannot end before its delivery is owed (``desired_state/webhooks.py``).
     """
-    definition, document = validate(registry, service_id, data)
-    key = check_idempotency_key(idempotency_key)
-    try:
-        hook = None if webhook_url is None else parse_webhook_url(webhook_url)
-    except WebhookUrlError as exc:
-        raise AdmissionRefused(ErrorCode.INVALID_INPUT, str(exc), problems=[str(exc)]) from None
+    invocation = prepare(registry, service_id, data, idempotency_key=idempotency_key, webhook_url=webhook_url)
+    return await admit_prepared(conn, invocation, caller, clock=clock, lease_owner=lease_owner)
+
+
+async def admit_prepared(
+    conn: psycopg.AsyncConnection[Any],
+    invocation: Invocation,
+    caller: uuid.UUID | PresentedKey,
+    *,
+    clock: Clock = system_clock,
+    lease_owner: str | None = None,
+) -> Admission:
+    """:func:`admit` for an invocation :func:`prepare` already checked."""
+    definition, document, hook = invocation.definition, invocation.document, invocation.webhook_url
     params = {
-        "caller_id": caller_id,
+        "caller_id": caller if isinstance(caller, uuid.UUID) else None,
+        "key_hash": caller.digest if isinstance(caller, PresentedKey) else None,
         "service_id": definition.id,
         "input": Jsonb(document),
-        "idempotency_key": key,
+        "idempotency_key": invocation.idempotency_key,
         "now": clock(),
         "lease_owner": lease_owner,
     }

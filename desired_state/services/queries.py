@@ -102,9 +102,14 @@ SELECT transfer_id, kind, from_account, to_account, amount, job_id, reason, crea
 """
 
 # -- admission, termination, settlement (plpgsql, migration 0006) ------------------------------------
+# The caller is given by id, or by a presented key's hash (looked up here, in the admission's own
+# statement: an unknown or revoked key leaves it NULL, which paid_admit answers caller_not_found).
 ADMIT = """
 SELECT outcome, job_id, job_status, cost_credits, response_status, response_body, retry_after_seconds, hint
-  FROM paid_admit(%(caller_id)s, %(service_id)s, %(input)s, %(idempotency_key)s, %(now)s, %(lease_owner)s)
+  FROM paid_admit(COALESCE(%(caller_id)s::uuid,
+                           (SELECT k.caller_id FROM caller_keys AS k
+                             WHERE k.key_hash = %(key_hash)s::bytea AND k.revoked_at IS NULL)),
+                  %(service_id)s, %(input)s, %(idempotency_key)s, %(now)s, %(lease_owner)s)
 """
 
 TERMINATE = """

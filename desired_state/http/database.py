@@ -136,7 +136,12 @@ class Database:
         deadline = time.monotonic() + within
         while True:
             conn = await pool.getconn(timeout=max(0.0, deadline - time.monotonic()))
-            if await is_alive(conn):
+            try:
+                alive = await is_alive(conn)
+            except BaseException:  # cancelled mid-check (a probe's timeout): the connection goes back
+                await pool.putconn(conn)
+                raise
+            if alive:
                 return conn
             await conn.close()
             await pool.putconn(conn)  # a closed connection is discarded and a new one opened

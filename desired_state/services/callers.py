@@ -9,7 +9,9 @@ depends on where a wrong key first differs. Revoking marks a key, it never delet
 A job's admission does not look the key up first: it hands the :class:`PresentedKey` to the
 admission statement, which finds the caller by the same index lookup inside ``paid_admit``'s own
 transaction (one round trip per admission instead of two; issue 14). An unknown or revoked key
-admits nothing and answers 401 as here.
+admits nothing and answers 401 as here. That lookup has no second comparison, and needs none: it
+compares hashes, so its timing could only tell a caller about the SHA-256 of a wrong key, which
+says nothing about a right one.
 
 Every caller has a ledger account (``caller:<uuid>``), created in the same transaction.
 """

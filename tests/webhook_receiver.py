@@ -3,17 +3,22 @@
 It records every request (headers and exact body bytes), answers from a script of responses
 (200 when the script is empty), can hold requests open (to kill a sender mid-request), and
 deduplicates on ``webhook-id`` as the Standard Webhooks specification tells receivers to.
+:func:`running_tls_receiver` serves the same receiver over TLS and records each handshake's SNI name.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
+import socket
+import ssl
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
+import uvicorn
 from starlette.types import Receive, Scope, Send
 
 from providers.simulated.server import serve_in_background
@@ -41,6 +46,8 @@ class Receiver:
         self.hold: asyncio.Event | None = None
         self.root = ""
         self.arrived = asyncio.Event()
+        self.server_names: list[str | None] = []
+        """The SNI name of every TLS handshake (None: the client sent none); TLS receivers only."""
 
     @property
     def url(self) -> str:
@@ -82,3 +89,57 @@ async def running_receiver() -> AsyncIterator[Receiver]:
     async with serve_in_background(receiver) as root:
         receiver.root = root
         yield receiver
+
+
+@asynccontextmanager
+async def running_tls_receiver(certificate: ssl.SSLContext) -> AsyncIterator[Receiver]:
+    """A receiver at ``https://localhost:PORT`` presenting ``certificate`` (a server context).
+
+    ``serve_in_background`` has no TLS, so uvicorn is started here with the context put in its
+    loaded config (the SNI callback must be on the very context that does the handshake).
+    """
+    receiver = Receiver()
+
+    def record_server_name(_: ssl.SSLObject, name: str | None, __: ssl.SSLContext) -> None:
+        receiver.server_names.append(name)
+
+    certificate.sni_callback = record_server_name
+    config = uvicorn.Config(receiver, log_level="warning", lifespan="off", access_log=False)
+    config.load()
+    config.ssl = certificate
+    server = uvicorn.Server(config)
+    sockets = _loopback_sockets()
+    task = asyncio.create_task(server.serve(sockets=sockets))
+    try:
+        while not server.started:
+            if task.done():
+                task.result()  # re-raise why it could not start
+            await asyncio.sleep(0.01)
+        receiver.root = f"https://localhost:{sockets[0].getsockname()[1]}"
+        yield receiver
+    finally:
+        server.should_exit = True
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait_for(task, timeout=5)
+        for sock in sockets:
+            sock.close()
+
+
+def _loopback_sockets() -> list[socket.socket]:
+    """A free port on 127.0.0.1, and the same port on ::1 where there is one: the sender connects
+    to the first address ``localhost`` resolves to, which may be either."""
+    ipv4 = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    ipv4.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    ipv4.bind(("127.0.0.1", 0))
+    sockets = [ipv4]
+    try:
+        ipv6 = socket.socket(socket.AF_INET6, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    except OSError:
+        return sockets  # no IPv6 on this machine
+    try:
+        ipv6.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        ipv6.bind(("::1", ipv4.getsockname()[1]))
+    except OSError:
+        ipv6.close()
+        return sockets
+    return [*sockets, ipv6]

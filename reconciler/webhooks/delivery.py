@@ -32,6 +32,7 @@ import contextlib
 import email.utils
 import logging
 import random
+import ssl
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -166,7 +167,14 @@ class Delivery:
 
 
 class WebhookSender:
-    """Delivers due webhooks; ``tick`` once, or ``run_forever`` next to the reconcile loop."""
+    """Delivers due webhooks; ``tick`` once, or ``run_forever`` next to the reconcile loop.
+
+    ``tls_trust`` is what an https receiver's certificate chain is checked against: None (the
+    default) is httpx's bundled ``certifi`` roots (``SSL_CERT_FILE`` is not read: the client
+    ignores the environment); an :class:`ssl.SSLContext` replaces them (a test's throwaway CA).
+    Either way the certificate must name the URL's host, though the connection goes to the
+    checked address (``sni_hostname`` below). No switch turns the check off.
+    """
 
     def __init__(
         self,
@@ -180,6 +188,7 @@ class WebhookSender:
         tick_seconds: float = 0.5,
         schedule: Sequence[float] = RETRY_SCHEDULE,
         rng: random.Random | None = None,
+        tls_trust: ssl.SSLContext | None = None,
     ) -> None:
         self._pool = pool
         self.settings = settings
@@ -193,6 +202,9 @@ class WebhookSender:
             timeout=settings.timeout_seconds,
             follow_redirects=False,
             trust_env=False,  # no proxy from the environment: the address checks must hold
+            verify=True if tls_trust is None else tls_trust,
+            # No keep-alive: the pool keys a connection by address, not by the TLS name it was
+            # checked for, so a kept one could carry another URL's request to the same address.
             limits=httpx.Limits(max_connections=64, max_keepalive_connections=0),
         )
         self._announced = False

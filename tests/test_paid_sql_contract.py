@@ -143,7 +143,8 @@ async def test_a_proxy_service_admitted_over_sql_without_its_caller_raises_and_w
         finished = datetime.now(UTC)
         backend.execute(insert, (ECHO, caller_id, "completed", finished, "none", finished))
 
-        owned, replaced = re.subn(r"^\s*NULL\b(?=\s*-- p_lease_owner)", "    'backend-proxy-1'", proxy_admit, flags=re.M)
+        lease_owner_argument = r"^\s*NULL\b(?=\s*-- p_lease_owner)"
+        owned, replaced = re.subn(lease_owner_argument, "    'backend-proxy-1'", proxy_admit, flags=re.M)
         assert replaced == 1
         [admitted] = run(backend, owned, caller_id=caller_id)  # the refused call left the key unused
         assert (admitted["outcome"], admitted["job_status"], admitted["cost_credits"]) == ("admitted", "running", 1)

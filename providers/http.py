@@ -22,15 +22,23 @@ the contract promises
 Nothing here retries: throttling and outages go back to the reconciler, which records them in
 the row and defers (ARCHITECTURE.md section 3.5). Error texts pass through :func:`redact`, so a
 credential echoed by a provider (or present in a URL) never reaches a log line or an exception.
+
+:func:`counting_sent` tells a caller whether any request left inside a block: a create whose
+first request the admission refused (``Throttled`` before sending) cannot have landed, so the
+reconciler need not look for it later (a lookup costs provider calls under the very rate limit
+that refused it).
 """
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import logging
 import re
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextvars import ContextVar
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol, cast
 
@@ -112,6 +120,29 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     return max(0.0, when.timestamp() - current)
 
 
+@dataclass
+class SentRequests:
+    """Requests that left for a provider inside one :func:`counting_sent` block."""
+
+    count: int = 0
+
+
+_sent_requests: ContextVar[SentRequests | None] = ContextVar("providers_sent_requests", default=None)
+
+
+@contextlib.contextmanager
+def counting_sent() -> Iterator[SentRequests]:
+    """Count the requests every :class:`ProviderHTTP` sends inside the block (in this task and the
+    tasks it starts). A request counts once admitted, before it is sent: one that failed on the
+    way may still have landed."""
+    sent = SentRequests()
+    token = _sent_requests.set(sent)
+    try:
+        yield sent
+    finally:
+        _sent_requests.reset(token)
+
+
 class Admission(Protocol):
     """Decides whether a provider call may go out now; told how each call went.
 
@@ -185,6 +216,9 @@ class ProviderHTTP:
         """
         if self._admission is not None:
             await self._admission.admit(self.provider, operation)
+        counter = _sent_requests.get()
+        if counter is not None:
+            counter.count += 1
         started = time.monotonic()
         error: ProviderError | None = None
         answered = False  # the provider answered (well or badly); not a cancellation or our bug

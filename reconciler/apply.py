@@ -9,9 +9,12 @@ every create::
 
 A process killed between the first commit and the second leaves an intent and no id; the next
 claim sees it and looks the resource up by its derived name before creating (``ADOPT_OR_CREATE``),
-so there is never a duplicate. A kill before the first commit leaves nothing at the provider. A
-create that failed without a clear answer (a timeout, a 5xx) may have landed too: its retry waits
-``create_settle_seconds`` first, so a listing that lags behind writes shows it to the lookup.
+so there is never a duplicate. A create that our own rate-limit admission deferred before its
+first request left (:func:`providers.http.counting_sent`) clears its intent instead: nothing can
+have landed, and a lookup would spend provider calls under the limit that deferred it. A kill
+before the first commit leaves nothing at the provider. A create that failed without a clear
+answer (a timeout, a 5xx) may have landed too: its retry waits ``create_settle_seconds`` first,
+so a listing that lags behind writes shows it to the lookup.
 
 Deletes mirror it: mark the row 'deleting', delete at the provider (404 is success), forget the
 row. A provider error becomes a :class:`~reconciler.failures.Retry` for the engine to record.
@@ -23,7 +26,16 @@ import contextlib
 from collections.abc import Mapping
 
 from desired_state.models import InstanceSpec
-from providers.base import DesiredResource, NameTaken, NotFound, ProviderError, ResourceDriver, ResourceKind
+from providers.base import (
+    DesiredResource,
+    NameTaken,
+    NotFound,
+    ProviderError,
+    ResourceDriver,
+    ResourceKind,
+    Throttled,
+)
+from providers.http import counting_sent
 from reconciler.failures import Wait, retry_for
 from reconciler.pass_state import Claim, EngineSettings, PassState
 from reconciler.plan import Action, ResourceDefaults, Verb, decide, params_hash
@@ -145,7 +157,15 @@ class Applier:
     async def _create(self, claim: Claim, driver: ResourceDriver, want: DesiredResource, state: PassState) -> None:
         await self._recorder.record_intent(claim, want)
         state.created_in_doubt.add(want.kind)  # until the answer is read: it may have landed
-        found = await driver.create(want)
+        with counting_sent() as sent:
+            try:
+                found = await driver.create(want)
+            except Throttled:
+                if sent.count == 0:
+                    # Our admission refused the first request: nothing left, so nothing landed.
+                    # Without the intent the next pass creates at once instead of looking first.
+                    await self._recorder.clear_intent(claim, want.kind, state)
+                raise
         state.created_in_doubt.discard(want.kind)
         await self._recorder.record(claim, want, found, state, applied_hash=params_hash(want), action="create")
 

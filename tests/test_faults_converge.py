@@ -11,6 +11,7 @@ import pytest
 
 from desired_state import store
 from desired_state.models import InstanceSpec, Tool
+from providers.base import Throttled
 from providers.simulated.faults import FaultPlan, FaultRule, Latency, early_calls
 from reconciler.runtime import Runtime
 from tests.conftest import FAST_ENGINE, Sim, simulated_runtime
@@ -122,3 +123,27 @@ async def test_a_create_that_landed_but_whose_answer_was_lost_is_adopted_not_dup
         await conn.execute("SELECT action FROM events WHERE kind = 'openrouter_key' ORDER BY id")
     ).fetchall()
     assert ("adopt",) in events
+
+
+async def test_a_create_our_rate_limit_deferred_before_sending_is_created_later_without_a_lookup(
+    runtime: Runtime, sim: Sim, conn: psycopg.AsyncConnection[Any]
+) -> None:
+    """Our own admission refused the create's first request, so nothing left for the provider: the
+    intent is cleared, and the next pass creates at once instead of looking the resource up by name
+    (a lookup spends calls under the very limit that deferred the create, and waits
+    ``create_settle_seconds`` first)."""
+    await runtime.admission.admit("openrouter", "warm-up")  # its row in the shared limits table
+    hold = Throttled("openrouter", "create_key", "Retry-After in force", 60)
+    await runtime.admission.settle("openrouter", "create_key", hold)  # every replica holds OpenRouter
+    await store.put(conn, InstanceSpec(instance_id="held", tools=(Tool.OPENROUTER,)))
+    await runtime.worker.drain()  # Railway converges; the key's create is deferred on every pass
+    assert sim.simulator.requests()["openrouter"]["operations"] == {}, "a request left while held"
+    resource = "SELECT status, intent_at, external_id FROM observed_resources WHERE kind = 'openrouter_key'"
+    row = await (await conn.execute(resource)).fetchone()
+    assert row == ("pending", None, None), "the create's intent was left in doubt"
+
+    await conn.execute("UPDATE provider_limits SET blocked_until = NULL WHERE provider = 'openrouter'")
+    await conn.execute("UPDATE desired_instances SET next_attempt_at = now()")
+    await settle(runtime, lambda: all_ready(conn, 1), timeout=30)
+    operations = sim.simulator.requests()["openrouter"]["operations"]
+    assert {name: log["count"] for name, log in operations.items()} == {"create_key": 1}

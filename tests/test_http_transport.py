@@ -16,8 +16,8 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from providers.base import Transient
-from providers.http import ProviderHTTP
+from providers.base import Throttled, Transient
+from providers.http import ProviderHTTP, counting_sent
 
 PAGE = {"data": [{"id": f"item-{n}", "name": "x" * 200} for n in range(2000)]}
 
@@ -90,3 +90,36 @@ async def test_a_cancelled_call_tells_the_admission_nothing() -> None:
                 "list_keys", "GET", "/keys"
             )
     assert admission.calls == [("list_keys", None)]
+
+
+class Refusing(Settled):
+    """An admission that refuses the named operations before they are sent (a rate limit in force)."""
+
+    def __init__(self, *refused: str) -> None:
+        super().__init__()
+        self.refused = refused
+
+    async def admit(self, provider: str, operation: str) -> None:
+        if operation in self.refused:
+            raise Throttled(provider, operation, "held", 5.0)
+
+
+async def test_counting_sent_counts_what_left_and_not_what_the_admission_refused() -> None:
+    answers = {"/keys": httpx.Response(201, json={}), "/broken": httpx.Response(503, json={})}
+    transport = httpx.MockTransport(lambda request: answers[request.url.path])
+    async with httpx.AsyncClient(transport=transport) as client:
+        http = ProviderHTTP("openrouter", client, "https://p.test", {}, admission=Refusing("create_key"))
+        with counting_sent() as refused_first, pytest.raises(Throttled):
+            await http.request("create_key", "POST", "/keys")
+        assert refused_first.count == 0  # nothing left: nothing can have landed
+
+        with counting_sent() as sent:
+            await http.request("list_keys", "GET", "/keys")
+            with pytest.raises(Transient):  # it failed, but it left: it may have landed
+                await http.request("patch_key", "PATCH", "/broken")
+            with pytest.raises(Throttled):
+                await http.request("create_key", "POST", "/keys")
+            await asyncio.gather(http.request("list_keys", "GET", "/keys"), http.request("get_key", "GET", "/keys"))
+        assert sent.count == 4
+        await http.request("list_keys", "GET", "/keys")  # outside any block: nothing counts it
+        assert sent.count == 4

@@ -481,8 +481,11 @@ def _cold_findings(r: Any) -> list[str]:
     if r["outcomes"].get("throttled"):
         notes.append(
             f"{r['outcomes']['throttled']} passes were deferred by the admission (a wait over its 2 s "
-            "`max_sleep`). The create's intent was already committed, so the next pass looked the resource "
-            "up by name before creating (listing calls at the provider)."
+            "`max_sleep`). A create deferred before its first request left clears its committed intent, so "
+            "its next pass creates at once; one deferred after a request of it left may have landed, and "
+            "its next pass looks the resource up by name first (listing calls at the provider). Before that "
+            "distinction (`providers.http.counting_sent`) every deferral cost a lookup: on a loaded machine "
+            "236 deferrals made 6.25 Railway calls per instance and the ratio 1.275."
         )
     return notes
 

@@ -9,9 +9,10 @@ every create::
 
 A process killed between the first commit and the second leaves an intent and no id; the next
 claim sees it and looks the resource up by its derived name before creating (``ADOPT_OR_CREATE``),
-so there is never a duplicate. A create that our own rate-limit admission deferred before its
-first request left (:func:`providers.http.counting_sent`) clears its intent instead: nothing can
-have landed, and a lookup would spend provider calls under the limit that deferred it. A kill
+so there is never a duplicate. A first create that our own rate-limit admission deferred before
+its first request left (:func:`providers.http.counting_sent`) clears its intent instead: nothing
+can have landed, and a lookup would spend provider calls under the limit that deferred it (an
+intent left by an earlier create still in doubt is kept). A kill
 before the first commit leaves nothing at the provider. A create that failed without a clear
 answer (a timeout, a 5xx) may have landed too: its retry waits ``create_settle_seconds`` first,
 so a listing that lags behind writes shows it to the lookup.
@@ -155,15 +156,18 @@ class Applier:
         await self._create(claim, driver, want, state)
 
     async def _create(self, claim: Claim, driver: ResourceDriver, want: DesiredResource, state: PassState) -> None:
+        earlier = state.observed.get(want.kind)
+        earlier_in_doubt = earlier is not None and earlier.intent_at is not None  # kept by record_intent
         await self._recorder.record_intent(claim, want)
         state.created_in_doubt.add(want.kind)  # until the answer is read: it may have landed
         with counting_sent() as sent:
             try:
                 found = await driver.create(want)
             except Throttled:
-                if sent.count == 0:
-                    # Our admission refused the first request: nothing left, so nothing landed.
-                    # Without the intent the next pass creates at once instead of looking first.
+                if sent.count == 0 and not earlier_in_doubt:
+                    # Our admission refused the first request: nothing of this create left, and
+                    # no earlier one is in doubt. Without the intent the next pass creates at
+                    # once instead of looking first.
                     await self._recorder.clear_intent(claim, want.kind, state)
                 raise
         state.created_in_doubt.discard(want.kind)

@@ -7,6 +7,7 @@ releases the claim with the next pass scheduled:
 
 =============  ================================================================
 Throttled      defer exactly ``retry_after`` (at least 1 s); attempts unchanged
+               (a first create our admission deferred before it left: intent cleared)
 Transient      capped exponential backoff with jitter
 Conflict       as Transient (the next pass looks again)
 NameTaken      phase Failed like ConfigError; the create made nothing, so its intent is cleared

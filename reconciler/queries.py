@@ -147,8 +147,9 @@ ON CONFLICT (instance_id, kind) DO UPDATE
        fencing_token = EXCLUDED.fencing_token, updated_at = now()
 """
 
-# A create the provider refused outright (the name is someone else's): nothing may exist, so the
-# row no longer claims a create in doubt (teardown then has nothing to find, and reports nothing).
+# A create that made nothing (the provider refused the name as someone else's, or our own rate-limit
+# admission deferred it before its first request left): the row no longer claims a create in doubt
+# (teardown then has nothing to find, and reports nothing).
 CLEAR_INTENT = """
 UPDATE observed_resources SET intent_at = NULL, status = 'pending', updated_at = now()
  WHERE instance_id = %(instance_id)s AND kind = %(kind)s AND external_id IS NULL

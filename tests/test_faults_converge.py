@@ -13,6 +13,7 @@ from desired_state import store
 from desired_state.models import InstanceSpec, Tool
 from providers.base import Throttled
 from providers.simulated.faults import FaultPlan, FaultRule, Latency, early_calls
+from reconciler.admission import Limit
 from reconciler.runtime import Runtime
 from tests.conftest import FAST_ENGINE, Sim, simulated_runtime
 from tests.support import all_ready, held, settle, until
@@ -147,3 +148,24 @@ async def test_a_create_our_rate_limit_deferred_before_sending_is_created_later_
     await settle(runtime, lambda: all_ready(conn, 1), timeout=30)
     operations = sim.simulator.requests()["openrouter"]["operations"]
     assert {name: log["count"] for name, log in operations.items()} == {"create_key": 1}
+
+
+async def test_a_deferred_create_keeps_the_intent_of_an_earlier_create_still_in_doubt(
+    db_url: str, sim: Sim, conn: psycopg.AsyncConnection[Any]
+) -> None:
+    """An earlier create's outcome is unknown (its intent has no id): the pass looks, finds nothing
+    yet, and its own create is deferred by the rate limit before it leaves. The earlier create may
+    still surface in a lagging listing, so its intent stays and the next pass looks again."""
+    one_call_per_20s = {"openrouter": Limit(rate=0.05, burst=1.0)}
+    async with simulated_runtime(db_url, sim, rate_limits=one_call_per_20s) as runtime:
+        await store.put(conn, InstanceSpec(instance_id="doubt", tools=(Tool.OPENROUTER,)))
+        earlier = (
+            "INSERT INTO observed_resources (instance_id, kind, derived_name, status, intent_at, fencing_token)"
+            " VALUES ('doubt', 'openrouter_key', 'convos-agent-doubt', 'creating', now() - interval '1 hour', 0)"
+        )
+        await conn.execute(earlier)
+        await runtime.worker.drain()  # the lookup takes the one token; the create is deferred
+    operations = sim.simulator.requests()["openrouter"]["operations"]
+    assert {name: log["count"] for name, log in operations.items()} == {"list_keys": 1}
+    resource = "SELECT status, intent_at IS NOT NULL, external_id FROM observed_resources WHERE kind = 'openrouter_key'"
+    assert await (await conn.execute(resource)).fetchone() == ("creating", True, None)

@@ -247,3 +247,18 @@ async def test_the_schema_spells_the_vocabulary(conn: Conn, table: str, column: 
     )
     [(definition,)] = await cur.fetchall()
     assert set(re.findall(r"'([a-z_]+)'::text", definition)) == {member.value for member in vocabulary}
+
+
+async def test_an_admission_never_re_enables_a_service_an_operator_disabled(conn: Conn) -> None:
+    """An unpublished service is published by the first admission; a disabled one stays disabled
+    (404), whatever the caller sends: a refusal writes nothing."""
+    caller = await new_caller(conn)
+    await intake.admit(conn, registry(), caller, DELAY_ECHO, {"seconds": 0})  # publishes it
+    await conn.execute("UPDATE paid_services SET enabled = FALSE WHERE service_id = %s", (DELAY_ECHO,))
+    for who in (caller, callers.PresentedKey(b"\0" * 32)):  # a known caller, and a key nobody holds
+        with pytest.raises(AdmissionRefused) as refused:
+            await intake.admit(conn, registry(), who, DELAY_ECHO, {"seconds": 0})
+        assert refused.value.code is ErrorCode.SERVICE_NOT_FOUND
+    enabled = await conn.execute("SELECT enabled FROM paid_services WHERE service_id = %s", (DELAY_ECHO,))
+    assert await enabled.fetchone() == (False,)
+    assert await count(conn, "service_jobs") == 1 and await ledger.balance(conn, caller) == 9

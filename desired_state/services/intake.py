@@ -214,20 +214,24 @@ async def admit_prepared(
     if hook is None and conn.autocommit:
         # paid_admit is one statement, so on an autocommit connection it is its own transaction:
         # one round trip instead of BEGIN, the call and COMMIT (HTTP admission's latency).
-        row = await _admit(conn, params)
-        if row["outcome"] == AdmitOutcome.SERVICE_NOT_FOUND:
-            await conn.execute(queries.UPSERT_SERVICE, service_terms(definition))
-            row = await _admit(conn, params)
+        row = await _admit_published(conn, definition, params)
         return _answer(definition, document, row)
     async with conn.transaction():
-        row = await _admit(conn, params)
-        if row["outcome"] == AdmitOutcome.SERVICE_NOT_FOUND:
-            # Defined here but not yet published (a fresh database, or a test's own service).
-            await conn.execute(queries.UPSERT_SERVICE, service_terms(definition))
-            row = await _admit(conn, params)
+        row = await _admit_published(conn, definition, params)
         if hook is not None and row["outcome"] == AdmitOutcome.ADMITTED:
             await attach_webhook_url(conn, row["job_id"], hook)
     return _answer(definition, document, row)
+
+
+async def _admit_published(
+    conn: psycopg.AsyncConnection[Any], definition: ServiceDefinition, params: dict[str, Any]
+) -> dict[str, Any]:
+    """``paid_admit``; a service defined here but not yet published is published, then admitted."""
+    row = await _admit(conn, params)
+    if row["outcome"] == AdmitOutcome.SERVICE_NOT_FOUND:
+        await conn.execute(queries.PUBLISH_MISSING_SERVICE, service_terms(definition))
+        row = await _admit(conn, params)
+    return row
 
 
 async def _admit(conn: psycopg.AsyncConnection[Any], params: dict[str, Any]) -> dict[str, Any]:

@@ -26,6 +26,17 @@ ON CONFLICT (service_id) DO UPDATE
         EXCLUDED.per_minute, EXCLUDED.per_hour, EXCLUDED.per_day, EXCLUDED.course_id, TRUE)
 """
 
+# A service the registry defines but has not published yet (a fresh database, a test's own service):
+# admission publishes it and tries again. Only a missing row: an admission never re-enables a
+# service an operator disabled (enabled = FALSE), whoever sends it.
+PUBLISH_MISSING_SERVICE = """
+INSERT INTO paid_services (service_id, runtime, cost_credits, timeout_seconds, max_attempts,
+                           per_minute, per_hour, per_day, course_id, enabled, updated_at)
+VALUES (%(service_id)s, %(runtime)s, %(cost_credits)s, %(timeout_seconds)s, %(max_attempts)s,
+        %(per_minute)s, %(per_hour)s, %(per_day)s, %(course_id)s, TRUE, now())
+ON CONFLICT (service_id) DO NOTHING
+"""
+
 # -- callers and keys --------------------------------------------------------------------------------
 INSERT_CALLER = """
 INSERT INTO callers (email, created_at) VALUES (%(email)s, %(now)s)

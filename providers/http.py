@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import email.utils
 import logging
+import math
 import re
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -47,6 +48,8 @@ import httpx
 from providers.base import ConfigError, Conflict, NotFound, ProviderError, Throttled, Transient
 
 DEFAULT_RETRY_AFTER_SECONDS = 5.0
+MAX_RETRY_AFTER_SECONDS = 86_400.0
+"""The longest ``Retry-After`` honoured (a day); a longer one is read as this."""
 MAX_ERROR_TEXT = 300
 
 # Shapes of credentials we know of; anything matching is masked in error texts.
@@ -100,24 +103,27 @@ def redact(text: str, secrets: Sequence[str] = ()) -> str:
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header: delta-seconds or an HTTP date; None if absent."""
+    """Seconds to wait from a ``Retry-After`` header: delta-seconds or an HTTP date; None if absent
+    or unreadable (never raises: the header is the other side's). Capped at
+    :data:`MAX_RETRY_AFTER_SECONDS`, so a hostile or broken answer cannot defer work for years."""
     if value is None:
         return None
     value = value.strip()
     if not value:
         return None
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+            if when.tzinfo is None:
+                when = when.replace(tzinfo=UTC)
+            seconds = when.timestamp() - (now if now is not None else time.time())
+        except (TypeError, ValueError, IndexError, OverflowError, OSError):
+            return None
+    if not math.isfinite(seconds):
         return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    current = now if now is not None else time.time()
-    return max(0.0, when.timestamp() - current)
+    return min(MAX_RETRY_AFTER_SECONDS, max(0.0, seconds))
 
 
 @dataclass

@@ -116,6 +116,11 @@ def test_retry_after_seconds_and_http_date() -> None:
     assert parse_retry_after("7") == 7.0
     assert parse_retry_after(None) is None
     assert parse_retry_after("garbage") is None
+    # The header is the other side's: nothing it says raises, or defers work for more than a day.
+    for hostile in ("inf", "nan", "-inf", "Mon, 01 Jan 2020 00:00:00 +99999999999999999999", "Mon, 99 Foo"):
+        assert parse_retry_after(hostile) is None, hostile
+    assert parse_retry_after("1e12") == parse_retry_after("Fri, 01 Jan 9999 00:00:00 GMT") == 86_400.0
+    assert parse_retry_after("-5") == 0.0
     now = 1_700_000_000.0
     assert parse_retry_after("Tue, 14 Nov 2023 22:13:40 GMT", now=now) == pytest.approx(20.0)
 

@@ -36,9 +36,10 @@ from desired_state.webhooks import (
     webhook_id,
     webhook_view,
 )
+from providers.http import parse_retry_after
 from reconciler.metrics import Metrics
 from reconciler.settings import SettingsError
-from reconciler.webhooks.delivery import RETRY_SCHEDULE, AttemptResult, WebhookSender, decide, parse_retry_after
+from reconciler.webhooks.delivery import RETRY_SCHEDULE, AttemptResult, WebhookSender, decide
 from reconciler.webhooks.safety import RefusedDestination, forbidden, resolve_target
 from reconciler.webhooks.settings import WebhookSettings, load_webhook_settings
 from reconciler.webhooks.signing import (

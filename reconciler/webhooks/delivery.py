@@ -29,14 +29,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import email.utils
 import logging
 import random
 import ssl
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC
 from typing import Any, Final
 
 import httpx
@@ -45,6 +43,7 @@ from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
 from desired_state.webhooks import WebhookState
+from providers.http import MAX_RETRY_AFTER_SECONDS, parse_retry_after
 from reconciler.claims import ClaimStatements, Leases, LeaseSettings
 from reconciler.logs import first_line
 from reconciler.metrics import Metrics
@@ -61,8 +60,6 @@ RETRY_SCHEDULE: Final[tuple[float, ...]] = (0.0, 5.0, 300.0, 1800.0, 7200.0, 180
 2 h, 5 h, 10 h, 10 h (Svix's schedule; about 27.6 hours in all, eight attempts)."""
 JITTER: Final = 0.1
 """Each wait is stretched or shrunk by up to this share, so retries of many deliveries spread out."""
-MAX_RETRY_AFTER: Final = 86_400.0
-"""A receiver's ``Retry-After`` is honoured up to a day."""
 RETRY_AFTER_STATUSES: Final = frozenset({429, 503})
 GONE: Final = 410
 RESPONSE_PREFIX_BYTES: Final = 200
@@ -133,24 +130,8 @@ def decide(
         return Decision(WebhookState.FAILED, 0.0, label)
     delay = schedule[done] * (1.0 + rng.uniform(-JITTER, JITTER))
     if result.retry_after is not None and result.status in RETRY_AFTER_STATUSES:
-        delay = max(delay, min(result.retry_after, MAX_RETRY_AFTER))
+        delay = max(delay, min(result.retry_after, MAX_RETRY_AFTER_SECONDS))
     return Decision(WebhookState.PENDING, delay, label)
-
-
-def parse_retry_after(value: str | None, now: float) -> float | None:
-    """``Retry-After`` as seconds from now: delta-seconds or an HTTP date; None when absent or bad."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, when.timestamp() - now)
 
 
 @dataclass(frozen=True)
@@ -298,6 +279,9 @@ class WebhookSender:
                 return await self._post(delivery)
         except TimeoutError:
             return AttemptResult(None, f"no answer within {self.settings.timeout_seconds:g}s")
+        except Exception as exc:  # whatever a receiver's answer does to us, the attempt is recorded
+            log.warning("a webhook attempt failed unexpectedly: %s", type(exc).__name__)
+            return AttemptResult(None, f"unexpected {type(exc).__name__}")
 
     async def _post(self, delivery: Delivery) -> AttemptResult:
         try:
@@ -331,7 +315,7 @@ class WebhookSender:
         status = response.status_code
         if 200 <= status < 300:
             return AttemptResult(status)
-        retry_after = parse_retry_after(response.headers.get("retry-after"), time.time())
+        retry_after = parse_retry_after(response.headers.get("retry-after"))
         return AttemptResult(status, prefix.decode("utf-8", "replace") or None, retry_after)
 
     # -- running --------------------------------------------------------------------------------

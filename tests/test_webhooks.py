@@ -205,9 +205,18 @@ def test_private_loopback_link_local_and_metadata_addresses_are_forbidden() -> N
         "fe80::1",
         "::ffff:127.0.0.1",
         "224.0.0.1",
+        # IPv6 addresses that reach a private IPv4 one through a gateway or a tunnel
+        "64:ff9b::7f00:1",
+        "64:ff9b::a9fe:a9fe",
+        "64:ff9b:1::a00:1",
+        "2002:7f00:1::",
+        "2002:a9fe:a9fe::",
+        "2001:0:4136:e378:8000:63bf:f5ff:fffe",  # Teredo to 10.0.0.1
+        "::127.0.0.1",
+        "::10.0.0.1",
     ):
         assert forbidden(ipaddress.ip_address(text)), text
-    for text in ("93.184.216.34", "2606:4700::1111", "::ffff:8.8.8.8"):
+    for text in ("93.184.216.34", "2606:4700::1111", "::ffff:8.8.8.8", "64:ff9b::808:808"):
         assert not forbidden(ipaddress.ip_address(text)), text
 
 

@@ -6,8 +6,9 @@ address at admission may resolve to ``127.0.0.1`` later):
 
 * the host is resolved here, and **every** address it resolves to must be global unicast: loopback,
   private (RFC 1918, ULA), link-local (which holds the cloud metadata address 169.254.169.254),
-  carrier-grade NAT, multicast, reserved and unspecified addresses are refused, IPv4-mapped IPv6
-  included, unless ``WEBHOOK_ALLOW_PRIVATE=1``;
+  carrier-grade NAT, multicast, reserved and unspecified addresses are refused, and so is an IPv6
+  address that reaches such an IPv4 one (mapped, 6to4, Teredo, NAT64, IPv4-compatible), unless
+  ``WEBHOOK_ALLOW_PRIVATE=1``;
 * the request is then sent to the checked address itself (:class:`Target`), with the original
   ``Host`` header and TLS server name, so a second lookup inside the HTTP client cannot be
   answered differently (DNS rebinding);
@@ -44,10 +45,34 @@ class Target:
     """The TLS server name (SNI and certificate check) for https; None for http."""
 
 
+NAT64_PREFIXES = (ipaddress.IPv6Network("64:ff9b::/96"), ipaddress.IPv6Network("64:ff9b:1::/48"))
+"""Translated to the IPv4 address in their last 32 bits (RFC 6052, RFC 8215) by a NAT64 gateway."""
+IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")
+"""The deprecated IPv4-compatible form ``::a.b.c.d``."""
+
+
+def embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 address reaches through a translation or a tunnel, if any."""
+    if address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    if address.sixtofour is not None:
+        return address.sixtofour
+    if address.teredo is not None:
+        return address.teredo[1]  # the client's address (the server's is the relay's, public)
+    if any(address in prefix for prefix in NAT64_PREFIXES) or (
+        address in IPV4_COMPATIBLE and int(address) > 1  # not :: or ::1, which are themselves
+    ):
+        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    return None
+
+
 def forbidden(address: IPAddress) -> bool:
-    """True for every address that is not plain global unicast."""
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
+    """True for every address that is not plain global unicast, or that reaches one that is not
+    (an IPv6 address embedding a private IPv4 one: mapped, 6to4, Teredo, NAT64, IPv4-compatible)."""
+    if isinstance(address, ipaddress.IPv6Address):
+        inner = embedded_ipv4(address)
+        if inner is not None:
+            return forbidden(inner)
     return not address.is_global or address.is_multicast
 
 

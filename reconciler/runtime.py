@@ -251,13 +251,15 @@ class Runtime:
             self.handlers = self.options.handlers(self.http)
         else:
             self.handlers = builtin_handlers(self.http, settings.util_echo_base_url)
+        # One lease for every kind of claim: instances (the engine's), jobs and webhook deliveries.
+        leases = LeaseSettings(engine.lease_seconds, engine.lease_renew_seconds)
         self.jobs = JobRunner(
             self.pool,
             self.services,
             self.handlers,
             self.metrics,
             owner=self.reconciler.owner,
-            leases=LeaseSettings(engine.lease_seconds, engine.lease_renew_seconds),
+            leases=leases,
             settings=self.options.jobs,
             clock=self.options.clock,
             database_url=database_url,
@@ -273,7 +275,7 @@ class Runtime:
             gc_every=self.options.gc_every,
         )
         self.webhooks = WebhookSender(
-            self.pool, self.options.webhooks or WebhookSettings(), self.metrics, owner=worker_identity()
+            self.pool, self.options.webhooks or WebhookSettings(), self.metrics, owner=worker_identity(), lease=leases
         )
 
     async def __aenter__(self) -> Runtime:

@@ -347,6 +347,13 @@ async def test_proxy_success_failure_and_replay(paid: Paid) -> None:
         "/api/services/invoke/util/echo", json={}, headers={**paid.auth(), "Idempotency-Key": "p2"}
     )
     assert stored.status_code == 502 and stored.headers["idempotency-replayed"] == "true"
+    # A proxy answers in its own request: X-Webhook-Url is ignored there (docs/webhooks.md), not refused.
+    paid.upstream.fail = None
+    hooked = await paid.client.post(
+        "/api/services/invoke/util/echo", json={"h": 1}, headers={**paid.auth(), "X-Webhook-Url": "not a url"}
+    )
+    assert hooked.status_code == 200 and hooked.json() == {"echo": {"h": 1}}
+    assert await paid.scalar("SELECT count(*) FROM service_jobs WHERE webhook_url IS NOT NULL") == 0
     await audit_clean(paid.db_url)
 
 

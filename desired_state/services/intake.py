@@ -157,9 +157,13 @@ def prepare(
     idempotency_key: str | None = None,
     webhook_url: str | None = None,
 ) -> Invocation:
-    """Validate an invocation before any database work; refusals raise :class:`AdmissionRefused`."""
+    """Validate an invocation before any database work; refusals raise :class:`AdmissionRefused`.
+
+    ``webhook_url`` is ignored for a proxy, which answers in its own request (nothing to call back)."""
     definition, document = validate(registry, service_id, data)
     key = check_idempotency_key(idempotency_key)
+    if definition.runtime is Runtime.PROXY:
+        webhook_url = None
     try:
         hook = None if webhook_url is None else parse_webhook_url(webhook_url)
     except WebhookUrlError as exc:
@@ -292,7 +296,3 @@ def _answer(definition: ServiceDefinition, document: dict[str, Any], row: dict[s
     if outcome is AdmitOutcome.CALLER_NOT_FOUND:
         raise AdmissionRefused(ErrorCode.AUTHENTICATION_REQUIRED, "unknown caller")
     raise AdmissionRefused(ErrorCode.SERVICE_NOT_FOUND, f"no service {definition.id}")
-
-
-def is_proxy(admission: Admission) -> bool:
-    return admission.definition.runtime is Runtime.PROXY

@@ -102,10 +102,20 @@ async def test_a_backend_admits_reads_and_cancels_with_the_documented_sql(db_url
         [job] = run(backend, read, job_id=job_id)
         assert (job["status"], job["settlement"], job["error_code"]) == ("cancelled", "refund", "cancelled")
 
+        # A job with a webhook (docs/webhooks.md: the backend sets the URL itself): its termination
+        # writes the outbox row under the backend's own privileges, so the documented grants hold it.
+        [hooked] = run(backend, admit.replace("client-key-1", "k3"), caller_id=caller_id)
+        hook = "UPDATE service_jobs SET webhook_url = 'https://hooks.example.com/jobs' WHERE job_id = '<job_id>'"
+        run(backend, hook + " AND webhook_url IS NULL", job_id=str(hooked["job_id"]))
+        [ended] = run(backend, cancel, job_id=str(hooked["job_id"]))
+        assert (ended["changed"], ended["settlement"]) == (True, "refund")
+
     async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as owner:
         report = await ledger.audit(owner)
         assert report.violations == []
         assert (report.granted, report.callers_total, report.escrow, report.held) == (500, 400, 100, 100)
+        owed = await owner.execute("SELECT count(*) FROM webhook_deliveries WHERE job_id = %s", (hooked["job_id"],))
+        assert await owed.fetchone() == (1,)
 
 
 async def test_a_proxy_service_admitted_over_sql_without_its_caller_raises_and_writes_nothing(db_url: str) -> None:

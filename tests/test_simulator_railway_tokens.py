@@ -81,6 +81,9 @@ async def test_the_seeded_id_stays_the_default() -> None:
         == Simulator(SimulatorSettings(seed=3)).railway.project_id
     )
     assert SimulatorSettings().railway_project_id is None
+    # The id comes from the seed: another seed, another id, and neither is the chosen one.
+    by_seed = {seed: Simulator(SimulatorSettings(seed=seed)).railway.project_id for seed in (3, 4)}
+    assert by_seed[3] != by_seed[4] and CHOSEN not in by_seed.values()
 
 
 async def test_an_account_token_lists_its_projects_and_asks_who_it_is(

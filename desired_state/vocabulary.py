@@ -84,7 +84,6 @@ TOOL_CATALOGUE: Final[tuple[ToolInfo, ...]] = (
     ),
 )
 TOOLS: Final[dict[Tool, ToolInfo]] = {info.tool: info for info in TOOL_CATALOGUE}
-TOOL_BY_KIND: Final[dict[str, Tool]] = {info.kind: info.tool for info in TOOL_CATALOGUE}
 
 INSTANCE_ID_ENV: Final = "INSTANCE_ID"
 """The variable that tells an instance's runtime its own id."""
@@ -124,8 +123,6 @@ DEPLOYMENT_STATES: Final[dict[str, DeploymentState]] = {
     "NEEDS_APPROVAL": DeploymentState.PROGRESSING,
     "REMOVING": DeploymentState.PROGRESSING,
 }
-READY_DEPLOYMENT_STATUSES: Final = frozenset(s for s, m in DEPLOYMENT_STATES.items() if m is DeploymentState.READY)
-FAILED_DEPLOYMENT_STATUSES: Final = frozenset(s for s, m in DEPLOYMENT_STATES.items() if m is DeploymentState.FAILED)
 
 
 class ReconcileResult(enum.StrEnum):

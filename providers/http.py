@@ -40,7 +40,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC
 from typing import Any, Protocol, cast
 
 import httpx
@@ -376,7 +376,3 @@ def require(provider: str, operation: str, body: Any, *path: str | int) -> Any:
     if node is None:
         raise Transient(provider, operation, f"answer has null {'.'.join(walked)} (contract mismatch)")
     return node
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)

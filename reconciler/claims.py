@@ -131,9 +131,6 @@ class Leases:
         """Forget a claim whose row the work itself released (finished, requeued, or lost)."""
         self._held.pop((key, token), None)
 
-    def held(self) -> list[Held]:
-        return list(self._held)
-
     def unstarted(self) -> list[Held]:
         return [claim for claim, started in self._held.items() if not started]
 

@@ -51,8 +51,6 @@ VALUES ('caller:' || %(caller_id)s::text, 'caller', %(caller_id)s, 0)
 
 SELECT_CALLER_BY_EMAIL = "SELECT caller_id, email, created_at FROM callers WHERE email = %(email)s"
 
-SELECT_CALLER_BY_ID = "SELECT caller_id, email, created_at FROM callers WHERE caller_id = %(caller_id)s"
-
 INSERT_KEY = """
 INSERT INTO caller_keys (caller_id, key_hash, key_prefix, created_at)
 VALUES (%(caller_id)s, %(key_hash)s, %(key_prefix)s, %(now)s)
@@ -70,10 +68,6 @@ SELECT_KEY = """
 SELECT k.key_hash, c.caller_id, c.email
   FROM caller_keys k JOIN callers c USING (caller_id)
  WHERE k.key_hash = %(key_hash)s AND k.revoked_at IS NULL
-"""
-
-SELECT_KEYS = """
-SELECT key_prefix, created_at, revoked_at FROM caller_keys WHERE caller_id = %(caller_id)s ORDER BY created_at
 """
 
 ENROLL = """
@@ -169,12 +163,6 @@ REPORT_PROGRESS = """
 UPDATE service_jobs
    SET progress_pct = COALESCE(%(pct)s, progress_pct), progress_note = COALESCE(%(note)s, progress_note),
        lease_expires_at = %(now)s + %(lease_seconds)s * interval '1 second'
- WHERE job_id = %(job_id)s AND status = 'running' AND fencing_token = %(token)s
-RETURNING deadline
-"""
-
-RENEW_LEASE = """
-UPDATE service_jobs SET lease_expires_at = %(now)s + %(lease_seconds)s * interval '1 second'
  WHERE job_id = %(job_id)s AND status = 'running' AND fencing_token = %(token)s
 RETURNING deadline
 """

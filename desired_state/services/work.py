@@ -1,16 +1,20 @@
-"""The worker's side of the job row: claim, report progress, renew the lease, finish.
+"""The worker's side of the job row: the claimed job, progress reports, the one-job claim and end.
 
-These are the job row's contract with whoever runs jobs (the reconcile loop), kept beside the
-schema they depend on. A claim takes due pending jobs with ``SKIP LOCKED`` (replicas claim
-disjoint rows), marks them running under a short lease, bumps the fencing token and, on the first
-claim, fixes the deadline (start + the service's timeout). Every later worker write names that
-token: progress and lease renewal answer False once the job was cancelled, timed out or
-re-claimed, and :func:`finish` then changes nothing, so the worker stops.
+The claim statement (``CLAIM_JOBS``) and progress (:func:`report_progress`) are what the loop uses:
+it claims in batches through the shared claim primitive (:mod:`reconciler.claims`), renews every
+lease it holds in one statement and ends jobs in batches (:mod:`reconciler.jobs.completer`), all
+under the same guards. :func:`claim_jobs` and :func:`finish` are the same contract one job at a
+time, for a worker of another kind and for the tests that pin the contract down.
+
+A claim takes due pending jobs with ``SKIP LOCKED`` (replicas claim disjoint rows), marks them
+running under a short lease, bumps the fencing token and, on the first claim, fixes the deadline
+(start + the service's timeout). Every later worker write names that token: progress answers False
+once the job was cancelled, timed out or re-claimed, and :func:`finish` then changes nothing, so
+the worker stops.
 
 The lease (seconds, renewed by the worker while the handler runs) is separate from the deadline
 (the job's own time limit) and from the fencing token (which claim is current).
 """
-
 from __future__ import annotations
 
 import uuid
@@ -105,22 +109,6 @@ async def report_progress(
                 "now": now,
                 "lease_seconds": lease_seconds,
             },
-        )
-        return await cur.fetchone() is not None
-
-
-async def renew_lease(
-    conn: psycopg.AsyncConnection[Any],
-    job: ClaimedJob,
-    *,
-    now: datetime,
-    lease_seconds: float = DEFAULT_LEASE_SECONDS,
-) -> bool:
-    """Extend the lease of a job still ours; False: it was cancelled, timed out or re-claimed."""
-    async with conn.cursor() as cur:
-        await cur.execute(
-            queries.RENEW_LEASE,
-            {"job_id": job.job_id, "token": job.fencing_token, "now": now, "lease_seconds": lease_seconds},
         )
         return await cur.fetchone() is not None
 

@@ -29,7 +29,7 @@ from typing import Final
 from desired_state.http.routes_paid import JOBS_PATH, SERVICES_PATH
 from desired_state.services.definitions import ServiceDefinition, ServiceRegistry
 from desired_state.services.vocabulary import TERMINAL_STATUSES, ErrorCode, Runtime
-from reconciler.sdkgen.models import Emitter, ModelSource, Param, camel, literal, snake
+from reconciler.sdkgen.models import Emitter, ModelSource, Param, camel, literal, optional, snake
 
 PACKAGE: Final = "reconciler_sdk"
 TEMPLATES: Final = Path(__file__).resolve().parent / "templates"
@@ -145,7 +145,7 @@ def _method(
             elif param.default is not None:
                 signature.append(f"{param.name}: {param.annotation} = {param.default}")
             else:
-                signature.append(f"{param.name}: {_with_none(param.annotation)} = None")
+                signature.append(f"{param.name}: {optional(param.annotation)} = None")
         always = [p for p in ordered if p.required or p.default is not None]
         build = ["values: dict[str, Any] = {" + ", ".join(f"{literal(p.alias)}: {p.name}" for p in always) + "}"]
         for param in ordered:
@@ -377,10 +377,6 @@ def _readme(definitions: list[ServiceDefinition]) -> str:
         + rows
         + "\n"
     )
-
-
-def _with_none(annotation: str) -> str:
-    return annotation if "None" in annotation.split(" | ") or annotation == "JsonValue" else f"{annotation} | None"
 
 
 def _docstring(text: str, indent: int) -> str:

@@ -119,7 +119,7 @@ class Emitter:
                 if has_default:
                     arguments.append(f"default={literal(prop['default'])}")
                 else:
-                    annotation = _optional(annotation)
+                    annotation = optional(annotation)
                     arguments.append("default=None")
             if python_name != alias:
                 arguments.append(f"alias={literal(alias)}")
@@ -218,7 +218,7 @@ def literal(value: Any) -> str:
     return repr(value)
 
 
-def _optional(annotation: str) -> str:
+def optional(annotation: str) -> str:
     return annotation if annotation == "JsonValue" or "None" in annotation.split(" | ") else f"{annotation} | None"
 
 

@@ -14,7 +14,7 @@ from wsgiref.simple_server import WSGIServer
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from desired_state.services.ledger import INVARIANT_NAMES
-from desired_state.services.vocabulary import AdmitOutcome, ErrorCode, JobStatus, TransferKind
+from desired_state.services.vocabulary import LIVE_STATUSES, AdmitOutcome, ErrorCode, JobStatus, TransferKind
 from desired_state.vocabulary import PHASES, CallOutcome, NotConvergedReason, ReconcileResult
 from desired_state.webhooks import WebhookState
 from providers import agentmail, openrouter, railway, telnyx
@@ -55,7 +55,7 @@ def call_outcome(error: ProviderError | None) -> CallOutcome:
 
 WEBHOOK_OUTCOMES = tuple(state.value for state in WebhookState if state is not WebhookState.PENDING)
 WEBHOOK_ATTEMPT_RESULTS = tuple(label.value for label in AttemptLabel)
-LIVE_JOB_STATUSES = (JobStatus.PENDING.value, JobStatus.RUNNING.value)
+LIVE_JOB_STATUSES = tuple(s.value for s in JobStatus if s in LIVE_STATUSES)
 TERMINAL_JOB_STATUSES = tuple(s.value for s in JobStatus if s.terminal)
 ADMISSION_OUTCOMES = (AdmitOutcome.ADMITTED.value, AdmitOutcome.REPLAYED.value, *(code.value for code in ErrorCode))
 """Labels of ``reconciler_job_admissions_total``: admitted, replayed, or the refusal's wire code."""

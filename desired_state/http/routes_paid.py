@@ -3,9 +3,9 @@
 ``GET /api/services/catalog`` (public), ``POST /api/services/invoke/{group}/{method}``, ``GET`` and
 ``DELETE /api/services/jobs/{jobId}``, ``GET /api/services/usage/{group}/{method}?history=1`` and
 ``GET /api/credits``. Every route but the catalog takes ``Authorization: Bearer sk-...``, a
-caller's key (:mod:`desired_state.services.callers`: looked up by its SHA-256, compared in constant
-time), through the :data:`CALLER_KEY` security dependency, so the OpenAPI document declares the
-``callerKey`` scheme on exactly those operations. ``invoke`` does not look the key up on its own:
+caller's key (:mod:`desired_state.services.callers`: looked up by its SHA-256), through the
+:data:`CALLER_KEY` security dependency, so the OpenAPI document declares the ``callerKey`` scheme
+on exactly those operations. ``invoke`` does not look the key up on its own:
 its hash goes into the admission statement, which finds the caller in the same round trip (issue
 14); a refusal found before that statement still checks the key first, so a wrong key is 401
 before anything else on every route. ``SERVICES_API_KEY`` opens the instance routes

@@ -3,15 +3,13 @@
 A key is ``sk-`` followed by 32 random bytes in base64url (from :mod:`secrets`). It is shown once,
 when made, and only its SHA-256 is stored: the key has 256 bits of entropy, so a plain hash is
 as strong as a slow one and lets a request find its caller with one index lookup on the hash.
-The looked-up hash is compared again with :func:`hmac.compare_digest`, so the answer never
-depends on where a wrong key first differs. Revoking marks a key, it never deletes it.
+The lookup compares hashes, so its timing could only tell a caller about the SHA-256 of a wrong
+key, which says nothing about a right one. Revoking marks a key, it never deletes it.
 
 A job's admission does not look the key up first: it hands the :class:`PresentedKey` to the
 admission statement, which finds the caller by the same index lookup inside ``paid_admit``'s own
 transaction (one round trip per admission instead of two; issue 14). An unknown or revoked key
-admits nothing and answers 401 as here. That lookup has no second comparison, and needs none: it
-compares hashes, so its timing could only tell a caller about the SHA-256 of a wrong key, which
-says nothing about a right one.
+admits nothing and answers 401 as here.
 
 Every caller has a ledger account (``caller:<uuid>``), created in the same transaction.
 """
@@ -19,7 +17,6 @@ Every caller has a ledger account (``caller:<uuid>``), created in the same trans
 from __future__ import annotations
 
 import hashlib
-import hmac
 import re
 import secrets
 import uuid
@@ -159,13 +156,10 @@ async def verify_key(conn: psycopg.AsyncConnection[Any], presented: str) -> Call
     key = presented_key(presented)
     if key is None:
         return None
-    digest = key.digest
     async with conn.cursor() as cur:
-        await cur.execute(queries.SELECT_KEY, {"key_hash": digest})
+        await cur.execute(queries.SELECT_KEY, {"key_hash": key.digest})
         row = await cur.fetchone()
-    if row is None or not hmac.compare_digest(bytes(row[0]), digest):
-        return None
-    return Caller(row[1], row[2])
+    return None if row is None else Caller(row[0], row[1])
 
 
 async def enroll(

@@ -65,7 +65,7 @@ RETURNING key_prefix
 """
 
 SELECT_KEY = """
-SELECT k.key_hash, c.caller_id, c.email
+SELECT c.caller_id, c.email
   FROM caller_keys k JOIN callers c USING (caller_id)
  WHERE k.key_hash = %(key_hash)s AND k.revoked_at IS NULL
 """

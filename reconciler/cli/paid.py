@@ -24,6 +24,7 @@ from desired_state.services.builtin import BuiltinSettings, builtin_registry
 from desired_state.services.callers import CallerError, CallerExists, CallerNotFound
 from desired_state.services.definitions import COURSE_ID_PATTERN
 from desired_state.services.ledger import LedgerError
+from desired_state.services.vocabulary import caller_account
 from reconciler.cli.common import (
     EXIT_BAD_INPUT,
     async_connection,
@@ -177,7 +178,7 @@ def credits_show(
         return (
             await ledger.balance(conn, caller.caller_id),
             await ledger.recent_transfers(conn, caller.caller_id, limit),
-            f"caller:{caller.caller_id}",
+            caller_account(caller.caller_id),
         )
 
     balance, transfers, account = _with_connection(show)

@@ -44,6 +44,7 @@ from desired_state.services.builtin import (
 )
 from desired_state.services.definitions import UpstreamError
 from desired_state.services.vocabulary import REFUNDED_STATUSES, JobErrorCode
+from desired_state.vocabulary import Phase
 from reconciler.jobs.handlers import HandlerRegistry, JobContext, JobFailed
 
 POLL_SECONDS = 0.25
@@ -139,9 +140,9 @@ async def provision(job: JobContext) -> Mapping[str, Any]:
             row = await _progress(conn, instance_id)
         if row is None or not row["present"]:
             raise JobFailed(JobErrorCode.CONFIGURATION_ERROR, f"instance {instance_id} was deleted")
-        if row["phase"] == "Ready" and row["observed_generation"] == row["generation"]:
+        if row["phase"] == Phase.READY and row["observed_generation"] == row["generation"]:
             break
-        if row["phase"] == "Failed":
+        if row["phase"] == Phase.FAILED:
             raise JobFailed(
                 JobErrorCode.CONFIGURATION_ERROR, f"the instance cannot be provisioned: {row['last_error'] or 'failed'}"
             )

@@ -3,7 +3,9 @@
 Reading this file top to bottom is reading the reconciler's whole conversation with Postgres:
 claim due rows, check the fencing token, record observed state, publish the seed tables, finish;
 then the batched observer and garbage collector, provider admission, the operator's reads,
-migrations and the in-place upgrade. No module of the package holds SQL of its own.
+migrations and the in-place upgrade. The job loop's and the webhook sender's statements live in
+their own packages' ``queries`` modules; a few one-line reads stay beside their only user (the
+secrets re-sealing, the demos, the CLI's schema check).
 """
 
 from __future__ import annotations
@@ -392,7 +394,7 @@ ON CONFLICT (provider) DO NOTHING
 """
 
 # Take a token if the provider is not blocked and the refilled bucket holds one. Returns nothing
-# when refused; then WAIT_TIME says for how long.
+# when refused; then ADMISSION_WAIT says for how long.
 CONSUME_ALLOWANCE = """
 UPDATE provider_limits
    SET tokens = LEAST(%(burst)s, tokens + %(rate)s * EXTRACT(EPOCH FROM clock_timestamp() - refilled_at)) - 1,

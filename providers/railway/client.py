@@ -289,8 +289,9 @@ class RailwayClient:
         Each item: ``id``, ``name``, ``created_at``, ``in_environment`` (has an instance in our
         environment), ``deploy_status`` (a ``DeploymentStatus``, ``NO_DEPLOYMENT``, or None when
         not in the environment), ``deployment_id``, ``domain`` (a custom domain is preferred over
-        the Railway one) and ``image``. This is the batch status read and the garbage collector's
-        inventory: a constant number of calls per page, never one per service.
+        the Railway one) and ``image``: a constant number of calls per page, never one per service.
+        The reconciler itself no longer calls it (batch status reads our tables, and the inventory
+        is the drivers' ``list_managed``); it stays for the contract tests that read the listing.
         """
         operation = SERVICE_INSTANCES_LISTING
         instances: dict[str, dict[str, Any]] = {}

@@ -11,7 +11,7 @@ everything else.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any, Final, NoReturn, TypeVar
 
@@ -102,6 +102,20 @@ def run_async(coro: Awaitable[T]) -> T:
         return await coro
 
     return asyncio.run(runner())
+
+
+def with_connection(work: Callable[[psycopg.AsyncConnection[Any]], Awaitable[T]]) -> T:
+    """Run ``work`` on an autocommit connection to the configured (or embedded) database, once its
+    schema is current; every failure to get there exits with one line."""
+    settings = settings_or_exit()
+    with database(settings) as url:
+        require_current_schema(url)
+
+        async def run() -> T:
+            async with await async_connection(url) as conn:
+                return await work(conn)
+
+        return run_async(run())
 
 
 async def async_connection(url: str) -> psycopg.AsyncConnection[Any]:

@@ -47,17 +47,8 @@ def _fail(message: str, *, bad_input: bool = False) -> NoReturn:
 
 
 def _connected(work: Callable[[psycopg.AsyncConnection[Any]], Awaitable[T]]) -> T:
-    main = _cli()
-    settings = main.settings_or_exit()
-    with main.database(settings) as url:
-        main.require_current_schema(url)
-
-        async def run() -> T:
-            async with await main.async_connection(url) as conn:
-                return await work(conn)
-
-        result: T = main.run_async(run())
-        return result
+    result: T = _cli().with_connection(work)
+    return result
 
 
 def _job_id(raw: str) -> uuid.UUID:

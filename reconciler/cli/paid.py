@@ -25,17 +25,7 @@ from desired_state.services.callers import CallerError, CallerExists, CallerNotF
 from desired_state.services.definitions import COURSE_ID_PATTERN
 from desired_state.services.ledger import LedgerError
 from desired_state.services.vocabulary import caller_account
-from reconciler.cli.common import (
-    EXIT_BAD_INPUT,
-    async_connection,
-    console,
-    database,
-    err_console,
-    fail,
-    require_current_schema,
-    run_async,
-    settings_or_exit,
-)
+from reconciler.cli.common import EXIT_BAD_INPUT, console, err_console, fail, with_connection
 
 T = TypeVar("T")
 
@@ -57,19 +47,11 @@ def _note(line: str) -> None:
 
 
 def _with_connection(work: Callable[[psycopg.AsyncConnection[Any]], Awaitable[T]]) -> T:
-    """Run ``work`` on an autocommit connection to the configured (or embedded) database."""
-    settings = settings_or_exit()
-    with database(settings) as url:
-        require_current_schema(url)
-
-        async def run() -> T:
-            async with await async_connection(url) as conn:
-                return await work(conn)
-
-        try:
-            return run_async(run())
-        except CallerNotFound as exc:
-            fail(str(exc))
+    """:func:`~reconciler.cli.common.with_connection`; an unknown caller exits 1 naming it."""
+    try:
+        return with_connection(work)
+    except CallerNotFound as exc:
+        fail(str(exc))
 
 
 def _email(email: str) -> str:

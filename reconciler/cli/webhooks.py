@@ -17,19 +17,20 @@ import signal
 import uuid
 from typing import Annotated, Any
 
+import psycopg
 import typer
 
 from desired_state.webhooks import WEBHOOK_ID_PREFIX, WebhookState
 from reconciler.claims import LeaseSettings
 from reconciler.cli.common import (
     EXIT_BAD_INPUT,
-    async_connection,
     console,
     database,
     fail,
     require_current_schema,
     run_async,
     settings_or_exit,
+    with_connection,
 )
 from reconciler.metrics import default_metrics
 from reconciler.settings import SettingsError
@@ -73,16 +74,12 @@ def list_command(
         states = [s for s in (states or FAILED_STATES) if s in FAILED_STATES]
         if not states:
             fail("--failed lists failed and disabled deliveries; --state asks for another", EXIT_BAD_INPUT)
-    settings = settings_or_exit()
-    with database(settings) as url:
-        require_current_schema(url)
 
-        async def read() -> list[tuple[Any, ...]]:
-            async with await async_connection(url) as conn:
-                cur = await conn.execute(queries.LIST_DELIVERIES, {"states": states, "limit": limit})
-                return list(await cur.fetchall())
+    async def read(conn: psycopg.AsyncConnection[Any]) -> list[tuple[Any, ...]]:
+        cur = await conn.execute(queries.LIST_DELIVERIES, {"states": states, "limit": limit})
+        return list(await cur.fetchall())
 
-        rows = run_async(read())
+    rows = with_connection(read)
     columns = (
         "webhookId",
         "jobId",
@@ -118,21 +115,17 @@ def list_command(
 def retry_command(delivery: Annotated[str, typer.Argument(help="A webhook-id (evt_...) or a job id.")]) -> None:
     """Send a failed or disabled delivery again, on a fresh schedule starting now."""
     webhook_id, job_id = _delivery_key(delivery)
-    settings = settings_or_exit()
-    with database(settings) as url:
-        require_current_schema(url)
 
-        async def retry() -> tuple[list[str], tuple[Any, ...] | None]:
-            async with await async_connection(url) as conn:
-                params = {"webhook_id": webhook_id, "job_id": job_id}
-                cur = await conn.execute(queries.RETRY_DELIVERY, params)
-                retried = [str(row[0]) for row in await cur.fetchall()]
-                if retried:
-                    return retried, None
-                cur = await conn.execute(queries.SELECT_DELIVERY_STATE, params)
-                return [], await cur.fetchone()
+    async def retry(conn: psycopg.AsyncConnection[Any]) -> tuple[list[str], tuple[Any, ...] | None]:
+        params = {"webhook_id": webhook_id, "job_id": job_id}
+        cur = await conn.execute(queries.RETRY_DELIVERY, params)
+        retried = [str(row[0]) for row in await cur.fetchall()]
+        if retried:
+            return retried, None
+        cur = await conn.execute(queries.SELECT_DELIVERY_STATE, params)
+        return [], await cur.fetchone()
 
-        retried, existing = run_async(retry())
+    retried, existing = with_connection(retry)
     if existing is not None:
         fail(f"{existing[0]} is {existing[1]} (being sent right now, or already delivered): nothing to retry")
     if not retried:

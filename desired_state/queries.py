@@ -95,7 +95,7 @@ WITH legacy AS (
       FROM tools t
 ), recorded AS (
     INSERT INTO observed_resources (instance_id, kind, derived_name, external_id, status, attributes, intent_at)
-    SELECT r.instance_id, r.kind, %(prefix)s || '-' || r.instance_id, r.external_id,
+    SELECT r.instance_id, r.kind, %(name_space)s || r.instance_id, r.external_id,
            'ready', r.attributes, CASE WHEN r.external_id IS NULL THEN now() END
       FROM resources r JOIN adopted USING (instance_id)
 )

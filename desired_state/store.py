@@ -50,7 +50,7 @@ from desired_state.queries import (
     UPDATE_IF_GENERATION,
     UPSERT_DESIRED,
 )
-from desired_state.vocabulary import TOOL_CATALOGUE, Phase, Tool
+from desired_state.vocabulary import TOOL_CATALOGUE, Phase, Tool, name_space
 
 
 class PutOutcome(enum.StrEnum):
@@ -179,7 +179,7 @@ async def adopt_for_teardown(conn: AsyncConnection[Any], instance_ids: Iterable[
             ADOPT_FOR_TEARDOWN,
             {
                 "ids": list(instance_ids),
-                "prefix": name_prefix,
+                "name_space": name_space(name_prefix),  # derived names, built in bulk here
                 "tool_ids": [info.tool.value for info in TOOL_CATALOGUE],
                 "tool_kinds": [info.kind for info in TOOL_CATALOGUE],
                 "telnyx": Tool.TELNYX.value,

@@ -22,6 +22,16 @@ DEFAULT_PREFIX: Final = "convos-agent"
 """Derived provider names are ``<prefix>-<instance_id>`` (ARCHITECTURE.md section 3.3)."""
 
 
+def derived_name(prefix: str, instance_id: str) -> str:
+    """The provider-side name of an instance's resources (SQL that builds it in bulk says so)."""
+    return f"{name_space(prefix)}{instance_id}"
+
+
+def name_space(prefix: str) -> str:
+    """What every derived name under ``prefix`` starts with (listings filter and strip it)."""
+    return f"{prefix}-"
+
+
 class Phase(enum.StrEnum):
     """Where an instance stands, as callers read it (the seed's ``status`` values)."""
 

@@ -42,7 +42,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
-from desired_state.vocabulary import DEPLOYMENT_STATES, DeploymentState
+from desired_state.vocabulary import DEPLOYMENT_STATES, DeploymentState, name_space
 from providers.base import (
     CREATE_ORDER,
     DesiredResource,
@@ -144,7 +144,7 @@ class Observer:
         self._pool = pool
         self._drivers = drivers
         self._metrics = metrics
-        self._prefix = name_prefix + "-"
+        self._prefix = name_space(name_prefix)
         self.list_lag_grace = list_lag_grace
         self.gc_grace = gc_grace
         self.recorded_page_rows = recorded_page_rows

@@ -30,7 +30,15 @@ from datetime import datetime
 from typing import Any
 
 from desired_state.models import InstanceSpec
-from desired_state.vocabulary import DEFAULT_PREFIX, INSTANCE_ID_ENV, REDEPLOY_ENV, TOOL_CATALOGUE, TOOLS, Tool
+from desired_state.vocabulary import (
+    DEFAULT_PREFIX,
+    INSTANCE_ID_ENV,
+    REDEPLOY_ENV,
+    TOOL_CATALOGUE,
+    TOOLS,
+    Tool,
+    derived_name,
+)
 from providers.base import CREATE_ORDER, DesiredResource, ResourceKind
 
 RAILWAY_KINDS: tuple[ResourceKind, ...] = (
@@ -62,7 +70,7 @@ class ResourceDefaults:
     base_env: Mapping[str, str] = field(default_factory=dict, repr=False)
 
     def derived_name(self, instance_id: str) -> str:
-        return f"{self.name_prefix}-{instance_id}"
+        return derived_name(self.name_prefix, instance_id)
 
 
 @dataclass(frozen=True)

@@ -49,7 +49,7 @@ from desired_state.http.schemas import (
 )
 from desired_state.http.state import AUTHENTICATED, ApiState
 from desired_state.models import INSTANCE_ID_PATTERN, InstanceSpec, SpecError, parse_instance
-from desired_state.vocabulary import TOOL_CATALOGUE, TOOLS, RailwayKind, Tool
+from desired_state.vocabulary import TOOL_CATALOGUE, TOOLS, RailwayKind, Tool, derived_name
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,8 @@ def status_batch_json(
             env_id = environment_id
         services.append(
             f'{{"instanceId":{encode_basestring(instance_id)},"serviceId":{encode_basestring(service_id)},'
-            f'"name":{encode_basestring(f"{prefix}-{instance_id}")},"deployStatus":{_json_string(deploy_status)},'
+            f'"name":{encode_basestring(derived_name(prefix, instance_id))},'
+            f'"deployStatus":{_json_string(deploy_status)},'
             f'"domain":{_json_string(_domain(url))},"image":{_json_string(image)},'
             f'"environmentIds":[{encode_basestring(env_id)}]}}'
         )

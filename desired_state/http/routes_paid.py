@@ -433,7 +433,8 @@ def create_paid_router(config: PaidApiConfig, connection: ConnectionFactory) -> 
         ident = job_id
         async with connection() as conn:
             record = await jobs.get_job(conn, ident, caller.caller_id)
-            hook = None if record is None else await webhook_view(conn, ident)
+            # Most jobs have no webhook: only those with a URL read their delivery.
+            hook = None if record is None or record.webhook_url is None else await webhook_view(conn, ident)
         if record is None:
             raise Refusal(ErrorCode.JOB_NOT_FOUND, f"no job {ident}")
         return _json(record.view().model_copy(update={"webhook": hook}))

@@ -75,6 +75,7 @@ class JobRecord:
     lease_expires_at: datetime | None
     fencing_token: int
     idempotency_key: str | None
+    webhook_url: str | None = None
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> JobRecord:
@@ -102,6 +103,7 @@ class JobRecord:
             lease_expires_at=row["lease_expires_at"],
             fencing_token=int(row["fencing_token"]),
             idempotency_key=row["idempotency_key"],
+            webhook_url=row.get("webhook_url"),
         )
 
     def view(self) -> JobView:

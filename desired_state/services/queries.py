@@ -198,7 +198,7 @@ RETURNING job_id
 SELECT_JOB = """
 SELECT job_id, service_id, runtime, caller_id, input, status, progress_pct, progress_note, result, error_code,
        error_message, cost_credits, settlement, created_at, started_at, finished_at, attempts, max_attempts,
-       deadline, lease_owner, lease_expires_at, fencing_token, idempotency_key
+       deadline, lease_owner, lease_expires_at, fencing_token, idempotency_key, webhook_url
   FROM service_jobs
  WHERE job_id = %(job_id)s AND (%(caller_id)s::uuid IS NULL OR caller_id = %(caller_id)s)
 """
@@ -206,7 +206,7 @@ SELECT job_id, service_id, runtime, caller_id, input, status, progress_pct, prog
 LIST_JOBS = """
 SELECT job_id, service_id, runtime, caller_id, input, status, progress_pct, progress_note, result, error_code,
        error_message, cost_credits, settlement, created_at, started_at, finished_at, attempts, max_attempts,
-       deadline, lease_owner, lease_expires_at, fencing_token, idempotency_key
+       deadline, lease_owner, lease_expires_at, fencing_token, idempotency_key, webhook_url
   FROM service_jobs
  WHERE (%(caller_id)s::uuid IS NULL OR caller_id = %(caller_id)s)
    AND (%(service_id)s::text IS NULL OR service_id = %(service_id)s)

@@ -113,17 +113,19 @@ class Reconciler:
             return Outcome(claim.instance_id, "converge", ReconcileResult.GONE)
         present = bool(desired["present"])
         kind = "converge" if present else "teardown"
+        invalid: list[str] | None = None
         try:
             spec = InstanceSpec.from_row(desired["instance_id"], desired["name"], desired["spec"])
         except ValidationError as exc:
-            # Written over plain SQL and not a valid spec: nothing to converge to, so say why
-            # and wait for the caller to fix it (a fix is a new generation: due at once).
             # Teardown needs only the id, so an absent row is still cleaned up.
-            if present:
-                return await self._failures.refuse_spec(claim, describe_validation_error(exc, "spec."))
+            invalid = describe_validation_error(exc, "spec.") if present else None
             spec = InstanceSpec(instance_id=desired["instance_id"])
         try:
-            if present:
+            if invalid is not None:
+                # Written over plain SQL and not a valid spec: nothing to converge to, so say why
+                # and wait for the caller to fix it (a fix is a new generation: due at once).
+                outcome = await self._failures.refuse_spec(claim, invalid)
+            elif present:
                 # Wanted: create, update or adopt every resource the spec asks for.
                 outcome = await self._converge(claim, spec, state)
             else:

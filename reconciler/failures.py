@@ -92,16 +92,13 @@ class Failures:
         """The desired row holds no valid spec: Failed until a new generation fixes it."""
         message = "invalid spec: " + "; ".join(problems)
         result = PassResult(Phase.FAILED, "InvalidSpec", message, error=message)
-        outcome = await self._finish(
+        return await self._finish(
             claim,
             result,
             delay=self._settings.config_error_interval,
             attempts=claim.attempts + 1,
             outcome=Outcome(claim.instance_id, "converge", ReconcileResult.TERMINAL, Phase.FAILED, error=message),
         )
-        if outcome.result is ReconcileResult.TERMINAL:
-            self._metrics.reconcile_total.labels("converge", ReconcileResult.TERMINAL.value).inc()
-        return outcome
 
     async def requeue(self, claim: Claim, kind: str, wait: Wait, *, present: bool) -> Outcome:
         phase = _ongoing(present)
